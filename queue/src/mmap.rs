@@ -1,0 +1,229 @@
+//! [`MmapDisk`]: segments as preallocated, memory-mapped files. The only `unsafe` code in
+//! Strait lives here.
+//!
+//! # The mapping's contract
+//! A segment file is mapped shared and read-write for as long as its queue holds it. Mapped
+//! memory is only sound while nobody truncates or rewrites the file underneath, so:
+//! - a data directory is locked (`LOCK`, an exclusive `flock`) against a second Strait
+//!   process for as long as the [`MmapDisk`] lives;
+//! - Strait never shrinks or truncates a segment file: space is reserved with
+//!   `posix_fallocate` at creation (so a write through the mapping cannot hit a hole on a
+//!   full disk) and files are only ever deleted whole, after being unmapped;
+//! - an operator or another program that truncates a segment file while Strait runs makes
+//!   the process die with SIGBUS. The lock cannot prevent that; nothing in Rust can recover.
+//!
+//! Every method here blocks: the shell calls them on a helper thread, never on a shard.
+
+#![allow(unsafe_code)]
+
+use crate::ids::SegmentId;
+use crate::store::{Disk, SegmentBuf, StoreError, StoreOp};
+use memmap2::{Advice, MmapMut, MmapOptions};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Name of the lock file in a data directory.
+pub const LOCK_FILE: &str = "LOCK";
+/// Sub-directory that receives damaged bytes found at recovery.
+pub const QUARANTINE_DIR: &str = "quarantine";
+const PAGE_BYTES: usize = 4096;
+
+/// A mapped segment file.
+#[derive(Debug)]
+struct Mapped(MmapMut);
+
+impl SegmentBuf for Mapped {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+/// A locked data directory of segment files. See the module documentation.
+#[derive(Debug)]
+pub struct MmapDisk {
+    dir: PathBuf,
+    _lock: File,
+    files: Mutex<HashMap<SegmentId, Arc<File>>>,
+}
+
+impl MmapDisk {
+    /// Opens (creating it if needed) and locks a data directory.
+    pub fn open(dir: &Path) -> Result<MmapDisk, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| StoreError::new(StoreOp::Lock, dir.display(), &e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::new(StoreOp::Lock, lock_path.display(), &e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError {
+                    op: StoreOp::Lock,
+                    path: lock_path.display().to_string(),
+                    kind: io::ErrorKind::ResourceBusy,
+                    message: "the data directory is in use by another Strait process".into(),
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(StoreError::new(StoreOp::Lock, lock_path.display(), &e));
+            }
+        }
+        Ok(MmapDisk {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            files: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: SegmentId) -> PathBuf {
+        self.dir.join(format!("{:016x}.seg", id.0))
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, Arc<File>>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sync_dir(&self, op: StoreOp) -> Result<(), StoreError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::new(op, self.dir.display(), &e))
+    }
+
+    fn map(&self, file: &File, path: &Path, op: StoreOp) -> Result<MmapMut, StoreError> {
+        // SAFETY: the file lies in a directory this process holds locked, and Strait never
+        // truncates a segment file while it is mapped (see the module's contract), so the
+        // mapping stays backed for its whole life.
+        let map = unsafe { MmapOptions::new().populate().map_mut(file) }
+            .map_err(|e| StoreError::new(op, path.display(), &e))?;
+        // Advice is a hint; a refusal changes nothing.
+        let _ = map.advise(Advice::Sequential);
+        Ok(map)
+    }
+}
+
+impl Disk for MmapDisk {
+    fn location(&self, id: SegmentId) -> String {
+        self.path(id).display().to_string()
+    }
+
+    fn create(&self, id: SegmentId, bytes: u32) -> Result<Box<dyn SegmentBuf>, StoreError> {
+        let path = self.path(id);
+        let fail = |e: &io::Error| StoreError::new(StoreOp::Create, path.display(), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| fail(&e))?;
+        // SAFETY: posix_fallocate only reads its integer arguments; the descriptor is open
+        // for writing and owned by `file` for the duration of the call.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+        if rc != 0 {
+            let e = io::Error::from_raw_os_error(rc);
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(fail(&e));
+        }
+        let mut map = match self.map(&file, &path, StoreOp::Create) {
+            Ok(m) => m,
+            Err(e) => {
+                drop(file);
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        // Take every page's write fault now, here, rather than on the shard's first write.
+        for page in map.chunks_mut(PAGE_BYTES) {
+            page[0] = 0;
+        }
+        self.sync_dir(StoreOp::Create)?;
+        self.files().insert(id, Arc::new(file));
+        Ok(Box::new(Mapped(map)))
+    }
+
+    fn list(&self) -> Result<Vec<SegmentId>, StoreError> {
+        let fail = |e: &io::Error| StoreError::new(StoreOp::List, self.dir.display(), e);
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| fail(&e))? {
+            let name = entry.map_err(|e| fail(&e))?.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+                continue;
+            };
+            if stem.len() == 16
+                && let Ok(id) = u64::from_str_radix(stem, 16)
+            {
+                ids.push(SegmentId(id));
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn open(&self, id: SegmentId) -> Result<Box<dyn SegmentBuf>, StoreError> {
+        let path = self.path(id);
+        let fail = |e: &io::Error| StoreError::new(StoreOp::Open, path.display(), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| fail(&e))?;
+        let len = file.metadata().map_err(|e| fail(&e))?.len();
+        if len < crate::segment::SEGMENT_HEADER_BYTES as u64 {
+            // Too short to map usefully: a creation cut short. Hand over its bytes.
+            let bytes = fs::read(&path).map_err(|e| fail(&e))?;
+            self.files().insert(id, Arc::new(file));
+            return Ok(Box::new(bytes));
+        }
+        let map = self.map(&file, &path, StoreOp::Open)?;
+        self.files().insert(id, Arc::new(file));
+        Ok(Box::new(Mapped(map)))
+    }
+
+    fn sync(&self, id: SegmentId, _current: Option<&[u8]>) -> Result<(), StoreError> {
+        let file = self.files().get(&id).cloned();
+        match file {
+            // fdatasync also writes back pages dirtied through a shared mapping.
+            Some(f) => f
+                .sync_data()
+                .map_err(|e| StoreError::new(StoreOp::Sync, self.path(id).display(), &e)),
+            None => Ok(()),
+        }
+    }
+
+    fn delete(&self, id: SegmentId, buf: Box<dyn SegmentBuf>) -> Result<(), StoreError> {
+        drop(buf);
+        self.files().remove(&id);
+        let path = self.path(id);
+        fs::remove_file(&path).map_err(|e| StoreError::new(StoreOp::Delete, path.display(), &e))
+    }
+
+    fn quarantine(&self, name: &str, bytes: &[u8]) -> Result<String, StoreError> {
+        let dir = self.dir.join(QUARANTINE_DIR);
+        let path = dir.join(name);
+        let fail = |e: &io::Error| StoreError::new(StoreOp::Quarantine, path.display(), e);
+        fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+        let write = || -> io::Result<()> {
+            use std::io::Write;
+            let mut f = File::create(&path)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        };
+        write().map_err(|e| fail(&e))?;
+        Ok(path.display().to_string())
+    }
+}

@@ -1,0 +1,1256 @@
+//! The queue logic: a plain state machine over memory chunks and segment buffers.
+//!
+//! [`SenderQueue`] holds every queue of one gateway sender on one shard (one per bucket for a
+//! parallel sender, one per dispatcher for a serial one) and their shared memory budget. It
+//! never touches a file or a clock: record bytes are copied into memory chunks or into
+//! segment buffers (memory-mapped files in production, plain vectors in tests), and all file
+//! work comes out of [`SenderQueue::poll_action`] as an [`Action`] for the shell to carry out
+//! and report back through `handle_*`. Time is passed in as milliseconds.
+//!
+//! A queue is a chain of *extents* in sequence order: memory chunks and segments, each a run
+//! of whole records. Its on-disk part costs a few dozen bytes of bookkeeping per segment, not
+//! per event, so the memory budget holds however long the backlog grows.
+
+use crate::ids::{QueueId, RegionId, SegmentId, Seq};
+use crate::record::{self, DecodeError, EncodeError, Event, Op};
+use crate::segment::{self, SEGMENT_HEADER_BYTES, SegmentInfo};
+use crate::store::{SegmentBuf, StoreError};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+/// Default `maximum-queue-memory`: 100 MiB (Geode's default).
+pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 100 << 20;
+/// Default segment file size: 4 MiB.
+pub const SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
+/// Smallest segment size accepted.
+pub const SEGMENT_BYTES_MIN: u32 = 64 << 10;
+/// Default number of segments kept created and mapped ahead of need.
+pub const SPARE_SEGMENTS_DEFAULT: u8 = 2;
+/// How long to wait before trying again to create a segment after a failure.
+pub const CREATE_RETRY_MS: u64 = 1000;
+/// First memory chunk of a queue; later chunks double up to [`MEMORY_CHUNK_BYTES_MAX`].
+pub const MEMORY_CHUNK_BYTES_MIN: usize = 4 << 10;
+/// Largest memory chunk (a larger record gets a chunk of its own size).
+pub const MEMORY_CHUNK_BYTES_MAX: usize = 256 << 10;
+/// Memory charged to the budget for each conflation index entry.
+pub const CONFLATION_ENTRY_BYTES: u64 = 64;
+
+/// When segment data is made durable with fdatasync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Never: data reaches the disk when the kernel writes it back. Survives a process crash,
+    /// not a power loss.
+    Never,
+    /// Every N milliseconds while there is unsynced data: a power loss loses at most about
+    /// N ms of appends.
+    IntervalMs(u32),
+    /// After every group of appends (group commit: one fdatasync covers every append made
+    /// while the previous one ran). Survives a power loss.
+    EveryBatch,
+}
+
+/// The configuration of one sender's queues on one shard.
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    /// Number of queues: `total-num-buckets` for a parallel sender, `dispatcher-threads` for
+    /// a serial one. Queue ids run from 0 to `queue_count - 1`.
+    pub queue_count: u16,
+    /// `maximum-queue-memory` for this shard's share, in bytes.
+    pub memory_bytes_max: u64,
+    /// `enable-persistence`: every event is written to a segment and survives a restart.
+    pub persistent: bool,
+    /// `disk-synchronous`: with [`SyncPolicy::EveryBatch`], an append completes only once the
+    /// group commit that covers it has synced. Records are always in the file when `append`
+    /// returns, so under the other policies this changes nothing.
+    pub disk_synchronous: bool,
+    pub sync: SyncPolicy,
+    /// `enable-batch-conflation`.
+    pub conflation: bool,
+    /// Size of each segment file.
+    pub segment_bytes: u32,
+    /// Segments kept created, mapped and prefaulted ahead of need.
+    pub spare_segments: u8,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            queue_count: 113,
+            memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
+            persistent: false,
+            disk_synchronous: true,
+            sync: SyncPolicy::EveryBatch,
+            conflation: false,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            spare_segments: SPARE_SEGMENTS_DEFAULT,
+        }
+    }
+}
+
+/// Why an append was not accepted. Nothing was queued.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("queue {0} does not exist in this sender (it has {1} queues)")]
+    UnknownQueue(QueueId, u16),
+    #[error(transparent)]
+    Invalid(#[from] EncodeError),
+    /// No segment is ready yet; one is being created. Retry after the next `handle_created`.
+    #[error("no segment is ready yet; retry once the segment being created is ready")]
+    WouldBlock,
+    /// The memory budget is spent and segment files cannot be created.
+    #[error(
+        "queue memory budget of {budget} bytes is full and no segment file can be created: {cause}"
+    )]
+    Full { budget: u64, cause: StoreError },
+    /// A persistent queue cannot create segment files.
+    #[error("persistent queue cannot create a segment file: {0}")]
+    Disk(StoreError),
+}
+
+/// Why an ack was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("queue {0} does not exist in this sender")]
+    UnknownQueue(QueueId),
+    #[error("cannot acknowledge up to {upto}: only events up to {peeked} have been peeked")]
+    NotPeeked { upto: Seq, peeked: Seq },
+}
+
+/// A record that failed its check when read back.
+#[derive(Debug, thiserror::Error)]
+#[error("queue {queue}: record at offset {offset} of segment {segment} is damaged: {error}")]
+pub struct ReadError {
+    pub queue: QueueId,
+    pub segment: SegmentId,
+    pub offset: u32,
+    pub error: DecodeError,
+}
+
+/// Whether an append has reached the durability its configuration promises.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Durability {
+    Pending,
+    Done,
+    /// The fdatasync that covers it failed; the event stays queued but is not known durable.
+    Failed(String),
+}
+
+/// File work for the shell to carry out; each has a matching `handle_*`.
+#[derive(Debug)]
+pub enum Action {
+    /// Create, preallocate, map and prefault a segment of `bytes` bytes, then call
+    /// [`SenderQueue::handle_created`].
+    CreateSegment { id: SegmentId, bytes: u32 },
+    /// fdatasync these segments, then call [`SenderQueue::handle_synced`] with the token.
+    Sync {
+        token: u64,
+        segments: Vec<SegmentId>,
+    },
+    /// Unmap and delete this segment; nothing needs it any more.
+    DeleteSegment {
+        id: SegmentId,
+        buf: Box<dyn SegmentBuf>,
+    },
+}
+
+/// A peeked batch: which events, and where their bytes lie.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub queue: QueueId,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    pub events: u32,
+    pub bytes: u64,
+    /// Some of these events were handed out before (a reset, or a restart): the receiver must
+    /// expect to have seen them.
+    pub possible_duplicate: bool,
+    slices: Vec<SliceRef>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SliceRef {
+    extent: u64,
+    start: u32,
+    end: u32,
+}
+
+/// Figures for one queue, or summed over all queues of a sender.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub events_queued: u64,
+    pub bytes_queued: u64,
+    pub events_in_memory: u64,
+    pub bytes_in_memory: u64,
+    pub events_on_disk: u64,
+    pub bytes_on_disk: u64,
+    /// Memory held: chunk capacity plus the conflation index.
+    pub memory_bytes: u64,
+    pub segments: u64,
+    pub segment_bytes: u64,
+    pub conflated: u64,
+    pub possible_duplicates: u64,
+    /// Age of the oldest queued event by its version-tag timestamp, in microseconds.
+    pub oldest_event_age_us: Option<u64>,
+}
+
+enum Store {
+    Memory(Box<[u8]>),
+    Segment {
+        id: SegmentId,
+        buf: Box<dyn SegmentBuf>,
+    },
+}
+
+struct Extent {
+    serial: u64,
+    store: Store,
+    /// Offset of the first record.
+    start: u32,
+    /// Offset just past the last record.
+    end: u32,
+    /// Sequence number of the record after the last one.
+    next_seq: Seq,
+    /// No more records go into this extent.
+    sealed: bool,
+}
+
+impl Extent {
+    fn bytes(&self) -> &[u8] {
+        match &self.store {
+            Store::Memory(b) => b,
+            Store::Segment { buf, .. } => buf.bytes(),
+        }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self.store {
+            Store::Memory(b) => b,
+            Store::Segment { buf, .. } => buf.bytes_mut(),
+        }
+    }
+    fn capacity(&self) -> usize {
+        self.bytes().len()
+    }
+    fn segment(&self) -> Option<SegmentId> {
+        match &self.store {
+            Store::Memory(_) => None,
+            Store::Segment { id, .. } => Some(*id),
+        }
+    }
+}
+
+/// A position in a queue's chain of extents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cursor {
+    extent: u64,
+    offset: u32,
+    /// Sequence number of the next record at or after this position.
+    seq: Seq,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConflationEntry {
+    seq: Seq,
+    extent: u64,
+    offset: u32,
+}
+
+type KeyHasher = BuildHasherDefault<DefaultHasher>;
+
+#[derive(Default)]
+struct Counters {
+    events_mem: u64,
+    bytes_mem: u64,
+    events_disk: u64,
+    bytes_disk: u64,
+    conflated: u64,
+    possible_duplicates: u64,
+}
+
+struct Queue {
+    extents: VecDeque<Extent>,
+    next_seq: Seq,
+    acked: Seq,
+    ack: Cursor,
+    peek: Cursor,
+    peeked_max: Seq,
+    /// Batches that include events up to here are possible duplicates.
+    redeliver_upto: Seq,
+    /// Non-persistent queue that overflowed: appends go to segments until the disk part drains.
+    overflowing: bool,
+    /// The next segment's place in the chain.
+    segment_seq: u64,
+    /// Size of the next memory chunk.
+    chunk_bytes: usize,
+    /// Highest sequence number written to a segment, and synced.
+    written: Seq,
+    synced: Seq,
+    sync_failed: Option<(Seq, String)>,
+    conflation: HashMap<(RegionId, u64), ConflationEntry, KeyHasher>,
+    counters: Counters,
+}
+
+impl Queue {
+    fn new(first_serial: u64) -> Queue {
+        let start = Cursor {
+            extent: first_serial,
+            offset: 0,
+            seq: Seq(1),
+        };
+        Queue {
+            extents: VecDeque::new(),
+            next_seq: Seq(1),
+            acked: Seq(0),
+            ack: start,
+            peek: start,
+            peeked_max: Seq(0),
+            redeliver_upto: Seq(0),
+            overflowing: false,
+            segment_seq: 1,
+            chunk_bytes: MEMORY_CHUNK_BYTES_MIN,
+            written: Seq(0),
+            synced: Seq(0),
+            sync_failed: None,
+            conflation: HashMap::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn index_of(&self, serial: u64) -> Option<usize> {
+        let front = self.extents.front()?.serial;
+        let i = serial.checked_sub(front)? as usize;
+        (i < self.extents.len()).then_some(i)
+    }
+
+    /// Moves a cursor that points past the end of a sealed extent to the start of the next.
+    fn normalize(&self, mut c: Cursor) -> Cursor {
+        if let Some(front) = self.extents.front()
+            && c.extent < front.serial
+        {
+            c = Cursor {
+                extent: front.serial,
+                offset: front.start,
+                seq: c.seq,
+            };
+        }
+        while let Some(i) = self.index_of(c.extent) {
+            let e = &self.extents[i];
+            if c.offset < e.start {
+                c.offset = e.start;
+            }
+            if c.offset < e.end || i + 1 == self.extents.len() {
+                break;
+            }
+            let next = &self.extents[i + 1];
+            c = Cursor {
+                extent: next.serial,
+                offset: next.start,
+                seq: c.seq,
+            };
+        }
+        c
+    }
+
+    fn segments(&self) -> impl Iterator<Item = &Extent> {
+        self.extents.iter().filter(|e| e.segment().is_some())
+    }
+}
+
+/// A segment created ahead of need.
+struct Spare {
+    id: SegmentId,
+    buf: Box<dyn SegmentBuf>,
+}
+
+/// A queue rebuilt from its segments by recovery.
+pub(crate) struct RecoveredQueue {
+    pub queue: QueueId,
+    /// Segments in chain order with the extent of valid records in each; `sealed` segments
+    /// take no more appends.
+    pub segments: Vec<RecoveredSegment>,
+    pub acked: Seq,
+    pub next_seq: Seq,
+    pub next_segment_seq: u64,
+}
+
+pub(crate) struct RecoveredSegment {
+    pub id: SegmentId,
+    pub buf: Box<dyn SegmentBuf>,
+    pub end: u32,
+    pub next_seq: Seq,
+    pub live_records: u64,
+    pub live_bytes: u64,
+    pub sealed: bool,
+}
+
+/// Every queue of one gateway sender on one shard. See the module documentation.
+pub struct SenderQueue {
+    config: QueueConfig,
+    queues: Vec<Queue>,
+    next_serial: u64,
+    /// Bytes of memory chunks held, plus the conflation index.
+    memory_bytes: u64,
+    spares: Vec<Spare>,
+    creating: u32,
+    /// A record larger than the default segment needs a segment of at least this size.
+    oversize_demand: Option<u32>,
+    disk_error: Option<(StoreError, u64)>,
+    next_segment_id: u64,
+    dirty: BTreeSet<SegmentId>,
+    /// Fully acknowledged segments to delete, each with the sync token that must complete
+    /// first (so that the new head's ack slot is durable before the old head disappears).
+    pending_deletes: Vec<(SegmentId, Box<dyn SegmentBuf>, u64)>,
+    sync_inflight: Option<(u64, Vec<(QueueId, Seq)>, Vec<SegmentId>)>,
+    next_sync_token: u64,
+    last_synced_token: u64,
+    last_sync_ms: u64,
+    overflowing_queues: u32,
+}
+
+impl std::fmt::Debug for SenderQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderQueue")
+            .field("config", &self.config)
+            .field("stats", &self.stats(0))
+            .finish()
+    }
+}
+
+impl SenderQueue {
+    /// An empty set of queues.
+    pub fn new(config: QueueConfig) -> SenderQueue {
+        Self::with_next_segment(config, SegmentId(1))
+    }
+
+    fn with_next_segment(config: QueueConfig, next_segment_id: SegmentId) -> SenderQueue {
+        let queues = (0..config.queue_count).map(|_| Queue::new(0)).collect();
+        SenderQueue {
+            config,
+            queues,
+            next_serial: 0,
+            memory_bytes: 0,
+            spares: Vec::new(),
+            creating: 0,
+            oversize_demand: None,
+            disk_error: None,
+            next_segment_id: next_segment_id.0,
+            dirty: BTreeSet::new(),
+            pending_deletes: Vec::new(),
+            sync_inflight: None,
+            next_sync_token: 1,
+            last_synced_token: 0,
+            last_sync_ms: 0,
+            overflowing_queues: 0,
+        }
+    }
+
+    /// Rebuilds the queues from recovered segments.
+    pub(crate) fn from_recovered(
+        config: QueueConfig,
+        recovered: Vec<RecoveredQueue>,
+        next_segment_id: SegmentId,
+    ) -> SenderQueue {
+        let mut sq = Self::with_next_segment(config, next_segment_id);
+        for r in recovered {
+            let serial_base = sq.next_serial;
+            let q = &mut sq.queues[r.queue.0 as usize];
+            q.next_seq = r.next_seq;
+            q.acked = r.acked;
+            q.segment_seq = r.next_segment_seq;
+            for s in r.segments {
+                let serial = sq.next_serial;
+                sq.next_serial += 1;
+                q.counters.events_disk += s.live_records;
+                q.counters.bytes_disk += s.live_bytes;
+                q.extents.push_back(Extent {
+                    serial,
+                    store: Store::Segment {
+                        id: s.id,
+                        buf: s.buf,
+                    },
+                    start: SEGMENT_HEADER_BYTES as u32,
+                    end: s.end,
+                    next_seq: s.next_seq,
+                    sealed: s.sealed,
+                });
+            }
+            // Every queued event may have been sent before the restart.
+            let last = Seq(r.next_seq.0 - 1);
+            q.written = last;
+            q.synced = last;
+            q.peeked_max = r.acked;
+            q.redeliver_upto = last;
+            let start = match q.extents.front() {
+                Some(e) => Cursor {
+                    extent: e.serial,
+                    offset: e.start,
+                    seq: Seq(0),
+                },
+                None => Cursor {
+                    extent: serial_base,
+                    offset: 0,
+                    seq: r.next_seq,
+                },
+            };
+            // Skip the records already acknowledged in the head segment.
+            let mut c = q.normalize(start);
+            while let Some(i) = q.index_of(c.extent) {
+                let e = &q.extents[i];
+                if c.offset >= e.end {
+                    break;
+                }
+                let (h, len) = record::check_header(&e.bytes()[c.offset as usize..e.end as usize])
+                    .expect("recovery checked every record");
+                if h.queue_seq.get() > r.acked.0 {
+                    break;
+                }
+                if h.flags & record::FLAG_SUPERSEDED == 0 {
+                    q.counters.events_disk -= 1;
+                    q.counters.bytes_disk -= len as u64;
+                }
+                c.offset += len as u32;
+                c = q.normalize(c);
+            }
+            c.seq = r.acked.next();
+            q.ack = c;
+            q.peek = c;
+        }
+        sq
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    fn queue(&self, q: QueueId) -> Option<&Queue> {
+        self.queues.get(q.0 as usize)
+    }
+
+    /// Appends an event to queue `q` and returns its sequence number. On success the record is
+    /// in memory or in its segment file; see [`SenderQueue::durability`] for when it is synced.
+    pub fn append(&mut self, q: QueueId, event: &Event<'_>) -> Result<Seq, AppendError> {
+        let count = self.config.queue_count;
+        if q.0 >= count {
+            return Err(AppendError::UnknownQueue(q, count));
+        }
+        let len = record::encoded_len(event)?;
+        let to_disk = self.config.persistent
+            || self.queues[q.0 as usize].overflowing
+            || !self.fits_in_memory(q, len);
+        let (serial, offset, seq) = if to_disk {
+            if !self.config.persistent && !self.queues[q.0 as usize].overflowing {
+                self.queues[q.0 as usize].overflowing = true;
+                self.overflowing_queues += 1;
+            }
+            let result = self.append_to_segment(q, event, len);
+            if result.is_err() && !self.config.persistent {
+                self.stop_overflowing_if_drained(q);
+            }
+            result?
+        } else {
+            self.append_to_memory(q, event, len)
+        };
+        if self.config.conflation {
+            self.conflate(q, event, seq, serial, offset);
+        }
+        Ok(seq)
+    }
+
+    fn fits_in_memory(&self, q: QueueId, len: usize) -> bool {
+        let queue = &self.queues[q.0 as usize];
+        let room_in_tail = queue.extents.back().is_some_and(|e| {
+            matches!(e.store, Store::Memory(_)) && !e.sealed && e.end as usize + len <= e.capacity()
+        });
+        if room_in_tail {
+            return true;
+        }
+        let chunk = queue.chunk_bytes.max(len) as u64;
+        self.memory_bytes + chunk <= self.config.memory_bytes_max
+    }
+
+    fn append_to_memory(&mut self, q: QueueId, event: &Event<'_>, len: usize) -> (u64, u32, Seq) {
+        let queue = &mut self.queues[q.0 as usize];
+        let room = queue.extents.back().is_some_and(|e| {
+            matches!(e.store, Store::Memory(_)) && !e.sealed && e.end as usize + len <= e.capacity()
+        });
+        if !room {
+            if let Some(tail) = queue.extents.back_mut() {
+                tail.sealed = true;
+            }
+            let cap = queue.chunk_bytes.max(len);
+            queue.chunk_bytes = (queue.chunk_bytes * 2).min(MEMORY_CHUNK_BYTES_MAX);
+            self.memory_bytes += cap as u64;
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            queue.extents.push_back(Extent {
+                serial,
+                store: Store::Memory(vec![0u8; cap].into_boxed_slice()),
+                start: 0,
+                end: 0,
+                next_seq: queue.next_seq,
+                sealed: false,
+            });
+        }
+        let seq = queue.next_seq;
+        let tail = queue.extents.back_mut().expect("a tail extent with room");
+        let offset = tail.end;
+        record::encode_into(&mut tail.bytes_mut()[offset as usize..], event, seq);
+        tail.end += len as u32;
+        tail.next_seq = seq.next();
+        queue.next_seq = seq.next();
+        queue.counters.events_mem += 1;
+        queue.counters.bytes_mem += len as u64;
+        (tail.serial, offset, seq)
+    }
+
+    fn append_to_segment(
+        &mut self,
+        q: QueueId,
+        event: &Event<'_>,
+        len: usize,
+    ) -> Result<(u64, u32, Seq), AppendError> {
+        let room = self.queues[q.0 as usize].extents.back().is_some_and(|e| {
+            e.segment().is_some() && !e.sealed && e.end as usize + len <= e.capacity()
+        });
+        if !room {
+            self.start_segment(q, len)?;
+        }
+        let queue = &mut self.queues[q.0 as usize];
+        let seq = queue.next_seq;
+        let tail = queue.extents.back_mut().expect("a tail segment with room");
+        let offset = tail.end;
+        record::encode_into(&mut tail.bytes_mut()[offset as usize..], event, seq);
+        debug_assert!(
+            record::decode(&tail.bytes()[offset as usize..offset as usize + len]).is_ok()
+        );
+        tail.end += len as u32;
+        tail.next_seq = seq.next();
+        let id = tail.segment().expect("segment extent");
+        let serial = tail.serial;
+        queue.next_seq = seq.next();
+        queue.written = seq;
+        queue.counters.events_disk += 1;
+        queue.counters.bytes_disk += len as u64;
+        self.dirty.insert(id);
+        Ok((serial, offset, seq))
+    }
+
+    /// Seals the queue's tail and starts a new segment from a spare.
+    fn start_segment(&mut self, q: QueueId, len: usize) -> Result<(), AppendError> {
+        let need = SEGMENT_HEADER_BYTES + len;
+        let Some(i) = self.spares.iter().position(|s| s.buf.bytes().len() >= need) else {
+            if need > self.config.segment_bytes as usize {
+                self.oversize_demand = Some(self.oversize_demand.unwrap_or(0).max(need as u32));
+            }
+            return Err(match &self.disk_error {
+                Some((e, _)) if self.config.persistent => AppendError::Disk(e.clone()),
+                Some((e, _)) => AppendError::Full {
+                    budget: self.config.memory_bytes_max,
+                    cause: e.clone(),
+                },
+                None => AppendError::WouldBlock,
+            });
+        };
+        let mut spare = self.spares.swap_remove(i);
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let queue = &mut self.queues[q.0 as usize];
+        let info = SegmentInfo {
+            queue: q,
+            persistent: self.config.persistent,
+            segment_seq: queue.segment_seq,
+            first_seq: queue.next_seq,
+            capacity: spare.buf.bytes().len() as u32,
+            acked: Some(queue.acked),
+        };
+        segment::write_header(spare.buf.bytes_mut(), &info);
+        queue.segment_seq += 1;
+        if let Some(tail) = queue.extents.back_mut() {
+            tail.sealed = true;
+        }
+        queue.extents.push_back(Extent {
+            serial,
+            store: Store::Segment {
+                id: spare.id,
+                buf: spare.buf,
+            },
+            start: SEGMENT_HEADER_BYTES as u32,
+            end: SEGMENT_HEADER_BYTES as u32,
+            next_seq: queue.next_seq,
+            sealed: false,
+        });
+        self.dirty.insert(spare.id);
+        Ok(())
+    }
+
+    fn key_hash(region: RegionId, key: &[u8]) -> (RegionId, u64) {
+        (region, KeyHasher::default().hash_one(key))
+    }
+
+    fn conflate(&mut self, q: QueueId, event: &Event<'_>, seq: Seq, serial: u64, offset: u32) {
+        let queue = &mut self.queues[q.0 as usize];
+        let slot = Self::key_hash(event.region, event.key);
+        if event.op != Op::Update {
+            if queue.conflation.remove(&slot).is_some() {
+                self.memory_bytes -= CONFLATION_ENTRY_BYTES;
+            }
+            return;
+        }
+        let entry = ConflationEntry {
+            seq,
+            extent: serial,
+            offset,
+        };
+        let Some(old) = queue.conflation.insert(slot, entry) else {
+            self.memory_bytes += CONFLATION_ENTRY_BYTES;
+            return;
+        };
+        if old.seq < queue.peek.seq || old.seq <= queue.acked {
+            return; // already handed out: not eligible
+        }
+        let Some(i) = queue.index_of(old.extent) else {
+            return;
+        };
+        let e = &mut queue.extents[i];
+        let on_disk = e.segment().is_some();
+        let bytes = &mut e.bytes_mut()[old.offset as usize..];
+        let Ok(rec) = record::decode(bytes) else {
+            return;
+        };
+        if rec.op() != Op::Update
+            || rec.is_superseded()
+            || rec.key() != event.key
+            || rec.region() != event.region
+        {
+            return;
+        }
+        let len = rec.len();
+        record::mark_superseded(&mut bytes[..len]);
+        let c = &mut queue.counters;
+        c.conflated += 1;
+        if on_disk {
+            c.events_disk -= 1;
+            c.bytes_disk -= len as u64;
+            self.dirty.insert(e.segment().expect("segment"));
+        } else {
+            c.events_mem -= 1;
+            c.bytes_mem -= len as u64;
+        }
+    }
+
+    /// Hands out up to `events_max` events or `bytes_max` bytes (at least one event) from the
+    /// first event not yet peeked, without removing anything. `None` when nothing is waiting.
+    pub fn peek(
+        &mut self,
+        q: QueueId,
+        events_max: u32,
+        bytes_max: u64,
+    ) -> Result<Option<Batch>, ReadError> {
+        let Some(queue) = self.queues.get_mut(q.0 as usize) else {
+            return Ok(None);
+        };
+        let mut c = queue.normalize(queue.peek);
+        let mut batch = Batch {
+            queue: q,
+            first_seq: Seq(0),
+            last_seq: Seq(0),
+            events: 0,
+            bytes: 0,
+            possible_duplicate: false,
+            slices: Vec::new(),
+        };
+        'extents: while let Some(i) = queue.index_of(c.extent) {
+            let e = &queue.extents[i];
+            let data = &e.bytes()[..e.end as usize];
+            let mut run: Option<SliceRef> = None;
+            while c.offset < e.end {
+                let at = c.offset as usize;
+                let parsed = match e.store {
+                    Store::Segment { .. } => {
+                        record::decode(&data[at..]).map(|r| (*r.header(), r.len()))
+                    }
+                    Store::Memory(_) => record::check_header(&data[at..]).map(|(h, len)| (*h, len)),
+                };
+                let (h, len) = parsed.map_err(|error| ReadError {
+                    queue: q,
+                    segment: e.segment().unwrap_or(SegmentId(0)),
+                    offset: c.offset,
+                    error,
+                })?;
+                let seq = Seq(h.queue_seq.get());
+                if h.flags & record::FLAG_SUPERSEDED != 0 {
+                    if let Some(r) = run.take() {
+                        batch.slices.push(r);
+                    }
+                    c.offset += len as u32;
+                    c.seq = seq.next();
+                    continue;
+                }
+                if batch.events >= events_max.max(1)
+                    || (batch.events > 0 && batch.bytes + len as u64 > bytes_max)
+                {
+                    if let Some(r) = run.take() {
+                        batch.slices.push(r);
+                    }
+                    break 'extents;
+                }
+                if batch.events == 0 {
+                    batch.first_seq = seq;
+                }
+                batch.last_seq = seq;
+                batch.events += 1;
+                batch.bytes += len as u64;
+                match &mut run {
+                    Some(r) => r.end += len as u32,
+                    None => {
+                        run = Some(SliceRef {
+                            extent: e.serial,
+                            start: c.offset,
+                            end: c.offset + len as u32,
+                        })
+                    }
+                }
+                c.offset += len as u32;
+                c.seq = seq.next();
+            }
+            if let Some(r) = run.take() {
+                batch.slices.push(r);
+            }
+            let next = queue.normalize(c);
+            if next == c {
+                break;
+            }
+            c = next;
+        }
+        queue.peek = c;
+        if batch.events == 0 {
+            return Ok(None);
+        }
+        queue.peeked_max = queue.peeked_max.max(batch.last_seq);
+        if batch.first_seq <= queue.redeliver_upto {
+            batch.possible_duplicate = true;
+            let upto = batch.last_seq.min(queue.redeliver_upto);
+            queue.counters.possible_duplicates += upto.0 - batch.first_seq.0 + 1;
+        }
+        Ok(Some(batch))
+    }
+
+    /// The bytes of a batch, as contiguous runs of whole records in memory or in the mapped
+    /// segment. Valid until the batch is acknowledged.
+    pub fn batch_slices<'a>(&'a self, batch: &'a Batch) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let queue = self.queue(batch.queue);
+        batch.slices.iter().filter_map(move |s| {
+            let queue = queue?;
+            let e = &queue.extents[queue.index_of(s.extent)?];
+            Some(&e.bytes()[s.start as usize..s.end as usize])
+        })
+    }
+
+    /// Releases every event of queue `q` up to and including `upto`. Returns how many events
+    /// were released.
+    pub fn ack(&mut self, q: QueueId, upto: Seq) -> Result<u64, AckError> {
+        let persistent = self.config.persistent;
+        let conflation = self.config.conflation;
+        let Some(queue) = self.queues.get_mut(q.0 as usize) else {
+            return Err(AckError::UnknownQueue(q));
+        };
+        if upto <= queue.acked {
+            return Ok(0);
+        }
+        if upto > queue.peeked_max {
+            return Err(AckError::NotPeeked {
+                upto,
+                peeked: queue.peeked_max,
+            });
+        }
+        let mut released = 0u64;
+        let mut c = queue.normalize(queue.ack);
+        while let Some(i) = queue.index_of(c.extent) {
+            let e = &queue.extents[i];
+            if c.offset >= e.end {
+                break;
+            }
+            let (h, len) = record::check_header(&e.bytes()[c.offset as usize..e.end as usize])
+                .expect("records were checked when written and when peeked");
+            let seq = Seq(h.queue_seq.get());
+            if seq > upto {
+                break;
+            }
+            if h.flags & record::FLAG_SUPERSEDED == 0 {
+                released += 1;
+                let counters = &mut queue.counters;
+                if e.segment().is_some() {
+                    counters.events_disk -= 1;
+                    counters.bytes_disk -= len as u64;
+                } else {
+                    counters.events_mem -= 1;
+                    counters.bytes_mem -= len as u64;
+                }
+                if conflation && h.op == Op::Update as u8 {
+                    let start =
+                        c.offset as usize + record::HEADER_BYTES + h.recipient_count as usize;
+                    let key = &e.bytes()[start..start + h.key_len.get() as usize];
+                    let slot = Self::key_hash(RegionId(h.region.get()), key);
+                    if queue.conflation.get(&slot).is_some_and(|x| x.seq == seq) {
+                        queue.conflation.remove(&slot);
+                        self.memory_bytes -= CONFLATION_ENTRY_BYTES;
+                    }
+                }
+            }
+            c.offset += len as u32;
+            c.seq = seq.next();
+            c = queue.normalize(c);
+        }
+        queue.acked = upto;
+        queue.ack = c;
+        // Drop extents that hold nothing unacknowledged. A persistent queue keeps its last
+        // segment: its header carries the queue's position across a restart.
+        while let Some(front) = queue.extents.front() {
+            let done = c.extent > front.serial
+                || (c.extent == front.serial && c.offset >= front.end && front.sealed);
+            let last = queue.extents.len() == 1;
+            if !done || (persistent && last && front.segment().is_some()) {
+                break;
+            }
+            let front = queue.extents.pop_front().expect("front exists");
+            match front.store {
+                Store::Memory(b) => self.memory_bytes -= b.len() as u64,
+                Store::Segment { id, buf } => {
+                    self.dirty.remove(&id);
+                    let after = if persistent && self.config.sync != SyncPolicy::Never {
+                        self.next_sync_token
+                    } else {
+                        0
+                    };
+                    self.pending_deletes.push((id, buf, after));
+                }
+            }
+        }
+        if persistent && let Some(head) = queue.extents.front_mut() {
+            if let Store::Segment { id, buf } = &mut head.store {
+                segment::write_ack(buf.bytes_mut(), upto);
+                self.dirty.insert(*id);
+            }
+        }
+        queue.ack = queue.normalize(queue.ack);
+        queue.peek = queue.normalize(queue.peek);
+        if !persistent {
+            self.stop_overflowing_if_drained(q);
+        }
+        Ok(released)
+    }
+
+    fn stop_overflowing_if_drained(&mut self, q: QueueId) {
+        let queue = &mut self.queues[q.0 as usize];
+        if queue.overflowing && queue.segments().next().is_none() {
+            queue.overflowing = false;
+            self.overflowing_queues -= 1;
+        }
+    }
+
+    /// Makes every peeked but unacknowledged event of `q` unpeeked again, for resending after a
+    /// lost connection. The batches that carry them again are marked possible-duplicate.
+    pub fn reset(&mut self, q: QueueId) {
+        if let Some(queue) = self.queues.get_mut(q.0 as usize) {
+            queue.redeliver_upto = queue.redeliver_upto.max(queue.peeked_max);
+            queue.peek = queue.normalize(queue.ack);
+        }
+    }
+
+    /// Whether the append of `seq` to `q` has the durability its configuration promises.
+    pub fn durability(&self, q: QueueId, seq: Seq) -> Durability {
+        let Some(queue) = self.queue(q) else {
+            return Durability::Done;
+        };
+        if !(self.config.persistent
+            && self.config.disk_synchronous
+            && self.config.sync == SyncPolicy::EveryBatch)
+        {
+            return Durability::Done;
+        }
+        if queue.synced >= seq {
+            return Durability::Done;
+        }
+        match &queue.sync_failed {
+            Some((upto, why)) if seq <= *upto => Durability::Failed(why.clone()),
+            _ => Durability::Pending,
+        }
+    }
+
+    /// The next piece of file work, if any. `now_ms` drives interval syncs and retries.
+    pub fn poll_action(&mut self, now_ms: u64) -> Option<Action> {
+        let synced = self.last_synced_token;
+        if let Some(i) = self.pending_deletes.iter().position(|d| d.2 <= synced) {
+            let (id, buf, _) = self.pending_deletes.swap_remove(i);
+            return Some(Action::DeleteSegment { id, buf });
+        }
+        if let Some(a) = self.poll_create(now_ms) {
+            return Some(a);
+        }
+        self.poll_sync(now_ms)
+    }
+
+    fn poll_create(&mut self, now_ms: u64) -> Option<Action> {
+        if let Some((_, retry_at)) = &self.disk_error
+            && now_ms < *retry_at
+        {
+            return None;
+        }
+        let bytes = if let Some(need) = self.oversize_demand.take() {
+            need.max(self.config.segment_bytes)
+        } else {
+            let near_budget = self.memory_bytes.saturating_mul(4)
+                >= self.config.memory_bytes_max.saturating_mul(3);
+            let wanted = self.config.persistent || self.overflowing_queues > 0 || near_budget;
+            if !wanted
+                || self.spares.len() + self.creating as usize
+                    >= self.config.spare_segments.max(1) as usize
+            {
+                return None;
+            }
+            self.config.segment_bytes
+        };
+        if self.disk_error.is_some() && self.creating > 0 {
+            return None;
+        }
+        let id = SegmentId(self.next_segment_id);
+        self.next_segment_id += 1;
+        self.creating += 1;
+        Some(Action::CreateSegment { id, bytes })
+    }
+
+    fn poll_sync(&mut self, now_ms: u64) -> Option<Action> {
+        if self.sync_inflight.is_some() || self.dirty.is_empty() || !self.config.persistent {
+            return None;
+        }
+        match self.config.sync {
+            SyncPolicy::Never => return None,
+            SyncPolicy::IntervalMs(ms) if now_ms < self.last_sync_ms + ms as u64 => return None,
+            _ => {}
+        }
+        Some(self.start_sync(now_ms))
+    }
+
+    fn start_sync(&mut self, now_ms: u64) -> Action {
+        let token = self.next_sync_token;
+        self.next_sync_token += 1;
+        self.last_sync_ms = now_ms;
+        let segments: Vec<SegmentId> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let covers = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.written > q.synced)
+            .map(|(i, q)| (QueueId(i as u16), q.written))
+            .collect();
+        self.sync_inflight = Some((token, covers, segments.clone()));
+        Action::Sync { token, segments }
+    }
+
+    /// Starts a sync of everything written so far whatever the policy (for a clean close).
+    /// `None` when nothing is unsynced or a sync is already running.
+    pub fn flush(&mut self, now_ms: u64) -> Option<Action> {
+        if self.sync_inflight.is_some() || self.dirty.is_empty() {
+            return None;
+        }
+        Some(self.start_sync(now_ms))
+    }
+
+    /// When [`SenderQueue::poll_action`] will next have something to do without any other
+    /// input: an interval sync or a creation retry.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        let retry = self.disk_error.as_ref().map(|(_, at)| *at);
+        let sync = match self.config.sync {
+            SyncPolicy::IntervalMs(ms)
+                if self.config.persistent
+                    && !self.dirty.is_empty()
+                    && self.sync_inflight.is_none() =>
+            {
+                Some(self.last_sync_ms + ms as u64)
+            }
+            _ => None,
+        };
+        match (retry, sync) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether a sync is running.
+    pub fn sync_in_flight(&self) -> bool {
+        self.sync_inflight.is_some()
+    }
+
+    /// Whether anything written is not yet synced.
+    pub fn has_unsynced(&self) -> bool {
+        !self.dirty.is_empty() || self.sync_inflight.is_some()
+    }
+
+    /// The outcome of a [`Action::CreateSegment`].
+    pub fn handle_created(
+        &mut self,
+        id: SegmentId,
+        result: Result<Box<dyn SegmentBuf>, StoreError>,
+        now_ms: u64,
+    ) {
+        self.creating = self.creating.saturating_sub(1);
+        match result {
+            Ok(buf) => {
+                self.disk_error = None;
+                self.spares.push(Spare { id, buf });
+            }
+            Err(e) => self.disk_error = Some((e, now_ms + CREATE_RETRY_MS)),
+        }
+    }
+
+    /// The outcome of an [`Action::Sync`].
+    pub fn handle_synced(&mut self, token: u64, result: Result<(), StoreError>) {
+        let Some((t, covers, segments)) = self.sync_inflight.take() else {
+            return;
+        };
+        if t != token {
+            self.sync_inflight = Some((t, covers, segments));
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.last_synced_token = token;
+                for (q, upto) in covers {
+                    let queue = &mut self.queues[q.0 as usize];
+                    queue.synced = queue.synced.max(upto);
+                    if queue.sync_failed.as_ref().is_some_and(|(s, _)| *s <= upto) {
+                        queue.sync_failed = None;
+                    }
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for (q, upto) in covers {
+                    self.queues[q.0 as usize].sync_failed = Some((upto, why.clone()));
+                }
+                // Try again: the data is still in the mapped files.
+                let alive: Vec<SegmentId> = segments
+                    .into_iter()
+                    .filter(|id| self.segment_alive(*id))
+                    .collect();
+                self.dirty.extend(alive);
+            }
+        }
+    }
+
+    fn segment_alive(&self, id: SegmentId) -> bool {
+        self.queues
+            .iter()
+            .any(|q| q.segments().any(|e| e.segment() == Some(id)))
+    }
+
+    /// The current bytes of a segment this queue holds (for test backends that emulate sync).
+    pub fn segment_bytes(&self, id: SegmentId) -> Option<&[u8]> {
+        self.queues
+            .iter()
+            .flat_map(|q| q.segments())
+            .find(|e| e.segment() == Some(id))
+            .map(|e| e.bytes())
+            .or_else(|| {
+                self.spares
+                    .iter()
+                    .find(|s| s.id == id)
+                    .map(|s| s.buf.bytes())
+            })
+    }
+
+    /// Gives up every segment buffer, as a process that stops would (spares included).
+    pub fn into_segments(self) -> Vec<(SegmentId, Box<dyn SegmentBuf>)> {
+        let mut out: Vec<(SegmentId, Box<dyn SegmentBuf>)> =
+            self.spares.into_iter().map(|s| (s.id, s.buf)).collect();
+        out.extend(
+            self.pending_deletes
+                .into_iter()
+                .map(|(id, buf, _)| (id, buf)),
+        );
+        for q in self.queues {
+            for e in q.extents {
+                if let Store::Segment { id, buf } = e.store {
+                    out.push((id, buf));
+                }
+            }
+        }
+        out
+    }
+
+    /// Figures for queue `q`; `now_us` (microseconds since the Unix epoch) dates the oldest event.
+    pub fn queue_stats(&self, q: QueueId, now_us: u64) -> QueueStats {
+        let Some(queue) = self.queue(q) else {
+            return QueueStats::default();
+        };
+        let c = &queue.counters;
+        let mut s = QueueStats {
+            events_queued: c.events_mem + c.events_disk,
+            bytes_queued: c.bytes_mem + c.bytes_disk,
+            events_in_memory: c.events_mem,
+            bytes_in_memory: c.bytes_mem,
+            events_on_disk: c.events_disk,
+            bytes_on_disk: c.bytes_disk,
+            memory_bytes: queue
+                .extents
+                .iter()
+                .filter(|e| e.segment().is_none())
+                .map(|e| e.capacity() as u64)
+                .sum::<u64>()
+                + queue.conflation.len() as u64 * CONFLATION_ENTRY_BYTES,
+            segments: queue.segments().count() as u64,
+            segment_bytes: queue.segments().map(|e| e.capacity() as u64).sum(),
+            conflated: c.conflated,
+            possible_duplicates: c.possible_duplicates,
+            oldest_event_age_us: None,
+        };
+        s.oldest_event_age_us = self
+            .oldest_timestamp(queue)
+            .map(|ts| now_us.saturating_sub(ts));
+        s
+    }
+
+    fn oldest_timestamp(&self, queue: &Queue) -> Option<u64> {
+        let mut c = queue.normalize(queue.ack);
+        while let Some(i) = queue.index_of(c.extent) {
+            let e = &queue.extents[i];
+            if c.offset >= e.end {
+                return None;
+            }
+            let (h, len) =
+                record::check_header(&e.bytes()[c.offset as usize..e.end as usize]).ok()?;
+            if h.flags & record::FLAG_SUPERSEDED == 0 {
+                return Some(h.timestamp_us.get());
+            }
+            c.offset += len as u32;
+            c = queue.normalize(c);
+        }
+        None
+    }
+
+    /// Figures summed over every queue of this sender.
+    pub fn stats(&self, now_us: u64) -> QueueStats {
+        let mut t = QueueStats::default();
+        for i in 0..self.queues.len() {
+            let s = self.queue_stats(QueueId(i as u16), now_us);
+            t.events_queued += s.events_queued;
+            t.bytes_queued += s.bytes_queued;
+            t.events_in_memory += s.events_in_memory;
+            t.bytes_in_memory += s.bytes_in_memory;
+            t.events_on_disk += s.events_on_disk;
+            t.bytes_on_disk += s.bytes_on_disk;
+            t.segments += s.segments;
+            t.segment_bytes += s.segment_bytes;
+            t.conflated += s.conflated;
+            t.possible_duplicates += s.possible_duplicates;
+            t.oldest_event_age_us = t.oldest_event_age_us.max(s.oldest_event_age_us);
+        }
+        t.memory_bytes = self.memory_bytes;
+        t.segments += self.spares.len() as u64;
+        t.segment_bytes += self
+            .spares
+            .iter()
+            .map(|s| s.buf.bytes().len() as u64)
+            .sum::<u64>();
+        t
+    }
+}

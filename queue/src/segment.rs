@@ -1,0 +1,267 @@
+//! Segment files: a 64-byte header, then records back to back, then zeros.
+//!
+//! The header names the queue the segment belongs to, its place in that queue's chain and
+//! the sequence number of its first record; a small slot at the end of the header holds the
+//! queue's acknowledged position, rewritten in place. [`scan`] walks the records of one
+//! segment and tells a clean end from a torn tail and from corruption in the middle.
+
+use crate::ids::{QueueId, Seq};
+use crate::record::{self, DecodeError};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Bytes of the segment header; the first record starts here.
+pub const SEGMENT_HEADER_BYTES: usize = 64;
+/// The segment format version this build writes.
+pub const SEGMENT_VERSION: u16 = 1;
+/// Identifies a Strait segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"STRAITSG";
+/// Header flag: the segment belongs to a persistent queue and survives a restart.
+pub const SEGMENT_FLAG_PERSISTENT: u16 = 1;
+
+/// The segment header.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct SegmentHeader {
+    pub magic: [u8; 8],
+    pub version: U16,
+    pub header_bytes: U16,
+    pub queue: U16,
+    pub flags: U16,
+    /// Position of this segment in its queue's chain, from 1.
+    pub segment_seq: U64,
+    /// Sequence number of the first record.
+    pub first_seq: U64,
+    /// The file's size when it was created.
+    pub capacity: U32,
+    /// CRC-32 of bytes 0..36.
+    pub header_crc: U32,
+    /// The queue's acknowledged position when this slot was last written.
+    pub ack_seq: U64,
+    /// CRC-32 of bytes 36..48 (the header CRC and the ack), tying the slot to this header.
+    pub ack_crc: U32,
+    pub reserved: [u8; 12],
+}
+
+const _: () = assert!(size_of::<SegmentHeader>() == SEGMENT_HEADER_BYTES);
+
+/// What a valid segment header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub queue: QueueId,
+    pub persistent: bool,
+    pub segment_seq: u64,
+    pub first_seq: Seq,
+    pub capacity: u32,
+    /// `None` when the ack slot was never written or does not check out.
+    pub acked: Option<Seq>,
+}
+
+/// Why a segment header is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("file is shorter than a segment header ({0} bytes)")]
+    Short(usize),
+    #[error("the header is all zeros: a segment that was never assigned to a queue")]
+    Blank,
+    #[error("not a Strait segment (magic {0:02x?})")]
+    Magic([u8; 8]),
+    #[error("segment format version {0} is newer than this build reads (up to {SEGMENT_VERSION})")]
+    NewerVersion(u16),
+    #[error("segment header CRC mismatch")]
+    Crc,
+}
+
+/// Writes a fresh header at the start of `buf`.
+pub fn write_header(buf: &mut [u8], info: &SegmentInfo) {
+    let mut h = SegmentHeader {
+        magic: SEGMENT_MAGIC,
+        version: U16::new(SEGMENT_VERSION),
+        header_bytes: U16::new(SEGMENT_HEADER_BYTES as u16),
+        queue: U16::new(info.queue.0),
+        flags: U16::new(if info.persistent {
+            SEGMENT_FLAG_PERSISTENT
+        } else {
+            0
+        }),
+        segment_seq: U64::new(info.segment_seq),
+        first_seq: U64::new(info.first_seq.0),
+        capacity: U32::new(info.capacity),
+        header_crc: U32::new(0),
+        ack_seq: U64::new(0),
+        ack_crc: U32::new(0),
+        reserved: [0; 12],
+    };
+    h.header_crc = U32::new(crc32fast::hash(&h.as_bytes()[..36]));
+    buf[..SEGMENT_HEADER_BYTES].copy_from_slice(h.as_bytes());
+    if let Some(acked) = info.acked {
+        write_ack(buf, acked);
+    }
+}
+
+/// Rewrites the ack slot of the header at the start of `buf`.
+pub fn write_ack(buf: &mut [u8], acked: Seq) {
+    buf[40..48].copy_from_slice(&acked.0.to_le_bytes());
+    let crc = crc32fast::hash(&buf[36..48]);
+    buf[48..52].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads and checks the header at the start of `buf`.
+pub fn read_header(buf: &[u8]) -> Result<SegmentInfo, HeaderError> {
+    let Ok((h, _)) = SegmentHeader::ref_from_prefix(buf) else {
+        return Err(HeaderError::Short(buf.len()));
+    };
+    if h.magic != SEGMENT_MAGIC {
+        if h.as_bytes().iter().all(|&b| b == 0) {
+            return Err(HeaderError::Blank);
+        }
+        return Err(HeaderError::Magic(h.magic));
+    }
+    if h.version.get() > SEGMENT_VERSION {
+        return Err(HeaderError::NewerVersion(h.version.get()));
+    }
+    if crc32fast::hash(&h.as_bytes()[..36]) != h.header_crc.get() {
+        return Err(HeaderError::Crc);
+    }
+    let ack_ok = crc32fast::hash(&h.as_bytes()[36..48]) == h.ack_crc.get();
+    Ok(SegmentInfo {
+        queue: QueueId(h.queue.get()),
+        persistent: h.flags.get() & SEGMENT_FLAG_PERSISTENT != 0,
+        segment_seq: h.segment_seq.get(),
+        first_seq: Seq(h.first_seq.get()),
+        capacity: h.capacity.get(),
+        acked: ack_ok.then(|| Seq(h.ack_seq.get())),
+    })
+}
+
+/// Why the walk over a segment's records stopped before its end.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadRecord {
+    #[error(transparent)]
+    Decode(DecodeError),
+    #[error("valid record with sequence number {found} where {expected} was expected")]
+    OutOfSequence { expected: Seq, found: Seq },
+}
+
+/// How the records of a segment end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// The records end exactly at the segment's end, or only zeros follow them.
+    Clean,
+    /// Bytes that are not a valid record follow the last record and no valid record comes
+    /// after them: a write cut short by a crash. `garbage_end` is one past the last non-zero
+    /// byte.
+    Torn {
+        offset: usize,
+        garbage_end: usize,
+        error: BadRecord,
+    },
+    /// A bad record with valid records after it: damage in the middle. Bytes
+    /// `offset..quarantine_end` are kept aside; `records_after` valid records lie in them, the
+    /// last with sequence number `last_seq_after`.
+    Corrupt {
+        offset: usize,
+        quarantine_end: usize,
+        error: BadRecord,
+        records_after: u64,
+        last_seq_after: Option<Seq>,
+    },
+}
+
+/// The outcome of walking one segment's records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// Valid, in-sequence records, superseded ones included.
+    pub records: u64,
+    /// Of those, the ones not superseded, and their bytes.
+    pub live_records: u64,
+    pub live_bytes: u64,
+    /// Sequence number of the last valid record, if any.
+    pub last_seq: Option<Seq>,
+    /// Offset just past the last valid record.
+    pub end: usize,
+    pub tail: Tail,
+}
+
+/// Walks the records of `data` from `start`, expecting consecutive sequence numbers from
+/// `first_seq`. Every record's CRC is checked.
+pub fn scan(data: &[u8], start: usize, first_seq: Seq) -> Scan {
+    let mut at = start;
+    let mut expect = first_seq;
+    let mut scan = Scan {
+        records: 0,
+        live_records: 0,
+        live_bytes: 0,
+        last_seq: None,
+        end: start,
+        tail: Tail::Clean,
+    };
+    while at < data.len() {
+        let rest = &data[at..];
+        let error = match record::decode(rest) {
+            Ok(rec) if rec.seq() == expect => {
+                scan.records += 1;
+                if !rec.is_superseded() {
+                    scan.live_records += 1;
+                    scan.live_bytes += rec.len() as u64;
+                }
+                scan.last_seq = Some(expect);
+                expect = expect.next();
+                at += rec.len();
+                scan.end = at;
+                continue;
+            }
+            Ok(rec) => BadRecord::OutOfSequence {
+                expected: expect,
+                found: rec.seq(),
+            },
+            Err(e) => BadRecord::Decode(e),
+        };
+        // Not a valid next record. Zeros to the end are the clean, preallocated remainder.
+        let garbage_end = match rest.iter().rposition(|&b| b != 0) {
+            None => break,
+            Some(i) => at + i + 1,
+        };
+        let found = resync(data, at + 1, garbage_end, expect);
+        scan.tail = match found {
+            None => Tail::Torn {
+                offset: at,
+                garbage_end,
+                error,
+            },
+            Some((quarantine_end, records_after, last_seq_after)) => Tail::Corrupt {
+                offset: at,
+                quarantine_end,
+                error,
+                records_after,
+                last_seq_after,
+            },
+        };
+        break;
+    }
+    scan
+}
+
+/// Looks for valid records in `data[from..to]` whose sequence numbers are at least `min_seq`.
+/// Returns the end of the last one found, how many were found and the highest sequence number.
+fn resync(data: &[u8], from: usize, to: usize, min_seq: Seq) -> Option<(usize, u64, Option<Seq>)> {
+    let mut found = 0u64;
+    let mut last_end = 0usize;
+    let mut last_seq = None;
+    let mut at = from;
+    while at + record::HEADER_BYTES <= to {
+        // Cheap filter before a full decode: version and operation bytes.
+        let plausible = data[at + 4] == record::FORMAT_VERSION && (1..=4).contains(&data[at + 5]);
+        if plausible && let Ok(rec) = record::decode(&data[at..to]) {
+            if rec.seq() >= min_seq {
+                found += 1;
+                last_end = at + rec.len();
+                last_seq = Some(last_seq.map_or(rec.seq(), |s: Seq| s.max(rec.seq())));
+                at += rec.len();
+                continue;
+            }
+        }
+        at += 1;
+    }
+    (found > 0).then_some((last_end, found, last_seq))
+}

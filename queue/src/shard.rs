@@ -1,0 +1,296 @@
+//! [`ShardQueue`]: the glommio shell around a [`SenderQueue`].
+//!
+//! The queue logic runs on the shard; every [`Action`] it asks for (create, preallocate, map
+//! and prefault a segment; fdatasync; unmap and delete) runs on the executor's blocking pool,
+//! so a shard never waits on the filesystem. Appends that need a segment not yet created, or
+//! a group commit not yet synced, wait asynchronously; other tasks keep running.
+
+use crate::ids::{QueueId, Seq};
+use crate::mmap::MmapDisk;
+use crate::queue::{Action, AppendError, Durability, QueueConfig, SenderQueue};
+use crate::record::Event;
+use crate::store::{self, Disk, RecoveryError, RecoveryReport, StoreError};
+use futures_lite::future;
+use glommio::executor;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Wakes every task waiting on it. A waiter that subscribed before a notification sees it.
+#[derive(Debug, Default)]
+struct Notify {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    fn notified(&self) -> Notified<'_> {
+        Notified {
+            notify: self,
+            seen: self.generation.get(),
+        }
+    }
+}
+
+struct Notified<'a> {
+    notify: &'a Notify,
+    seen: u64,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notify.generation.get() != self.seen {
+            return Poll::Ready(());
+        }
+        self.notify.waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Why an append did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardAppendError {
+    #[error(transparent)]
+    Rejected(#[from] AppendError),
+    /// The event is queued, but the fdatasync meant to make it durable failed.
+    #[error("event {seq} of queue {queue} is queued but not durable: {why}")]
+    NotDurable {
+        queue: QueueId,
+        seq: Seq,
+        why: String,
+    },
+}
+
+/// Why a queue could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+}
+
+struct Inner {
+    queue: RefCell<SenderQueue>,
+    disk: Arc<dyn Disk>,
+    /// Something may have changed for the driver (a write, an ack, a completion).
+    wake_driver: Notify,
+    /// A segment became ready or a sync finished.
+    progress: Notify,
+    in_flight: Cell<u32>,
+    closing: Cell<bool>,
+    last_error: RefCell<Option<StoreError>>,
+    epoch: Instant,
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// One sender's queues on one shard, driven by glommio. Create it on the shard that owns it.
+pub struct ShardQueue {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for ShardQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardQueue")
+            .field("queue", &self.inner.queue.borrow())
+            .finish()
+    }
+}
+
+impl ShardQueue {
+    /// Locks `dir`, recovers what it holds (on the blocking pool) and starts the driver.
+    pub async fn open(
+        dir: PathBuf,
+        config: QueueConfig,
+    ) -> Result<(ShardQueue, RecoveryReport), OpenError> {
+        let opened = executor()
+            .spawn_blocking(move || -> Result<_, OpenError> {
+                let disk = MmapDisk::open(&dir)?;
+                let (queue, report) = store::recover(config, &disk)?;
+                Ok((disk, queue, report))
+            })
+            .await?;
+        let (disk, queue, report) = opened;
+        Ok((Self::start(queue, Arc::new(disk)), report))
+    }
+
+    fn start(queue: SenderQueue, disk: Arc<dyn Disk>) -> ShardQueue {
+        let inner = Rc::new(Inner {
+            queue: RefCell::new(queue),
+            disk,
+            wake_driver: Notify::default(),
+            progress: Notify::default(),
+            in_flight: Cell::new(0),
+            closing: Cell::new(false),
+            last_error: RefCell::new(None),
+            epoch: Instant::now(),
+        });
+        glommio::spawn_local(drive(inner.clone())).detach();
+        ShardQueue { inner }
+    }
+
+    /// Appends and waits until the event has the durability the configuration promises.
+    pub async fn append(&self, q: QueueId, event: &Event<'_>) -> Result<Seq, ShardAppendError> {
+        let seq = self.append_nowait(q, event).await?;
+        self.wait_durable(q, seq).await?;
+        Ok(seq)
+    }
+
+    /// Appends without waiting for durability (a pipelined writer awaits
+    /// [`ShardQueue::wait_durable`] for the last of many). Waits only while no segment is
+    /// ready.
+    pub async fn append_nowait(&self, q: QueueId, event: &Event<'_>) -> Result<Seq, AppendError> {
+        loop {
+            let waiter = self.inner.progress.notified();
+            let result = self.inner.queue.borrow_mut().append(q, event);
+            self.inner.wake_driver.notify();
+            match result {
+                Err(AppendError::WouldBlock) => waiter.await,
+                r => return r,
+            }
+        }
+    }
+
+    /// Waits until the append of `seq` to `q` is durable as configured.
+    pub async fn wait_durable(&self, q: QueueId, seq: Seq) -> Result<(), ShardAppendError> {
+        loop {
+            let waiter = self.inner.progress.notified();
+            match self.inner.queue.borrow().durability(q, seq) {
+                Durability::Done => return Ok(()),
+                Durability::Failed(why) => {
+                    return Err(ShardAppendError::NotDurable { queue: q, seq, why });
+                }
+                Durability::Pending => {}
+            }
+            waiter.await;
+        }
+    }
+
+    /// Runs `f` on the queue (peek, ack, reset, stats), then lets the driver see the change.
+    pub fn with<R>(&self, f: impl FnOnce(&mut SenderQueue) -> R) -> R {
+        let r = f(&mut self.inner.queue.borrow_mut());
+        self.inner.wake_driver.notify();
+        r
+    }
+
+    /// The last file operation that failed in the background (a delete, a sync), if any.
+    pub fn last_error(&self) -> Option<StoreError> {
+        self.inner.last_error.borrow().clone()
+    }
+
+    /// Syncs everything written, waits for all file work, stops the driver and unmaps the
+    /// segments off the shard.
+    pub async fn close(self) -> Result<(), StoreError> {
+        let inner = self.inner;
+        inner.closing.set(true);
+        loop {
+            let waiter = inner.progress.notified();
+            let flush = inner.queue.borrow_mut().flush(inner.now_ms());
+            if let Some(action) = flush {
+                run(inner.clone(), action).await;
+                continue;
+            }
+            let busy = inner.in_flight.get() > 0 || inner.queue.borrow().sync_in_flight();
+            if !busy {
+                break;
+            }
+            inner.wake_driver.notify();
+            waiter.await;
+        }
+        inner.wake_driver.notify();
+        if let Some(e) = inner.last_error.borrow().clone() {
+            return Err(e);
+        }
+        let queue = inner.queue.replace(SenderQueue::new(QueueConfig {
+            queue_count: 0,
+            ..QueueConfig::default()
+        }));
+        executor().spawn_blocking(move || drop(queue)).await;
+        Ok(())
+    }
+}
+
+/// The driver: takes actions from the queue and runs each on the blocking pool.
+async fn drive(inner: Rc<Inner>) {
+    loop {
+        if inner.closing.get() {
+            return;
+        }
+        let waiter = inner.wake_driver.notified();
+        let now = inner.now_ms();
+        let action = inner.queue.borrow_mut().poll_action(now);
+        if let Some(action) = action {
+            inner.in_flight.set(inner.in_flight.get() + 1);
+            let i = inner.clone();
+            glommio::spawn_local(async move {
+                run(i.clone(), action).await;
+                i.in_flight.set(i.in_flight.get() - 1);
+                i.progress.notify();
+                i.wake_driver.notify();
+            })
+            .detach();
+            continue;
+        }
+        let deadline = inner.queue.borrow().next_deadline_ms();
+        match deadline {
+            Some(at) => {
+                let wait = Duration::from_millis(at.saturating_sub(now).max(1));
+                future::or(waiter, glommio::timer::sleep(wait)).await;
+            }
+            None => waiter.await,
+        }
+    }
+}
+
+async fn run(inner: Rc<Inner>, action: Action) {
+    let disk = inner.disk.clone();
+    match action {
+        Action::CreateSegment { id, bytes } => {
+            let r = executor()
+                .spawn_blocking(move || disk.create(id, bytes))
+                .await;
+            inner
+                .queue
+                .borrow_mut()
+                .handle_created(id, r, inner.now_ms());
+        }
+        Action::Sync { token, segments } => {
+            let r = executor()
+                .spawn_blocking(move || segments.iter().try_for_each(|&id| disk.sync(id, None)))
+                .await;
+            if let Err(e) = &r {
+                *inner.last_error.borrow_mut() = Some(e.clone());
+            }
+            inner.queue.borrow_mut().handle_synced(token, r);
+        }
+        Action::DeleteSegment { id, buf } => {
+            // A failed delete leaves a fully acknowledged file behind; the next recovery
+            // removes it. It is still reported.
+            if let Err(e) = executor()
+                .spawn_blocking(move || disk.delete(id, buf))
+                .await
+            {
+                *inner.last_error.borrow_mut() = Some(e);
+            }
+        }
+    }
+    inner.progress.notify();
+}

@@ -1,0 +1,378 @@
+//! The storage seam: segment buffers, the blocking [`Disk`] operations behind them, and
+//! recovery, which rebuilds a [`SenderQueue`] from whatever a [`Disk`] holds.
+//!
+//! Two disks implement the trait: [`crate::mmap::MmapDisk`] (memory-mapped files) and
+//! [`crate::mem::MemDisk`] (vectors, with injected failures and crashes, for tests).
+
+use crate::ids::{QueueId, SegmentId, Seq};
+use crate::queue::{QueueConfig, RecoveredQueue, RecoveredSegment, SenderQueue};
+use crate::segment::{self, BadRecord, HeaderError, SEGMENT_HEADER_BYTES, Tail};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+
+/// The bytes of one segment, owned by the queue that writes it. Writing is a memory copy and
+/// never blocks on I/O: segments arrive created, preallocated and prefaulted.
+pub trait SegmentBuf: Send + fmt::Debug {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl SegmentBuf for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// What the disk was doing when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    Lock,
+    Create,
+    Open,
+    List,
+    Sync,
+    Delete,
+    Quarantine,
+}
+
+impl fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreOp::Lock => "locking",
+            StoreOp::Create => "creating segment",
+            StoreOp::Open => "opening segment",
+            StoreOp::List => "listing",
+            StoreOp::Sync => "syncing segment",
+            StoreOp::Delete => "deleting segment",
+            StoreOp::Quarantine => "writing quarantine file",
+        })
+    }
+}
+
+/// A local I/O failure, naming the file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{op} {path}: {message}")]
+pub struct StoreError {
+    pub op: StoreOp,
+    pub path: String,
+    pub kind: io::ErrorKind,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(op: StoreOp, path: impl fmt::Display, err: &io::Error) -> StoreError {
+        StoreError {
+            op,
+            path: path.to_string(),
+            kind: err.kind(),
+            message: err.to_string(),
+        }
+    }
+
+    /// The disk (or the quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        self.kind == io::ErrorKind::StorageFull || self.kind == io::ErrorKind::QuotaExceeded
+    }
+}
+
+/// Blocking file operations. Never called on a shard's event loop: the shell runs them on a
+/// helper thread.
+pub trait Disk: Send + Sync {
+    /// A human-readable location of a segment (its path), for reports.
+    fn location(&self, id: SegmentId) -> String;
+    /// Creates a zero-filled segment of `bytes` bytes, preallocated and ready to write.
+    fn create(&self, id: SegmentId, bytes: u32) -> Result<Box<dyn SegmentBuf>, StoreError>;
+    /// Every segment present, in id order.
+    fn list(&self) -> Result<Vec<SegmentId>, StoreError>;
+    /// Opens an existing segment for reading and writing.
+    fn open(&self, id: SegmentId) -> Result<Box<dyn SegmentBuf>, StoreError>;
+    /// Makes a segment durable. `current` is the segment's bytes as the queue holds them, for
+    /// disks that keep no file behind the buffer; file-backed disks ignore it.
+    fn sync(&self, id: SegmentId, current: Option<&[u8]>) -> Result<(), StoreError>;
+    /// Unmaps and deletes a segment.
+    fn delete(&self, id: SegmentId, buf: Box<dyn SegmentBuf>) -> Result<(), StoreError>;
+    /// Keeps `bytes` aside under `name` and returns where they went.
+    fn quarantine(&self, name: &str, bytes: &[u8]) -> Result<String, StoreError>;
+}
+
+/// A torn tail found and cut off at recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: String,
+    pub offset: usize,
+    /// Non-zero bytes cleared after the last valid record.
+    pub bytes: usize,
+    pub error: BadRecord,
+}
+
+/// Damage found at recovery and kept aside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Corruption {
+    pub segment: String,
+    pub offset: usize,
+    pub reason: String,
+    /// Where the damaged bytes and everything after them went.
+    pub quarantine: String,
+    /// Valid records found among the bytes kept aside.
+    pub records_kept_aside: u64,
+    pub bytes_kept_aside: usize,
+}
+
+/// Events missing between two segments of a queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeqGap {
+    pub queue: QueueId,
+    pub segment: String,
+    pub expected: Seq,
+    pub found: Seq,
+}
+
+/// What recovery found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: u64,
+    pub queues: u64,
+    /// Unacknowledged events restored, and their bytes.
+    pub events: u64,
+    pub bytes: u64,
+    pub torn: Vec<TornTail>,
+    pub corrupt: Vec<Corruption>,
+    pub gaps: Vec<SeqGap>,
+    /// Segments deleted as expected: unused spares, overflow of a non-persistent queue, fully
+    /// acknowledged ones. (location, reason)
+    pub discarded: Vec<(String, &'static str)>,
+}
+
+impl RecoveryReport {
+    /// Whether recovery found anything an operator should look at.
+    pub fn is_clean(&self) -> bool {
+        self.torn.is_empty() && self.corrupt.is_empty() && self.gaps.is_empty()
+    }
+}
+
+/// Why a queue could not be opened. Nothing was changed on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{path}: segment format version {version} is newer than this build reads; upgrade Strait to open this queue"
+    )]
+    NewerFormat { path: String, version: u16 },
+    #[error(
+        "{path}: segment belongs to queue {queue}, but the sender is configured with {queue_count} queues"
+    )]
+    UnknownQueue {
+        path: String,
+        queue: QueueId,
+        queue_count: u16,
+    },
+}
+
+struct Found {
+    id: SegmentId,
+    buf: Box<dyn SegmentBuf>,
+    info: segment::SegmentInfo,
+}
+
+/// Rebuilds the queues of one sender from `disk`: every unacknowledged event, in order, with
+/// every CRC checked. Torn tails are cleared; damage in the middle is copied aside with
+/// [`Disk::quarantine`]; all of it is reported. Refuses (changing nothing) a segment of a newer
+/// format or of a queue the configuration does not have.
+pub fn recover(
+    config: QueueConfig,
+    disk: &dyn Disk,
+) -> Result<(SenderQueue, RecoveryReport), RecoveryError> {
+    let mut report = RecoveryReport::default();
+    let ids = disk.list()?;
+    let next_segment_id = SegmentId(ids.iter().map(|i| i.0).max().unwrap_or(0) + 1);
+    let mut found = Vec::new();
+    let mut unusable = Vec::new();
+    for id in ids {
+        let buf = disk.open(id)?;
+        match segment::read_header(buf.bytes()) {
+            Ok(info) if info.queue.0 >= config.queue_count => {
+                return Err(RecoveryError::UnknownQueue {
+                    path: disk.location(id),
+                    queue: info.queue,
+                    queue_count: config.queue_count,
+                });
+            }
+            Ok(info) => found.push(Found { id, buf, info }),
+            Err(HeaderError::NewerVersion(version)) => {
+                return Err(RecoveryError::NewerFormat {
+                    path: disk.location(id),
+                    version,
+                });
+            }
+            Err(e) => unusable.push((id, buf, e)),
+        }
+    }
+    // From here on, recovery changes the disk.
+    for (id, buf, e) in unusable {
+        let path = disk.location(id);
+        if e == HeaderError::Blank && buf.bytes().iter().all(|&b| b == 0) {
+            report.discarded.push((path, "blank spare segment"));
+        } else {
+            let name = format!("{:016x}.seg", id.0);
+            let quarantine = disk.quarantine(&name, buf.bytes())?;
+            report.corrupt.push(Corruption {
+                segment: path,
+                offset: 0,
+                reason: e.to_string(),
+                quarantine,
+                records_kept_aside: 0,
+                bytes_kept_aside: buf.bytes().len(),
+            });
+        }
+        disk.delete(id, buf)?;
+    }
+    let mut by_queue: BTreeMap<QueueId, Vec<Found>> = BTreeMap::new();
+    for f in found {
+        if !config.persistent || !f.info.persistent {
+            report.discarded.push((
+                disk.location(f.id),
+                "overflow segment of a non-persistent queue",
+            ));
+            disk.delete(f.id, f.buf)?;
+            continue;
+        }
+        by_queue.entry(f.info.queue).or_default().push(f);
+    }
+    let mut recovered = Vec::new();
+    for (queue, mut segs) in by_queue {
+        segs.sort_by_key(|f| f.info.segment_seq);
+        recovered.push(recover_queue(queue, segs, disk, &mut report)?);
+    }
+    let sq = SenderQueue::from_recovered(config, recovered, next_segment_id);
+    let totals = sq.stats(0);
+    report.events = totals.events_queued;
+    report.bytes = totals.bytes_queued;
+    Ok((sq, report))
+}
+
+fn recover_queue(
+    queue: QueueId,
+    segs: Vec<Found>,
+    disk: &dyn Disk,
+    report: &mut RecoveryReport,
+) -> Result<RecoveredQueue, RecoveryError> {
+    report.queues += 1;
+    let mut acked = segs
+        .iter()
+        .filter_map(|f| f.info.acked)
+        .max()
+        .unwrap_or(Seq(0));
+    let mut expected: Option<Seq> = None;
+    let mut next_seq = Seq(1);
+    let mut out: Vec<RecoveredSegment> = Vec::new();
+    let next_segment_seq = segs.last().map_or(1, |f| f.info.segment_seq + 1);
+    for Found { id, mut buf, info } in segs {
+        let path = disk.location(id);
+        match expected {
+            // The first segment: whatever came before it was acknowledged and deleted.
+            None => acked = acked.max(Seq(info.first_seq.0 - 1)),
+            Some(exp) if info.first_seq > exp => {
+                report.gaps.push(SeqGap {
+                    queue,
+                    segment: path.clone(),
+                    expected: exp,
+                    found: info.first_seq,
+                });
+            }
+            Some(exp) if info.first_seq < exp => {
+                let quarantine = disk.quarantine(&format!("{:016x}.seg", id.0), buf.bytes())?;
+                report.corrupt.push(Corruption {
+                    segment: path,
+                    offset: 0,
+                    reason: format!("segment starts at sequence {} but {} was expected: it overlaps an earlier one", info.first_seq, exp),
+                    quarantine,
+                    records_kept_aside: 0,
+                    bytes_kept_aside: buf.bytes().len(),
+                });
+                disk.delete(id, buf)?;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let scan = segment::scan(buf.bytes(), SEGMENT_HEADER_BYTES, info.first_seq);
+        let mut seg_next = scan.last_seq.map_or(info.first_seq, Seq::next);
+        let mut sealed = false;
+        match scan.tail {
+            Tail::Clean => {}
+            Tail::Torn {
+                offset,
+                garbage_end,
+                error,
+            } => {
+                buf.bytes_mut()[offset..garbage_end].fill(0);
+                report.torn.push(TornTail {
+                    segment: path.clone(),
+                    offset,
+                    bytes: garbage_end - offset,
+                    error,
+                });
+            }
+            Tail::Corrupt {
+                offset,
+                quarantine_end,
+                error,
+                records_after,
+                last_seq_after,
+            } => {
+                let name = format!("{:016x}-{offset:010}.quarantine", id.0);
+                let quarantine = disk.quarantine(&name, &buf.bytes()[offset..quarantine_end])?;
+                report.corrupt.push(Corruption {
+                    segment: path.clone(),
+                    offset,
+                    reason: error.to_string(),
+                    quarantine,
+                    records_kept_aside: records_after,
+                    bytes_kept_aside: quarantine_end - offset,
+                });
+                sealed = true;
+                if let Some(s) = last_seq_after {
+                    next_seq = next_seq.max(s.next());
+                }
+                // Later segments continue after the records kept aside.
+                seg_next = seg_next.max(last_seq_after.map_or(seg_next, Seq::next));
+            }
+        }
+        report.segments += 1;
+        next_seq = next_seq.max(seg_next);
+        expected = Some(seg_next);
+        if let Some(prev) = out.last_mut() {
+            prev.sealed = true;
+        }
+        out.push(RecoveredSegment {
+            id,
+            buf,
+            end: scan.end as u32,
+            next_seq: scan.last_seq.map_or(info.first_seq, Seq::next),
+            live_records: scan.live_records,
+            live_bytes: scan.live_bytes,
+            sealed,
+        });
+    }
+    next_seq = next_seq.max(acked.next());
+    // Drop segments that hold only acknowledged events, keeping the last one: its header
+    // carries the queue's position.
+    while out.len() > 1 && out[0].next_seq.0 <= acked.0 + 1 {
+        let s = out.remove(0);
+        report
+            .discarded
+            .push((disk.location(s.id), "fully acknowledged segment"));
+        disk.delete(s.id, s.buf)?;
+    }
+    Ok(RecoveredQueue {
+        queue,
+        segments: out,
+        acked,
+        next_seq,
+        next_segment_seq,
+    })
+}
