@@ -94,11 +94,11 @@ impl MemDisk {
                     if out[at..at + page.len()] == *page {
                         continue;
                     }
-                    match rng.next() % 3 {
+                    match rng.next_u64() % 3 {
                         0 => {}
                         1 => out[at..at + page.len()].copy_from_slice(page),
                         _ => {
-                            let cut = (rng.next() as usize) % page.len();
+                            let cut = (rng.next_u64() as usize) % page.len();
                             out[at..at + cut].copy_from_slice(&page[..cut]);
                         }
                     }
@@ -238,7 +238,7 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
             let r = segments
                 .iter()
                 .try_for_each(|&id| disk.sync(id, queue.segment_bytes(id)));
-            queue.handle_synced(token, r);
+            queue.handle_synced(token, r, now_ms);
         }
         Action::DeleteSegment { id, buf } => {
             // A failed delete leaves a fully acknowledged file that the next recovery removes.
@@ -252,7 +252,7 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
 pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

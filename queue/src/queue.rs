@@ -26,8 +26,8 @@ pub const SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
 pub const SEGMENT_BYTES_MIN: u32 = 64 << 10;
 /// Default number of segments kept created and mapped ahead of need.
 pub const SPARE_SEGMENTS_DEFAULT: u8 = 2;
-/// How long to wait before trying again to create a segment after a failure.
-pub const CREATE_RETRY_MS: u64 = 1000;
+/// How long to wait before trying again to create a segment, or to sync, after a failure.
+pub const RETRY_MS: u64 = 1000;
 /// First memory chunk of a queue; later chunks double up to [`MEMORY_CHUNK_BYTES_MAX`].
 pub const MEMORY_CHUNK_BYTES_MIN: usize = 4 << 10;
 /// Largest memory chunk (a larger record gets a chunk of its own size).
@@ -268,6 +268,8 @@ struct Counters {
 
 struct Queue {
     extents: VecDeque<Extent>,
+    /// Serial number of the next extent; a queue's extents have consecutive serials.
+    next_serial: u64,
     next_seq: Seq,
     acked: Seq,
     ack: Cursor,
@@ -298,6 +300,7 @@ impl Queue {
         };
         Queue {
             extents: VecDeque::new(),
+            next_serial: first_serial,
             next_seq: Seq(1),
             acked: Seq(0),
             ack: start,
@@ -355,6 +358,9 @@ impl Queue {
     }
 }
 
+/// A running sync: its token, the position each queue will have synced, its segments.
+type SyncInFlight = (u64, Vec<(QueueId, Seq)>, Vec<SegmentId>);
+
 /// A segment created ahead of need.
 struct Spare {
     id: SegmentId,
@@ -386,7 +392,6 @@ pub(crate) struct RecoveredSegment {
 pub struct SenderQueue {
     config: QueueConfig,
     queues: Vec<Queue>,
-    next_serial: u64,
     /// Bytes of memory chunks held, plus the conflation index.
     memory_bytes: u64,
     spares: Vec<Spare>,
@@ -399,10 +404,12 @@ pub struct SenderQueue {
     /// Fully acknowledged segments to delete, each with the sync token that must complete
     /// first (so that the new head's ack slot is durable before the old head disappears).
     pending_deletes: Vec<(SegmentId, Box<dyn SegmentBuf>, u64)>,
-    sync_inflight: Option<(u64, Vec<(QueueId, Seq)>, Vec<SegmentId>)>,
+    sync_inflight: Option<SyncInFlight>,
     next_sync_token: u64,
     last_synced_token: u64,
     last_sync_ms: u64,
+    /// After a failed sync, the next is not tried before this time.
+    sync_retry_at: Option<u64>,
     overflowing_queues: u32,
 }
 
@@ -426,7 +433,6 @@ impl SenderQueue {
         SenderQueue {
             config,
             queues,
-            next_serial: 0,
             memory_bytes: 0,
             spares: Vec::new(),
             creating: 0,
@@ -439,6 +445,7 @@ impl SenderQueue {
             next_sync_token: 1,
             last_synced_token: 0,
             last_sync_ms: 0,
+            sync_retry_at: None,
             overflowing_queues: 0,
         }
     }
@@ -451,14 +458,14 @@ impl SenderQueue {
     ) -> SenderQueue {
         let mut sq = Self::with_next_segment(config, next_segment_id);
         for r in recovered {
-            let serial_base = sq.next_serial;
             let q = &mut sq.queues[r.queue.0 as usize];
+            let serial_base = q.next_serial;
             q.next_seq = r.next_seq;
             q.acked = r.acked;
             q.segment_seq = r.next_segment_seq;
             for s in r.segments {
-                let serial = sq.next_serial;
-                sq.next_serial += 1;
+                let serial = q.next_serial;
+                q.next_serial += 1;
                 q.counters.events_disk += s.live_records;
                 q.counters.bytes_disk += s.live_bytes;
                 q.extents.push_back(Extent {
@@ -542,7 +549,8 @@ impl SenderQueue {
                 self.overflowing_queues += 1;
             }
             let result = self.append_to_segment(q, event, len);
-            if result.is_err() && !self.config.persistent {
+            // A refusal (not a wait for a segment being created) ends the overflow.
+            if matches!(result, Err(AppendError::Full { .. })) {
                 self.stop_overflowing_if_drained(q);
             }
             result?
@@ -579,8 +587,8 @@ impl SenderQueue {
             let cap = queue.chunk_bytes.max(len);
             queue.chunk_bytes = (queue.chunk_bytes * 2).min(MEMORY_CHUNK_BYTES_MAX);
             self.memory_bytes += cap as u64;
-            let serial = self.next_serial;
-            self.next_serial += 1;
+            let serial = queue.next_serial;
+            queue.next_serial += 1;
             queue.extents.push_back(Extent {
                 serial,
                 store: Store::Memory(vec![0u8; cap].into_boxed_slice()),
@@ -651,9 +659,9 @@ impl SenderQueue {
             });
         };
         let mut spare = self.spares.swap_remove(i);
-        let serial = self.next_serial;
-        self.next_serial += 1;
         let queue = &mut self.queues[q.0 as usize];
+        let serial = queue.next_serial;
+        queue.next_serial += 1;
         let info = SegmentInfo {
             queue: q,
             persistent: self.config.persistent,
@@ -925,11 +933,14 @@ impl SenderQueue {
                 }
             }
         }
-        if persistent && let Some(head) = queue.extents.front_mut() {
-            if let Store::Segment { id, buf } = &mut head.store {
-                segment::write_ack(buf.bytes_mut(), upto);
-                self.dirty.insert(*id);
-            }
+        if persistent
+            && let Some(Extent {
+                store: Store::Segment { id, buf },
+                ..
+            }) = queue.extents.front_mut()
+        {
+            segment::write_ack(buf.bytes_mut(), upto);
+            self.dirty.insert(*id);
         }
         queue.ack = queue.normalize(queue.ack);
         queue.peek = queue.normalize(queue.peek);
@@ -1022,6 +1033,9 @@ impl SenderQueue {
         if self.sync_inflight.is_some() || self.dirty.is_empty() || !self.config.persistent {
             return None;
         }
+        if self.sync_retry_at.is_some_and(|at| now_ms < at) {
+            return None;
+        }
         match self.config.sync {
             SyncPolicy::Never => return None,
             SyncPolicy::IntervalMs(ms) if now_ms < self.last_sync_ms + ms as u64 => return None,
@@ -1058,7 +1072,13 @@ impl SenderQueue {
     /// When [`SenderQueue::poll_action`] will next have something to do without any other
     /// input: an interval sync or a creation retry.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        let retry = self.disk_error.as_ref().map(|(_, at)| *at);
+        let retry = match (
+            self.disk_error.as_ref().map(|(_, at)| *at),
+            self.sync_retry_at,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let sync = match self.config.sync {
             SyncPolicy::IntervalMs(ms)
                 if self.config.persistent
@@ -1098,12 +1118,12 @@ impl SenderQueue {
                 self.disk_error = None;
                 self.spares.push(Spare { id, buf });
             }
-            Err(e) => self.disk_error = Some((e, now_ms + CREATE_RETRY_MS)),
+            Err(e) => self.disk_error = Some((e, now_ms + RETRY_MS)),
         }
     }
 
     /// The outcome of an [`Action::Sync`].
-    pub fn handle_synced(&mut self, token: u64, result: Result<(), StoreError>) {
+    pub fn handle_synced(&mut self, token: u64, result: Result<(), StoreError>, now_ms: u64) {
         let Some((t, covers, segments)) = self.sync_inflight.take() else {
             return;
         };
@@ -1114,6 +1134,7 @@ impl SenderQueue {
         match result {
             Ok(()) => {
                 self.last_synced_token = token;
+                self.sync_retry_at = None;
                 for (q, upto) in covers {
                     let queue = &mut self.queues[q.0 as usize];
                     queue.synced = queue.synced.max(upto);
@@ -1127,7 +1148,8 @@ impl SenderQueue {
                 for (q, upto) in covers {
                     self.queues[q.0 as usize].sync_failed = Some((upto, why.clone()));
                 }
-                // Try again: the data is still in the mapped files.
+                // Try again later: the data is still in the mapped files.
+                self.sync_retry_at = Some(now_ms + RETRY_MS);
                 let alive: Vec<SegmentId> = segments
                     .into_iter()
                     .filter(|id| self.segment_alive(*id))

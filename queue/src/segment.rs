@@ -252,14 +252,15 @@ fn resync(data: &[u8], from: usize, to: usize, min_seq: Seq) -> Option<(usize, u
     while at + record::HEADER_BYTES <= to {
         // Cheap filter before a full decode: version and operation bytes.
         let plausible = data[at + 4] == record::FORMAT_VERSION && (1..=4).contains(&data[at + 5]);
-        if plausible && let Ok(rec) = record::decode(&data[at..to]) {
-            if rec.seq() >= min_seq {
-                found += 1;
-                last_end = at + rec.len();
-                last_seq = Some(last_seq.map_or(rec.seq(), |s: Seq| s.max(rec.seq())));
-                at += rec.len();
-                continue;
-            }
+        if plausible
+            && let Ok(rec) = record::decode(&data[at..to])
+            && rec.seq() >= min_seq
+        {
+            found += 1;
+            last_end = at + rec.len();
+            last_seq = Some(last_seq.map_or(rec.seq(), |s: Seq| s.max(rec.seq())));
+            at += rec.len();
+            continue;
         }
         at += 1;
     }

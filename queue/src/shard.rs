@@ -279,7 +279,10 @@ async fn run(inner: Rc<Inner>, action: Action) {
             if let Err(e) = &r {
                 *inner.last_error.borrow_mut() = Some(e.clone());
             }
-            inner.queue.borrow_mut().handle_synced(token, r);
+            inner
+                .queue
+                .borrow_mut()
+                .handle_synced(token, r, inner.now_ms());
         }
         Action::DeleteSegment { id, buf } => {
             // A failed delete leaves a fully acknowledged file behind; the next recovery

@@ -215,7 +215,10 @@ pub fn recover(
     // From here on, recovery changes the disk.
     for (id, buf, e) in unusable {
         let path = disk.location(id);
-        if e == HeaderError::Blank && buf.bytes().iter().all(|&b| b == 0) {
+        let blank = matches!(e, HeaderError::Blank | HeaderError::Short(_))
+            && buf.bytes().iter().all(|&b| b == 0);
+        if blank {
+            // A spare never assigned to a queue, or one whose creation a crash cut short.
             report.discarded.push((path, "blank spare segment"));
         } else {
             let name = format!("{:016x}.seg", id.0);

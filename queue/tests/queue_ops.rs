@@ -1,0 +1,288 @@
+//! One test per queue operation and failure: conflation, reset, ack limits, the memory
+//! budget, a full disk, failed syncs, statistics.
+
+mod common;
+use common::*;
+use strait_queue::ids::*;
+use strait_queue::mem::{MemDisk, run_actions};
+use strait_queue::queue::{
+    AckError, AppendError, Durability, QueueConfig, RETRY_MS, SenderQueue, SyncPolicy,
+};
+use strait_queue::record::{Op, VALUE_BYTES_MAX};
+
+const Q: QueueId = QueueId(0);
+
+fn cfg(persistent: bool) -> QueueConfig {
+    QueueConfig {
+        queue_count: 2,
+        memory_bytes_max: 256 << 10,
+        persistent,
+        disk_synchronous: true,
+        sync: SyncPolicy::EveryBatch,
+        conflation: false,
+        segment_bytes: 64 << 10,
+        spare_segments: 2,
+    }
+}
+
+/// Appends, running file actions whenever the queue waits for a segment.
+fn append(
+    q: &mut SenderQueue,
+    disk: &MemDisk,
+    op: Op,
+    n: u64,
+    key: &[u8],
+    len: usize,
+) -> Result<Seq, AppendError> {
+    let (_, v) = event_parts(n, len);
+    loop {
+        match q.append(Q, &event(op, n, key, &v)) {
+            Err(AppendError::WouldBlock) => assert!(run_actions(q, disk, 0) > 0),
+            r => return r,
+        }
+    }
+}
+
+#[test]
+fn conflation_replaces_unpeeked_updates_only() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(QueueConfig {
+        conflation: true,
+        ..cfg(false)
+    });
+    append(&mut q, &disk, Op::Create, 1, b"a", 10).unwrap();
+    append(&mut q, &disk, Op::Update, 2, b"a", 10).unwrap();
+    append(&mut q, &disk, Op::Update, 3, b"a", 10).unwrap(); // replaces 2
+    append(&mut q, &disk, Op::Update, 4, b"b", 10).unwrap();
+    append(&mut q, &disk, Op::Destroy, 5, b"b", 0).unwrap();
+    append(&mut q, &disk, Op::Update, 6, b"b", 10).unwrap(); // a destroy came between: no conflation
+    append(&mut q, &disk, Op::Create, 7, b"c", 10).unwrap();
+    append(&mut q, &disk, Op::Create, 8, b"c", 10).unwrap(); // creates are never conflated
+    assert_eq!(q.stats(0).conflated, 1);
+    assert_eq!(q.stats(0).events_queued, 7);
+    let b = q.peek(Q, 3, 1 << 20).unwrap().unwrap();
+    assert_eq!(batch_numbers(&q, &b), vec![1, 3, 4]);
+    // 3 is peeked (in flight): a new update of "a" does not replace it.
+    append(&mut q, &disk, Op::Update, 9, b"a", 10).unwrap();
+    assert_eq!(q.stats(0).conflated, 1);
+    assert_eq!(drain_numbers(&mut q, Q), vec![5, 6, 7, 8, 9]);
+}
+
+#[test]
+fn reset_resends_unacked_events_marked_possible_duplicate() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg(false));
+    for n in 1..=10 {
+        append(&mut q, &disk, Op::Create, n, b"k", 50).unwrap();
+    }
+    let b1 = q.peek(Q, 4, 1 << 20).unwrap().unwrap();
+    let b2 = q.peek(Q, 4, 1 << 20).unwrap().unwrap();
+    assert!(!b1.possible_duplicate && !b2.possible_duplicate);
+    q.ack(Q, b1.last_seq).unwrap();
+    q.reset(Q);
+    let again = q.peek(Q, 6, 1 << 20).unwrap().unwrap();
+    assert_eq!(batch_numbers(&q, &again), vec![5, 6, 7, 8, 9, 10]);
+    assert!(
+        again.possible_duplicate,
+        "events 5..8 were sent before the reset"
+    );
+    assert_eq!(q.stats(0).possible_duplicates, 4);
+}
+
+#[test]
+fn ack_cannot_pass_what_was_peeked() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg(false));
+    for n in 1..=5 {
+        append(&mut q, &disk, Op::Create, n, b"k", 5).unwrap();
+    }
+    let b = q.peek(Q, 2, 1 << 20).unwrap().unwrap();
+    assert_eq!(
+        q.ack(Q, Seq(4)),
+        Err(AckError::NotPeeked {
+            upto: Seq(4),
+            peeked: b.last_seq
+        })
+    );
+    assert_eq!(q.ack(Q, b.last_seq), Ok(2));
+    assert_eq!(q.ack(Q, b.last_seq), Ok(0), "acks are idempotent");
+    assert_eq!(
+        q.ack(QueueId(9), Seq(1)),
+        Err(AckError::UnknownQueue(QueueId(9)))
+    );
+}
+
+#[test]
+fn batch_limits_events_and_bytes_but_always_carries_one() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg(false));
+    for n in 1..=20 {
+        append(&mut q, &disk, Op::Create, n, b"k", 100).unwrap();
+    }
+    let b = q.peek(Q, 100, 500).unwrap().unwrap();
+    assert!(b.bytes <= 500 && b.events >= 1, "{b:?}");
+    let b = q.peek(Q, 3, 1 << 20).unwrap().unwrap();
+    assert_eq!(b.events, 3);
+    let b = q.peek(Q, 100, 1).unwrap().unwrap();
+    assert_eq!(
+        b.events, 1,
+        "a record larger than bytes_max still goes alone"
+    );
+}
+
+#[test]
+fn memory_stays_within_budget_whatever_the_backlog() {
+    let disk = MemDisk::new();
+    let budget = 128 << 10;
+    let mut q = SenderQueue::new(QueueConfig {
+        memory_bytes_max: budget,
+        ..cfg(false)
+    });
+    for n in 0..20_000 {
+        append(&mut q, &disk, Op::Create, n, b"k", 1000).unwrap();
+        assert!(q.stats(0).memory_bytes <= budget);
+    }
+    let s = q.stats(0);
+    assert!(s.bytes_on_disk > 15 << 20, "backlog went to disk: {s:?}");
+    assert_eq!(drain_numbers(&mut q, Q), (0..20_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn full_disk_refuses_new_events_and_keeps_accepted_ones() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(QueueConfig {
+        memory_bytes_max: 32 << 10,
+        spare_segments: 1,
+        ..cfg(false)
+    });
+    disk.set_full(true);
+    let mut accepted = Vec::new();
+    let err = loop {
+        let n = accepted.len() as u64;
+        match append(&mut q, &disk, Op::Create, n, b"k", 500) {
+            Ok(_) => accepted.push(n),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&err, AppendError::Full { cause, .. } if cause.is_disk_full()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    assert!(!accepted.is_empty());
+    // The disk frees up: after the retry interval the queue takes events again.
+    disk.set_full(false);
+    run_actions(&mut q, &disk, RETRY_MS);
+    let n = accepted.len() as u64;
+    append(&mut q, &disk, Op::Create, n, b"k", 500).unwrap();
+    accepted.push(n);
+    assert_eq!(drain_numbers(&mut q, Q), accepted);
+}
+
+#[test]
+fn persistent_queue_reports_an_unwritable_directory() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg(true));
+    disk.fail_creates(100);
+    let err = append(&mut q, &disk, Op::Create, 1, b"k", 10).unwrap_err();
+    assert!(matches!(err, AppendError::Disk(_)), "{err}");
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    assert_eq!(q.stats(0).events_queued, 0);
+}
+
+#[test]
+fn failed_sync_is_reported_and_retried() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg(true));
+    let seq = append(&mut q, &disk, Op::Create, 1, b"k", 10).unwrap();
+    assert_eq!(q.durability(Q, seq), Durability::Pending);
+    disk.fail_syncs(1);
+    run_actions(&mut q, &disk, 0);
+    assert!(
+        matches!(q.durability(Q, seq), Durability::Failed(why) if why.contains("Input/output error"))
+    );
+    // The data is still queued and the next sync, after the retry interval, covers it.
+    run_actions(&mut q, &disk, 1);
+    assert!(
+        matches!(q.durability(Q, seq), Durability::Failed(_)),
+        "no retry before the interval"
+    );
+    run_actions(&mut q, &disk, RETRY_MS);
+    assert_eq!(q.durability(Q, seq), Durability::Done);
+    assert_eq!(drain_numbers(&mut q, Q), vec![1]);
+}
+
+#[test]
+fn interval_policy_syncs_only_when_due() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(QueueConfig {
+        sync: SyncPolicy::IntervalMs(100),
+        ..cfg(true)
+    });
+    append(&mut q, &disk, Op::Create, 1, b"k", 10).unwrap();
+    assert_eq!(q.next_deadline_ms(), Some(100));
+    run_actions(&mut q, &disk, 50);
+    assert!(q.has_unsynced(), "not due before 100 ms");
+    run_actions(&mut q, &disk, 100);
+    assert!(!q.has_unsynced());
+    append(&mut q, &disk, Op::Create, 2, b"k", 10).unwrap();
+    assert_eq!(q.next_deadline_ms(), Some(200));
+}
+
+#[test]
+fn acknowledged_segments_are_deleted_after_the_ack_is_synced() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg(true));
+    for n in 0..300 {
+        append(&mut q, &disk, Op::Create, n, b"k", 1000).unwrap();
+    }
+    run_actions(&mut q, &disk, 0);
+    let before = q.queue_stats(Q, 0).segments;
+    assert!(before >= 4, "{before}");
+    while let Some(b) = q.peek(Q, 1000, 1 << 30).unwrap() {
+        q.ack(Q, b.last_seq).unwrap();
+    }
+    run_actions(&mut q, &disk, 0);
+    assert_eq!(
+        q.queue_stats(Q, 0).segments,
+        1,
+        "the last segment stays: it carries the position"
+    );
+    // Spares and the one live segment are all that is left on the disk.
+    assert_eq!(disk.ids().len() as u64, q.stats(0).segments);
+}
+
+#[test]
+fn bad_events_are_refused_with_a_reason() {
+    let mut q = SenderQueue::new(cfg(false));
+    let big = vec![0u8; VALUE_BYTES_MAX + 1];
+    let err = q.append(Q, &event(Op::Create, 1, b"k", &big)).unwrap_err();
+    assert!(err.to_string().contains("longer than the limit"), "{err}");
+    let err = q
+        .append(QueueId(7), &event(Op::Create, 1, b"k", b"v"))
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::UnknownQueue(QueueId(7), 2)),
+        "{err}"
+    );
+}
+
+#[test]
+fn statistics_follow_the_queue() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(QueueConfig {
+        memory_bytes_max: 16 << 10,
+        ..cfg(false)
+    });
+    for n in 0..100 {
+        append(&mut q, &disk, Op::Create, n, b"k", 400).unwrap();
+    }
+    let s = q.stats(2_000_000);
+    assert_eq!(s.events_queued, 100);
+    assert_eq!(s.events_in_memory + s.events_on_disk, 100);
+    assert!(s.events_in_memory > 0 && s.events_on_disk > 0);
+    assert_eq!(s.bytes_queued, s.bytes_in_memory + s.bytes_on_disk);
+    assert!(s.segments >= 1);
+    // Event 0 carries timestamp 1_000_000 µs.
+    assert_eq!(s.oldest_event_age_us, Some(1_000_000));
+}

@@ -1,0 +1,348 @@
+//! Reopening persistent queues: clean restarts, torn tails, corruption in the middle, a missing
+//! segment, a segment from a newer format, power loss under each sync policy.
+
+mod common;
+use common::*;
+use strait_queue::ids::*;
+use strait_queue::mem::{Crash, MemDisk, SplitMix, run_actions};
+use strait_queue::queue::{AppendError, QueueConfig, SenderQueue, SyncPolicy};
+use strait_queue::record::Op;
+use strait_queue::segment::{self, SEGMENT_HEADER_BYTES};
+use strait_queue::store::{RecoveryError, recover};
+
+const Q: QueueId = QueueId(1);
+
+fn cfg(sync: SyncPolicy) -> QueueConfig {
+    QueueConfig {
+        queue_count: 3,
+        memory_bytes_max: 1 << 20,
+        persistent: true,
+        disk_synchronous: true,
+        sync,
+        conflation: false,
+        segment_bytes: 64 << 10,
+        spare_segments: 1,
+    }
+}
+
+/// A persistent queue holding events 0..n (value `len` bytes), crashed as a process would.
+fn crashed_queue(n: u64, len: usize) -> (MemDisk, QueueConfig) {
+    let c = cfg(SyncPolicy::EveryBatch);
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(c.clone());
+    for i in 0..n {
+        loop {
+            match append_n(&mut q, Q, i, len) {
+                Ok(_) => break,
+                Err(AppendError::WouldBlock) => {
+                    run_actions(&mut q, &disk, 0);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    run_actions(&mut q, &disk, 0);
+    disk.crash(q, Crash::Process);
+    (disk, c)
+}
+
+/// The segments of queue `Q` in chain order, with their info.
+fn chain(disk: &MemDisk) -> Vec<(SegmentId, segment::SegmentInfo)> {
+    let mut v: Vec<_> = disk
+        .ids()
+        .into_iter()
+        .filter_map(|id| {
+            let info = disk
+                .with_segment(id, |b| segment::read_header(b).ok())
+                .flatten()?;
+            (info.queue == Q).then_some((id, info))
+        })
+        .collect();
+    v.sort_by_key(|(_, i)| i.segment_seq);
+    v
+}
+
+/// Offset just past the records of a segment.
+fn end_of_records(disk: &MemDisk, id: SegmentId) -> usize {
+    disk.with_segment(id, |b| {
+        let info = segment::read_header(b).unwrap();
+        segment::scan(b, SEGMENT_HEADER_BYTES, info.first_seq).end
+    })
+    .unwrap()
+}
+
+#[test]
+fn clean_reopen_restores_every_unacked_event_in_order() {
+    let (disk, c) = crashed_queue(500, 300);
+    let (mut q, report) = recover(c.clone(), &disk).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.events, 500);
+    let b = q.peek(Q, 200, 1 << 30).unwrap().unwrap();
+    assert!(
+        b.possible_duplicate,
+        "events recovered after a restart may have been sent"
+    );
+    q.ack(Q, b.last_seq).unwrap();
+    run_actions(&mut q, &disk, 0);
+    disk.crash(q, Crash::Process);
+    let (mut q, _) = recover(c, &disk).unwrap();
+    assert_eq!(drain_numbers(&mut q, Q), (200..500).collect::<Vec<_>>());
+    // Sequence numbers continue after a restart.
+    assert_eq!(append_n(&mut q, Q, 999, 10).unwrap(), Seq(501));
+}
+
+#[test]
+fn torn_tail_is_cut_off_and_reported() {
+    let (disk, c) = crashed_queue(100, 300);
+    let (last, _) = *chain(&disk).last().unwrap();
+    let end = end_of_records(&disk, last);
+    // Half a record written, as a crash in the middle of a write leaves it.
+    let (k, v) = event_parts(100, 300);
+    let mut rec = vec![0u8; 400];
+    let len =
+        strait_queue::record::encode_into(&mut rec, &event(Op::Create, 100, &k, &v), Seq(101));
+    disk.with_segment(last, |b| {
+        b[end..end + len / 2].copy_from_slice(&rec[..len / 2])
+    });
+    let (mut q, report) = recover(c.clone(), &disk).unwrap();
+    assert_eq!(report.torn.len(), 1, "{report:?}");
+    assert_eq!(report.torn[0].offset, end);
+    assert!(report.corrupt.is_empty() && report.gaps.is_empty());
+    assert_eq!(drain_numbers(&mut q, Q), (0..100).collect::<Vec<_>>());
+    // New appends go where the torn record was, and the next reopen is clean.
+    append_n(&mut q, Q, 100, 300).unwrap();
+    run_actions(&mut q, &disk, 0);
+    disk.crash(q, Crash::Process);
+    let (mut q, report) = recover(c, &disk).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(drain_numbers(&mut q, Q), (0..101).collect::<Vec<_>>());
+}
+
+#[test]
+fn zero_filled_tail_is_a_clean_end() {
+    let (disk, c) = crashed_queue(10, 100);
+    let (_, report) = recover(c, &disk).unwrap();
+    assert!(report.is_clean() && report.torn.is_empty(), "{report:?}");
+}
+
+#[test]
+fn corruption_in_the_middle_is_reported_and_kept_aside() {
+    let (disk, c) = crashed_queue(600, 300);
+    let segs = chain(&disk);
+    assert!(segs.len() >= 3);
+    let (victim, info) = segs[1];
+    // Flip a byte inside the 10th record of the second segment.
+    let record_len = 50 + 2 + 7 + 300; // header, recipients, "key-NNN", value
+    let offset = SEGMENT_HEADER_BYTES + 9 * record_len;
+    disk.with_segment(victim, |b| b[offset + 70] ^= 0x40);
+    let (mut q, report) = recover(c, &disk).unwrap();
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
+    let bad = &report.corrupt[0];
+    assert!(
+        bad.segment.contains(&format!("{:016x}", victim.0)),
+        "names the file: {bad:?}"
+    );
+    assert_eq!(bad.offset, offset, "names the offset");
+    assert!(bad.reason.contains("CRC"), "{bad:?}");
+    assert!(bad.records_kept_aside > 0);
+    // Everything from the damaged record to the end of that segment is in the quarantine file.
+    let quarantined = disk.quarantined();
+    let kept = quarantined.values().next().unwrap();
+    assert_eq!(kept.len(), bad.bytes_kept_aside);
+    let mut found = 0;
+    let mut at = 0;
+    while at < kept.len() {
+        match strait_queue::record::decode(&kept[at..]) {
+            Ok(r) => {
+                found += 1;
+                at += r.len();
+            }
+            Err(_) => at += 1,
+        }
+    }
+    assert_eq!(found, bad.records_kept_aside);
+    // The queue holds the records before the damage and every later segment, in order.
+    let first_lost = info.first_seq.0 - 1 + 9; // event numbers are seq - 1
+    let got = drain_numbers(&mut q, Q);
+    let lost = first_lost..first_lost + 1 + bad.records_kept_aside;
+    let want: Vec<u64> = (0..600).filter(|n| !lost.contains(n)).collect();
+    assert_eq!(got, want);
+    assert!(
+        report.gaps.is_empty(),
+        "the damaged records are accounted for: {report:?}"
+    );
+}
+
+#[test]
+fn truncated_segment_loses_only_its_tail() {
+    let (disk, c) = crashed_queue(300, 300);
+    let (id, info) = chain(&disk)[0];
+    let end = end_of_records(&disk, id);
+    disk.with_segment(id, |b| b.truncate(end - 100));
+    let (mut q, report) = recover(c, &disk).unwrap();
+    assert_eq!(report.torn.len(), 1, "{report:?}");
+    assert_eq!(
+        report.gaps.len(),
+        1,
+        "the next segment starts after the lost record: {report:?}"
+    );
+    // The records left whole in the truncated segment, then the lost one.
+    let kept = disk
+        .with_segment(id, |b| {
+            segment::scan(b, SEGMENT_HEADER_BYTES, info.first_seq).records
+        })
+        .unwrap();
+    let lost = info.first_seq.0 - 1 + kept;
+    let got = drain_numbers(&mut q, Q);
+    assert_eq!(got, (0..300).filter(|&n| n != lost).collect::<Vec<_>>());
+}
+
+#[test]
+fn missing_segment_is_reported_as_a_gap() {
+    let (disk, c) = crashed_queue(600, 300);
+    let segs = chain(&disk);
+    let (gone, info) = segs[1];
+    let next = segs[2].1.first_seq;
+    disk.remove(gone);
+    let (mut q, report) = recover(c, &disk).unwrap();
+    assert_eq!(report.gaps.len(), 1, "{report:?}");
+    assert_eq!(report.gaps[0].expected, info.first_seq);
+    assert_eq!(report.gaps[0].found, next);
+    let missing = (info.first_seq.0 - 1)..(next.0 - 1);
+    assert_eq!(
+        drain_numbers(&mut q, Q),
+        (0..600)
+            .filter(|n| !missing.contains(n))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn segment_from_a_newer_format_is_refused_untouched() {
+    let (disk, c) = crashed_queue(50, 100);
+    let (id, _) = chain(&disk)[0];
+    let before = disk.with_segment(id, |b| {
+        b[8] = 2; // version 2
+        let crc = crc32fast::hash(&b[..36]);
+        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b.clone()
+    });
+    let err = recover(c, &disk).unwrap_err();
+    assert!(
+        matches!(err, RecoveryError::NewerFormat { version: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade"), "{err}");
+    assert_eq!(
+        disk.with_segment(id, |b| b.clone()),
+        before,
+        "nothing changed"
+    );
+}
+
+#[test]
+fn damaged_segment_header_is_kept_aside_whole() {
+    let (disk, c) = crashed_queue(600, 300);
+    let (id, _) = chain(&disk)[2];
+    disk.with_segment(id, |b| b[20] ^= 1);
+    let (_, report) = recover(c, &disk).unwrap();
+    assert_eq!(report.corrupt.len(), 1);
+    assert!(
+        report.corrupt[0].reason.contains("header CRC"),
+        "{report:?}"
+    );
+    assert!(!disk.ids().contains(&id));
+    assert_eq!(disk.quarantined().len(), 1);
+}
+
+#[test]
+fn segment_of_an_unknown_queue_is_refused() {
+    let (disk, c) = crashed_queue(10, 100);
+    let err = recover(
+        QueueConfig {
+            queue_count: 1,
+            ..c
+        },
+        &disk,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecoveryError::UnknownQueue {
+                queue: Q,
+                queue_count: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Power loss at random moments under each sync policy: everything synced survives, what
+/// survives comes in order with nothing else and no duplicate, and any unsynced event lost
+/// before a surviving one is reported.
+#[test]
+fn power_loss_keeps_every_synced_event() {
+    for policy in [
+        SyncPolicy::EveryBatch,
+        SyncPolicy::IntervalMs(5),
+        SyncPolicy::Never,
+    ] {
+        for seed in 0..40u64 {
+            let c = cfg(policy);
+            let disk = MemDisk::new();
+            let mut q = SenderQueue::new(c.clone());
+            let mut rng = SplitMix(seed);
+            let mut appended: Vec<(Seq, u64)> = Vec::new();
+            let steps = 50 + rng.next_u64() % 400;
+            for t in 0..steps {
+                let n = appended.len() as u64;
+                match append_n(&mut q, Q, n, (rng.next_u64() % 900) as usize) {
+                    Ok(seq) => appended.push((seq, n)),
+                    Err(AppendError::WouldBlock) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                if rng.next_u64().is_multiple_of(4) {
+                    run_actions(&mut q, &disk, t);
+                }
+            }
+            let durable: Vec<u64> = appended
+                .iter()
+                .filter(|(s, _)| q.durability(Q, *s) == strait_queue::queue::Durability::Done)
+                .map(|(_, n)| *n)
+                .collect();
+            let synced_upto = if policy == SyncPolicy::EveryBatch {
+                durable.len()
+            } else {
+                0
+            };
+            disk.crash(q, Crash::PowerLoss { seed });
+            let (mut q, report) =
+                recover(c.clone(), &disk).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let got = drain_numbers(&mut q, Q);
+            let all: Vec<u64> = appended.iter().map(|(_, n)| *n).collect();
+            assert!(
+                got.len() >= synced_upto,
+                "{policy:?} seed {seed}: lost synced events ({} < {synced_upto}) {report:?}",
+                got.len()
+            );
+            assert_eq!(
+                got[..synced_upto],
+                all[..synced_upto],
+                "{policy:?} seed {seed}: synced prefix"
+            );
+            let mut rest = all.iter();
+            assert!(
+                got.iter().all(|g| rest.any(|a| a == g)),
+                "{policy:?} seed {seed}: in order, nothing else: {got:?}"
+            );
+            if got != all[..got.len()] {
+                assert!(
+                    !report.is_clean(),
+                    "{policy:?} seed {seed}: lost events must be reported"
+                );
+            }
+        }
+    }
+}
