@@ -72,6 +72,38 @@ pub struct QueueConfig {
     pub spare_segments: u8,
 }
 
+/// A configuration value out of range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("queue_count is 0: a sender needs at least one queue")]
+    NoQueues,
+    #[error("segment size of {0} bytes is below the minimum of {SEGMENT_BYTES_MIN} bytes")]
+    SegmentTooSmall(u32),
+    #[error("spare_segments is 0: at least one segment must be kept ready")]
+    NoSpares,
+    #[error("sync interval is 0 ms: use the every-batch policy instead")]
+    ZeroInterval,
+}
+
+impl QueueConfig {
+    /// Checks every value; [`crate::store::recover`] and the shell refuse an invalid configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.queue_count == 0 {
+            return Err(ConfigError::NoQueues);
+        }
+        if self.segment_bytes < SEGMENT_BYTES_MIN {
+            return Err(ConfigError::SegmentTooSmall(self.segment_bytes));
+        }
+        if self.spare_segments == 0 {
+            return Err(ConfigError::NoSpares);
+        }
+        if self.sync == SyncPolicy::IntervalMs(0) {
+            return Err(ConfigError::ZeroInterval);
+        }
+        Ok(())
+    }
+}
+
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {

@@ -157,6 +157,8 @@ impl RecoveryReport {
 /// Why a queue could not be opened. Nothing was changed on disk.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
+    #[error("invalid queue configuration: {0}")]
+    Config(#[from] crate::queue::ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
@@ -187,6 +189,7 @@ pub fn recover(
     config: QueueConfig,
     disk: &dyn Disk,
 ) -> Result<(SenderQueue, RecoveryReport), RecoveryError> {
+    config.validate()?;
     let mut report = RecoveryReport::default();
     let ids = disk.list()?;
     let next_segment_id = SegmentId(ids.iter().map(|i| i.0).max().unwrap_or(0) + 1);

@@ -286,3 +286,49 @@ fn statistics_follow_the_queue() {
     // Event 0 carries timestamp 1_000_000 µs.
     assert_eq!(s.oldest_event_age_us, Some(1_000_000));
 }
+
+#[test]
+fn invalid_configuration_is_refused_with_the_reason() {
+    use strait_queue::queue::ConfigError;
+    use strait_queue::store::recover;
+    let disk = MemDisk::new();
+    let bad = [
+        (
+            QueueConfig {
+                queue_count: 0,
+                ..cfg(true)
+            },
+            ConfigError::NoQueues,
+        ),
+        (
+            QueueConfig {
+                segment_bytes: 1000,
+                ..cfg(true)
+            },
+            ConfigError::SegmentTooSmall(1000),
+        ),
+        (
+            QueueConfig {
+                spare_segments: 0,
+                ..cfg(true)
+            },
+            ConfigError::NoSpares,
+        ),
+        (
+            QueueConfig {
+                sync: SyncPolicy::IntervalMs(0),
+                ..cfg(true)
+            },
+            ConfigError::ZeroInterval,
+        ),
+    ];
+    for (c, want) in bad {
+        assert_eq!(c.validate(), Err(want.clone()));
+        let err = recover(c, &disk).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("invalid queue configuration: {want}")
+        );
+    }
+    assert_eq!(QueueConfig::default().validate(), Ok(()));
+}
