@@ -1,1 +1,47 @@
-fn main() {}
+//! `strait-bench`: Strait's benchmark tool.
+//!
+//! `strait-bench queue` measures the gateway-sender queue (`strait-queue`) on one glommio
+//! shard against two bounds taken in the same run: memcpy bandwidth and raw disk write
+//! bandwidth. It appends, drains (peek + ack) and reopens queues in memory, overflowing to
+//! segment files, and persistent under each sync policy, for several value sizes.
+//!
+//! Results go to stdout as one JSON object per line; a readable table and the PASS/MISS
+//! verdicts against the performance targets follow on stderr. Build and run it in release
+//! mode, from a directory on the disk to measure:
+//!
+//! ```text
+//! cargo build --release -p strait-bench
+//! target/release/strait-bench queue                 # every case, default sizes
+//! target/release/strait-bench queue --bytes 128MiB --reopen-bytes 256MiB   # a quick pass
+//! ```
+//!
+//! `docs/benchmarks.md` describes each case and records figures.
+
+#![forbid(unsafe_code)]
+
+mod bounds;
+mod queue;
+mod report;
+mod size;
+
+use clap::{Parser, Subcommand};
+
+/// Strait benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "strait-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Queue throughput (append, peek + ack, reopen) against memcpy and disk write bounds.
+    Queue(queue::QueueArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Queue(args) => queue::run(args),
+    }
+}

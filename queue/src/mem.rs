@@ -203,6 +203,10 @@ impl Disk for MemDisk {
         Ok(())
     }
 
+    fn sync_directory(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn delete(&self, id: SegmentId, _buf: Box<dyn SegmentBuf>) -> Result<(), StoreError> {
         self.remove(id);
         Ok(())
@@ -234,10 +238,21 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
             let r = disk.create(id, bytes);
             queue.handle_created(id, r, now_ms);
         }
-        Action::Sync { token, segments } => {
-            let r = segments
-                .iter()
-                .try_for_each(|&id| disk.sync(id, queue.segment_bytes(id)));
+        Action::Sync {
+            token,
+            segments,
+            directory,
+        } => {
+            let dir = if directory {
+                disk.sync_directory()
+            } else {
+                Ok(())
+            };
+            let r = dir.and_then(|()| {
+                segments
+                    .iter()
+                    .try_for_each(|&id| disk.sync(id, queue.segment_bytes(id)))
+            });
             queue.handle_synced(token, r, now_ms);
         }
         Action::DeleteSegment { id, buf } => {

@@ -32,6 +32,8 @@ pub const RETRY_MS: u64 = 1000;
 pub const MEMORY_CHUNK_BYTES_MIN: usize = 4 << 10;
 /// Largest memory chunk (a larger record gets a chunk of its own size).
 pub const MEMORY_CHUNK_BYTES_MAX: usize = 256 << 10;
+/// Full-size memory chunks kept for reuse after they drain (still counted as memory held).
+pub const FREE_CHUNKS_MAX: usize = 4;
 /// Memory charged to the budget for each conflation index entry.
 pub const CONFLATION_ENTRY_BYTES: u64 = 64;
 
@@ -173,10 +175,12 @@ pub enum Action {
     /// Create, preallocate, map and prefault a segment of `bytes` bytes, then call
     /// [`SenderQueue::handle_created`].
     CreateSegment { id: SegmentId, bytes: u32 },
-    /// fdatasync these segments, then call [`SenderQueue::handle_synced`] with the token.
+    /// fdatasync these segments (and first the directory, when `directory` is set: segments
+    /// were put to use since the last sync), then call [`SenderQueue::handle_synced`].
     Sync {
         token: u64,
         segments: Vec<SegmentId>,
+        directory: bool,
     },
     /// Unmap and delete this segment; nothing needs it any more.
     DeleteSegment {
@@ -315,6 +319,8 @@ struct Queue {
     segment_seq: u64,
     /// Size of the next memory chunk.
     chunk_bytes: usize,
+    /// The tail segment is already in the sender's dirty set.
+    tail_dirty: bool,
     /// Highest sequence number written to a segment, and synced.
     written: Seq,
     synced: Seq,
@@ -342,6 +348,7 @@ impl Queue {
             overflowing: false,
             segment_seq: 1,
             chunk_bytes: MEMORY_CHUNK_BYTES_MIN,
+            tail_dirty: false,
             written: Seq(0),
             synced: Seq(0),
             sync_failed: None,
@@ -424,8 +431,10 @@ pub(crate) struct RecoveredSegment {
 pub struct SenderQueue {
     config: QueueConfig,
     queues: Vec<Queue>,
-    /// Bytes of memory chunks held, plus the conflation index.
+    /// Bytes of memory chunks held (free ones included), plus the conflation index.
     memory_bytes: u64,
+    /// Drained full-size chunks, kept to spare the allocator and the page faults.
+    free_chunks: Vec<Box<[u8]>>,
     spares: Vec<Spare>,
     creating: u32,
     /// A record larger than the default segment needs a segment of at least this size.
@@ -433,6 +442,8 @@ pub struct SenderQueue {
     disk_error: Option<(StoreError, u64)>,
     next_segment_id: u64,
     dirty: BTreeSet<SegmentId>,
+    /// A segment was put to use since the last sync: its directory entry must be synced too.
+    dirty_directory: bool,
     /// Fully acknowledged segments to delete, each with the sync token that must complete
     /// first (so that the new head's ack slot is durable before the old head disappears).
     pending_deletes: Vec<(SegmentId, Box<dyn SegmentBuf>, u64)>,
@@ -466,12 +477,14 @@ impl SenderQueue {
             config,
             queues,
             memory_bytes: 0,
+            free_chunks: Vec::new(),
             spares: Vec::new(),
             creating: 0,
             oversize_demand: None,
             disk_error: None,
             next_segment_id: next_segment_id.0,
             dirty: BTreeSet::new(),
+            dirty_directory: false,
             pending_deletes: Vec::new(),
             sync_inflight: None,
             next_sync_token: 1,
@@ -603,8 +616,11 @@ impl SenderQueue {
         if room_in_tail {
             return true;
         }
-        let chunk = queue.chunk_bytes.max(len) as u64;
-        self.memory_bytes + chunk <= self.config.memory_bytes_max
+        let chunk = queue.chunk_bytes.max(len);
+        if chunk == MEMORY_CHUNK_BYTES_MAX && !self.free_chunks.is_empty() {
+            return true;
+        }
+        self.memory_bytes + chunk as u64 <= self.config.memory_bytes_max
     }
 
     fn append_to_memory(&mut self, q: QueueId, event: &Event<'_>, len: usize) -> (u64, u32, Seq) {
@@ -618,12 +634,21 @@ impl SenderQueue {
             }
             let cap = queue.chunk_bytes.max(len);
             queue.chunk_bytes = (queue.chunk_bytes * 2).min(MEMORY_CHUNK_BYTES_MAX);
-            self.memory_bytes += cap as u64;
+            let chunk = match self.free_chunks.pop() {
+                Some(c) if cap == MEMORY_CHUNK_BYTES_MAX => c,
+                other => {
+                    if let Some(c) = other {
+                        self.free_chunks.push(c);
+                    }
+                    self.memory_bytes += cap as u64;
+                    vec![0u8; cap].into_boxed_slice()
+                }
+            };
             let serial = queue.next_serial;
             queue.next_serial += 1;
             queue.extents.push_back(Extent {
                 serial,
-                store: Store::Memory(vec![0u8; cap].into_boxed_slice()),
+                store: Store::Memory(chunk),
                 start: 0,
                 end: 0,
                 next_seq: queue.next_seq,
@@ -670,7 +695,10 @@ impl SenderQueue {
         queue.written = seq;
         queue.counters.events_disk += 1;
         queue.counters.bytes_disk += len as u64;
-        self.dirty.insert(id);
+        if self.config.persistent && !queue.tail_dirty {
+            queue.tail_dirty = true;
+            self.dirty.insert(id);
+        }
         Ok((serial, offset, seq))
     }
 
@@ -718,7 +746,11 @@ impl SenderQueue {
             next_seq: queue.next_seq,
             sealed: false,
         });
-        self.dirty.insert(spare.id);
+        if self.config.persistent {
+            queue.tail_dirty = true;
+            self.dirty.insert(spare.id);
+            self.dirty_directory = true;
+        }
         Ok(())
     }
 
@@ -770,7 +802,9 @@ impl SenderQueue {
         if on_disk {
             c.events_disk -= 1;
             c.bytes_disk -= len as u64;
-            self.dirty.insert(e.segment().expect("segment"));
+            if self.config.persistent {
+                self.dirty.insert(e.segment().expect("segment"));
+            }
         } else {
             c.events_mem -= 1;
             c.bytes_mem -= len as u64;
@@ -953,6 +987,12 @@ impl SenderQueue {
             }
             let front = queue.extents.pop_front().expect("front exists");
             match front.store {
+                Store::Memory(b)
+                    if b.len() == MEMORY_CHUNK_BYTES_MAX
+                        && self.free_chunks.len() < FREE_CHUNKS_MAX =>
+                {
+                    self.free_chunks.push(b);
+                }
                 Store::Memory(b) => self.memory_bytes -= b.len() as u64,
                 Store::Segment { id, buf } => {
                     self.dirty.remove(&id);
@@ -1081,6 +1121,9 @@ impl SenderQueue {
         self.next_sync_token += 1;
         self.last_sync_ms = now_ms;
         let segments: Vec<SegmentId> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for q in &mut self.queues {
+            q.tail_dirty = false;
+        }
         let covers = self
             .queues
             .iter()
@@ -1089,13 +1132,32 @@ impl SenderQueue {
             .map(|(i, q)| (QueueId(i as u16), q.written))
             .collect();
         self.sync_inflight = Some((token, covers, segments.clone()));
-        Action::Sync { token, segments }
+        let directory = std::mem::take(&mut self.dirty_directory);
+        Action::Sync {
+            token,
+            segments,
+            directory,
+        }
     }
 
-    /// Starts a sync of everything written so far whatever the policy (for a clean close).
-    /// `None` when nothing is unsynced or a sync is already running.
-    pub fn flush(&mut self, now_ms: u64) -> Option<Action> {
-        if self.sync_inflight.is_some() || self.dirty.is_empty() {
+    /// The file work of a clean close, whatever the policy: sync everything written, then
+    /// delete what that sync made deletable and the unused spares. Creates nothing. `None`
+    /// when nothing is left to do now (a sync may still be running).
+    pub fn poll_close(&mut self, now_ms: u64) -> Option<Action> {
+        let synced = self.last_synced_token;
+        if let Some(i) = self.pending_deletes.iter().position(|d| d.2 <= synced) {
+            let (id, buf, _) = self.pending_deletes.swap_remove(i);
+            return Some(Action::DeleteSegment { id, buf });
+        }
+        if let Some(spare) = self.spares.pop() {
+            return Some(Action::DeleteSegment {
+                id: spare.id,
+                buf: spare.buf,
+            });
+        }
+        if self.sync_inflight.is_some()
+            || (self.dirty.is_empty() && self.pending_deletes.is_empty())
+        {
             return None;
         }
         Some(self.start_sync(now_ms))
@@ -1181,6 +1243,7 @@ impl SenderQueue {
                     self.queues[q.0 as usize].sync_failed = Some((upto, why.clone()));
                 }
                 // Try again later: the data is still in the mapped files.
+                self.dirty_directory = true;
                 self.sync_retry_at = Some(now_ms + RETRY_MS);
                 let alive: Vec<SegmentId> = segments
                     .into_iter()

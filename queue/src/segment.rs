@@ -14,6 +14,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// The segment format version this build writes.
 pub const SEGMENT_VERSION: u16 = 1;
+/// The oldest segment format version this build reads.
+pub const SEGMENT_VERSION_MIN: u16 = 1;
 /// Identifies a Strait segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"STRAITSG";
 /// Header flag: the segment belongs to a persistent queue and survives a restart.
@@ -68,8 +70,12 @@ pub enum HeaderError {
     Magic([u8; 8]),
     #[error("segment format version {0} is newer than this build reads (up to {SEGMENT_VERSION})")]
     NewerVersion(u16),
+    #[error("segment format version {0} does not exist (versions start at {SEGMENT_VERSION_MIN})")]
+    BadVersion(u16),
     #[error("segment header CRC mismatch")]
     Crc,
+    #[error("segment header is inconsistent: {0}")]
+    Invalid(&'static str),
 }
 
 /// Writes a fresh header at the start of `buf`.
@@ -120,8 +126,17 @@ pub fn read_header(buf: &[u8]) -> Result<SegmentInfo, HeaderError> {
     if h.version.get() > SEGMENT_VERSION {
         return Err(HeaderError::NewerVersion(h.version.get()));
     }
+    if h.version.get() < SEGMENT_VERSION_MIN {
+        return Err(HeaderError::BadVersion(h.version.get()));
+    }
     if crc32fast::hash(&h.as_bytes()[..36]) != h.header_crc.get() {
         return Err(HeaderError::Crc);
+    }
+    if h.first_seq.get() == 0 {
+        return Err(HeaderError::Invalid("first sequence number is 0"));
+    }
+    if h.segment_seq.get() == 0 {
+        return Err(HeaderError::Invalid("segment sequence number is 0"));
     }
     let ack_ok = crc32fast::hash(&h.as_bytes()[36..48]) == h.ack_crc.get();
     Ok(SegmentInfo {
@@ -242,18 +257,21 @@ pub fn scan(data: &[u8], start: usize, first_seq: Seq) -> Scan {
     scan
 }
 
-/// Looks for valid records in `data[from..to]` whose sequence numbers are at least `min_seq`.
-/// Returns the end of the last one found, how many were found and the highest sequence number.
+/// Looks for valid records starting in `data[from..to]` (a record may run past `to`: its last
+/// bytes may be zeros) whose sequence numbers are at least `min_seq`. Returns the end of the
+/// last one found, how many were found and the highest sequence number.
 fn resync(data: &[u8], from: usize, to: usize, min_seq: Seq) -> Option<(usize, u64, Option<Seq>)> {
     let mut found = 0u64;
     let mut last_end = 0usize;
     let mut last_seq = None;
     let mut at = from;
-    while at + record::HEADER_BYTES <= to {
+    while at < to && at + record::HEADER_BYTES <= data.len() {
         // Cheap filter before a full decode: version and operation bytes.
-        let plausible = data[at + 4] == record::FORMAT_VERSION && (1..=4).contains(&data[at + 5]);
+        let plausible = (record::FORMAT_VERSION_MIN..=record::FORMAT_VERSION)
+            .contains(&data[at + 4])
+            && (1..=4).contains(&data[at + 5]);
         if plausible
-            && let Ok(rec) = record::decode(&data[at..to])
+            && let Ok(rec) = record::decode(&data[at..])
             && rec.seq() >= min_seq
         {
             found += 1;

@@ -196,15 +196,15 @@ impl ShardQueue {
         self.inner.last_error.borrow().clone()
     }
 
-    /// Syncs everything written, waits for all file work, stops the driver and unmaps the
-    /// segments off the shard.
+    /// Syncs everything written, deletes what is fully acknowledged and the unused spares,
+    /// waits for all file work, stops the driver and unmaps the segments off the shard.
     pub async fn close(self) -> Result<(), StoreError> {
         let inner = self.inner;
         inner.closing.set(true);
         loop {
             let waiter = inner.progress.notified();
-            let flush = inner.queue.borrow_mut().flush(inner.now_ms());
-            if let Some(action) = flush {
+            let action = inner.queue.borrow_mut().poll_close(inner.now_ms());
+            if let Some(action) = action {
                 run(inner.clone(), action).await;
                 continue;
             }
@@ -272,9 +272,18 @@ async fn run(inner: Rc<Inner>, action: Action) {
                 .borrow_mut()
                 .handle_created(id, r, inner.now_ms());
         }
-        Action::Sync { token, segments } => {
+        Action::Sync {
+            token,
+            segments,
+            directory,
+        } => {
             let r = executor()
-                .spawn_blocking(move || segments.iter().try_for_each(|&id| disk.sync(id, None)))
+                .spawn_blocking(move || {
+                    if directory {
+                        disk.sync_directory()?;
+                    }
+                    segments.iter().try_for_each(|&id| disk.sync(id, None))
+                })
                 .await;
             if let Err(e) = &r {
                 *inner.last_error.borrow_mut() = Some(e.clone());

@@ -93,6 +93,8 @@ pub trait Disk: Send + Sync {
     /// Makes a segment durable. `current` is the segment's bytes as the queue holds them, for
     /// disks that keep no file behind the buffer; file-backed disks ignore it.
     fn sync(&self, id: SegmentId, current: Option<&[u8]>) -> Result<(), StoreError>;
+    /// Makes the creation and deletion of segment files durable.
+    fn sync_directory(&self) -> Result<(), StoreError>;
     /// Unmaps and deletes a segment.
     fn delete(&self, id: SegmentId, buf: Box<dyn SegmentBuf>) -> Result<(), StoreError>;
     /// Keeps `bytes` aside under `name` and returns where they went.

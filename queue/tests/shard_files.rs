@@ -171,3 +171,44 @@ fn a_full_disk_refuses_new_events_and_loses_none_accepted() {
         sq.close().await.unwrap();
     });
 }
+
+#[test]
+fn close_leaves_only_what_a_restart_needs() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tmp.path().to_path_buf();
+    on_shard(Duration::from_secs(60), || async move {
+        let (sq, _) = ShardQueue::open(dir.clone(), cfg()).await.unwrap();
+        for n in 0..3000 {
+            append(&sq, n, 700).await.unwrap();
+        }
+        while let Some(b) = sq.with(|q| q.peek(Q, 1000, 1 << 30)).unwrap() {
+            sq.with(|q| q.ack(Q, b.last_seq)).unwrap();
+        }
+        sq.close().await.unwrap();
+        let segs = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count();
+        assert_eq!(
+            segs, 1,
+            "fully acknowledged segments and spares are deleted at close; the last segment stays"
+        );
+        let (sq, report) = ShardQueue::open(dir, cfg()).await.unwrap();
+        assert!(
+            report.is_clean() && report.discarded.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(
+            append(&sq, 3000, 10).await.unwrap(),
+            Seq(3001),
+            "the position survives"
+        );
+        sq.close().await.unwrap();
+    });
+}

@@ -1,0 +1,739 @@
+//! Format test vectors: committed bytes that every future build must keep decoding.
+//!
+//! `testdata/records-v1.bin` holds the records of [`RECORDS`] back to back,
+//! `testdata/records-v1.txt` their expected decode, and `testdata/segment-v1.seg` a small
+//! segment of [`SEGMENT_RECORDS`]. `docs/formats.md` describes both formats byte by byte.
+//!
+//! The tests below read the committed files and compare every field with the event
+//! definitions in this file, not with a fresh encoding, so a change to the encoder or the
+//! decoder that breaks v1 shows up here. The files are written by the ignored test
+//! `regenerate_vectors`:
+//!
+//! ```text
+//! cargo test -p strait-queue --test vectors -- --ignored regenerate_vectors
+//! ```
+//!
+//! Regenerate only when adding vectors. When a format v2 comes, the v1 files and these tests
+//! stay as they are (except `encoder_writes_the_committed_bytes`, which pins what this build
+//! writes) and v2 gets files of its own.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use strait_queue::ids::*;
+use strait_queue::mmap::MmapDisk;
+use strait_queue::queue::QueueConfig;
+use strait_queue::record::{self, DecodeError, Event, Op, Record};
+use strait_queue::segment::{self, HeaderError, SEGMENT_HEADER_BYTES, Scan, SegmentInfo, Tail};
+use strait_queue::store::{RecoveryError, recover};
+
+/// One test vector: an event, the queue sequence number it was written with, whether it was
+/// then marked superseded, and the CRC its committed bytes carry.
+#[derive(Debug)]
+struct Vector {
+    seq: u64,
+    op: Op,
+    superseded: bool,
+    region: u16,
+    bucket: u16,
+    id: EventId,
+    version: VersionTag,
+    recipients: &'static [SiteId],
+    key: &'static [u8],
+    value: &'static [u8],
+    crc32: u32,
+}
+
+const fn id(origin_site: u8, origin_member: u16, stream: u32, seq: u64) -> EventId {
+    EventId {
+        origin_site: SiteId(origin_site),
+        origin_member: MemberId(origin_member),
+        stream: StreamId(stream),
+        seq,
+    }
+}
+
+const fn tag(timestamp_us: u64, site: u8) -> VersionTag {
+    VersionTag {
+        timestamp_us,
+        site: SiteId(site),
+    }
+}
+
+const T0: u64 = 1_700_000_000_000_000;
+
+/// The records of `testdata/records-v1.bin`, in file order.
+static RECORDS: &[Vector] = &[
+    // The worked example of docs/formats.md: one recipient.
+    Vector {
+        seq: 1,
+        op: Op::Create,
+        superseded: false,
+        region: 3,
+        bucket: 17,
+        id: id(1, 2, 17, 1),
+        version: tag(T0, 1),
+        recipients: &[SiteId(2)],
+        key: b"user:42",
+        value: b"hello",
+        crc32: 0x9722_2991,
+    },
+    // Several recipients.
+    Vector {
+        seq: 2,
+        op: Op::Update,
+        superseded: false,
+        region: 3,
+        bucket: 17,
+        id: id(1, 2, 17, 2),
+        version: tag(T0 + 250, 1),
+        recipients: &[SiteId(2), SiteId(3), SiteId(4)],
+        key: b"user:42",
+        value: b"hello, world",
+        crc32: 0x3a4b_0643,
+    },
+    // No recipients; a destroy carries no value.
+    Vector {
+        seq: 3,
+        op: Op::Destroy,
+        superseded: false,
+        region: 3,
+        bucket: 5,
+        id: id(1, 2, 5, 1),
+        version: tag(T0 + 1_000, 1),
+        recipients: &[],
+        key: b"user:7",
+        value: b"",
+        crc32: 0xda95_3bc1,
+    },
+    // Version-only, written by another site than the origin; carries no value.
+    Vector {
+        seq: 4,
+        op: Op::VersionOnly,
+        superseded: false,
+        region: 3,
+        bucket: 17,
+        id: id(1, 2, 17, 3),
+        version: tag(T0 + 2_000, 2),
+        recipients: &[SiteId(2), SiteId(3)],
+        key: b"user:42",
+        value: b"",
+        crc32: 0x0d62_8f93,
+    },
+    // Empty key, binary value.
+    Vector {
+        seq: 5,
+        op: Op::Update,
+        superseded: false,
+        region: 0,
+        bucket: 0,
+        id: id(2, 1, 0, 1),
+        version: tag(T0 + 3_000, 2),
+        recipients: &[SiteId(1)],
+        key: b"",
+        value: &[0x00, 0x01, 0x02, 0xff],
+        crc32: 0x4f57_572f,
+    },
+    // A create with an empty value.
+    Vector {
+        seq: 6,
+        op: Op::Create,
+        superseded: false,
+        region: 4,
+        bucket: 9,
+        id: id(1, 3, 9, 1),
+        version: tag(T0 + 4_000, 1),
+        recipients: &[SiteId(3), SiteId(1)],
+        key: b"flag:on",
+        value: b"",
+        crc32: 0x120a_d713,
+    },
+    // Superseded by the next record (conflation).
+    Vector {
+        seq: 7,
+        op: Op::Update,
+        superseded: true,
+        region: 3,
+        bucket: 17,
+        id: id(1, 2, 17, 4),
+        version: tag(T0 + 5_000, 1),
+        recipients: &[SiteId(2), SiteId(3)],
+        key: b"user:42",
+        value: b"v1",
+        crc32: 0x6aff_5352,
+    },
+    Vector {
+        seq: 8,
+        op: Op::Update,
+        superseded: false,
+        region: 3,
+        bucket: 17,
+        id: id(1, 2, 17, 5),
+        version: tag(T0 + 6_000, 1),
+        recipients: &[SiteId(2), SiteId(3)],
+        key: b"user:42",
+        value: b"v2",
+        crc32: 0x04a9_62e7,
+    },
+    // Every multi-byte field with distinct bytes (byte order), the extreme site ids, a binary
+    // key.
+    Vector {
+        seq: 9,
+        op: Op::Create,
+        superseded: false,
+        region: 0xfffe,
+        bucket: 0x1234,
+        id: id(255, 0xabcd, 0xfedc_ba98, 0x0123_4567_89ab_cdef),
+        version: tag(0x0011_2233_4455_6677, 0),
+        recipients: &[SiteId(0), SiteId(255), SiteId(128)],
+        key: b"\x00\xff\"\\\n",
+        value: b"0123456789abcdefghijklmnopqrstuv",
+        crc32: 0x7a1c_85f1,
+    },
+];
+
+/// The records of `testdata/segment-v1.seg`, from offset 64.
+static SEGMENT_RECORDS: &[Vector] = &[
+    Vector {
+        seq: 1,
+        op: Op::Create,
+        superseded: false,
+        region: 1,
+        bucket: 5,
+        id: id(1, 1, 5, 1),
+        version: tag(T0, 1),
+        recipients: &[SiteId(2)],
+        key: b"a",
+        value: b"1",
+        crc32: 0x1a20_cc3e,
+    },
+    Vector {
+        seq: 2,
+        op: Op::Create,
+        superseded: false,
+        region: 1,
+        bucket: 5,
+        id: id(1, 1, 5, 2),
+        version: tag(T0 + 10, 1),
+        recipients: &[SiteId(2)],
+        key: b"b",
+        value: b"2",
+        crc32: 0x622e_2e73,
+    },
+    Vector {
+        seq: 3,
+        op: Op::Update,
+        superseded: true,
+        region: 1,
+        bucket: 5,
+        id: id(1, 1, 5, 3),
+        version: tag(T0 + 20, 1),
+        recipients: &[SiteId(2)],
+        key: b"a",
+        value: b"3",
+        crc32: 0xf553_0b7a,
+    },
+    Vector {
+        seq: 4,
+        op: Op::Update,
+        superseded: false,
+        region: 1,
+        bucket: 5,
+        id: id(1, 1, 5, 4),
+        version: tag(T0 + 30, 1),
+        recipients: &[SiteId(2)],
+        key: b"a",
+        value: b"4",
+        crc32: 0xa996_2bc8,
+    },
+    Vector {
+        seq: 5,
+        op: Op::Destroy,
+        superseded: false,
+        region: 1,
+        bucket: 5,
+        id: id(1, 1, 5, 5),
+        version: tag(T0 + 40, 1),
+        recipients: &[SiteId(2)],
+        key: b"b",
+        value: b"",
+        crc32: 0xda9b_2067,
+    },
+];
+
+/// What `testdata/segment-v1.seg`'s header says.
+const SEGMENT_INFO: SegmentInfo = SegmentInfo {
+    queue: QueueId(5),
+    persistent: true,
+    segment_seq: 1,
+    first_seq: Seq(1),
+    capacity: SEGMENT_FILE_BYTES as u32,
+    acked: Some(Seq(2)),
+};
+const SEGMENT_FILE_BYTES: usize = 4096;
+
+/// The first record of `records-v1.bin`, as printed in docs/formats.md.
+#[rustfmt::skip]
+const WORKED_EXAMPLE: [u8; 63] = [
+    0x91, 0x29, 0x22, 0x97,                         //  0 crc32 0x97222991
+    0x01,                                           //  4 version 1
+    0x01,                                           //  5 op Create
+    0x00,                                           //  6 flags
+    0x01,                                           //  7 recipient_count 1
+    0x07, 0x00,                                     //  8 key_len 7
+    0x05, 0x00, 0x00, 0x00,                         // 10 value_len 5
+    0x03, 0x00,                                     // 14 region 3
+    0x11, 0x00,                                     // 16 bucket 17
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 18 queue_seq 1
+    0x01,                                           // 26 origin_site 1
+    0x01,                                           // 27 version_site 1
+    0x02, 0x00,                                     // 28 origin_member 2
+    0x11, 0x00, 0x00, 0x00,                         // 30 stream 17
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 34 stream_seq 1
+    0x00, 0x40, 0x1e, 0x18, 0x24, 0x0a, 0x06, 0x00, // 42 timestamp_us 1700000000000000
+    0x02,                                           // 50 recipients [2]
+    b'u', b's', b'e', b'r', b':', b'4', b'2',       // 51 key "user:42"
+    b'h', b'e', b'l', b'l', b'o',                   // 58 value "hello"
+];
+
+/// The header of `segment-v1.seg`, as printed in docs/formats.md.
+#[rustfmt::skip]
+const SEGMENT_HEADER: [u8; SEGMENT_HEADER_BYTES] = [
+    b'S', b'T', b'R', b'A', b'I', b'T', b'S', b'G', //  0 magic
+    0x01, 0x00,                                     //  8 version 1
+    0x40, 0x00,                                     // 10 header_bytes 64
+    0x05, 0x00,                                     // 12 queue 5
+    0x01, 0x00,                                     // 14 flags: persistent
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 16 segment_seq 1
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 24 first_seq 1
+    0x00, 0x10, 0x00, 0x00,                         // 32 capacity 4096
+    0xd1, 0xf4, 0xd7, 0x2f,                         // 36 header_crc 0x2fd7f4d1
+    0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 40 ack_seq 2
+    0x3d, 0x75, 0x76, 0x27,                         // 48 ack_crc 0x2776753d
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 52 reserved
+    0x00, 0x00, 0x00, 0x00,
+];
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(name)
+}
+
+fn read(name: &str) -> Vec<u8> {
+    let path = testdata(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl Vector {
+    fn event(&self) -> Event<'static> {
+        Event {
+            op: self.op,
+            region: RegionId(self.region),
+            bucket: BucketId(self.bucket),
+            id: self.id,
+            version: self.version,
+            recipients: self.recipients,
+            key: self.key,
+            value: self.value,
+        }
+    }
+
+    /// The length docs/formats.md gives: 50 + recipients + key + value.
+    fn len(&self) -> usize {
+        50 + self.recipients.len() + self.key.len() + self.value.len()
+    }
+
+    /// Asserts that `rec` decodes to exactly this vector.
+    fn assert_decodes_to(&self, rec: &Record<'_>, what: &str) {
+        let h = rec.header();
+        assert_eq!(rec.len(), self.len(), "{what}: length");
+        assert_eq!(h.crc32.get(), self.crc32, "{what}: crc32");
+        assert_eq!(h.version, 1, "{what}: version");
+        assert_eq!(h.op, self.op as u8, "{what}: op byte");
+        assert_eq!(rec.op(), self.op, "{what}: op");
+        assert_eq!(h.flags, u8::from(self.superseded), "{what}: flags");
+        assert_eq!(rec.is_superseded(), self.superseded, "{what}: superseded");
+        assert_eq!(
+            h.recipient_count as usize,
+            self.recipients.len(),
+            "{what}: recipient count"
+        );
+        assert_eq!(h.key_len.get() as usize, self.key.len(), "{what}: key_len");
+        assert_eq!(
+            h.value_len.get() as usize,
+            self.value.len(),
+            "{what}: value_len"
+        );
+        assert_eq!(rec.seq(), Seq(self.seq), "{what}: seq");
+        assert_eq!(rec.region(), RegionId(self.region), "{what}: region");
+        assert_eq!(rec.bucket(), BucketId(self.bucket), "{what}: bucket");
+        assert_eq!(rec.event_id(), self.id, "{what}: event id");
+        assert_eq!(rec.version(), self.version, "{what}: version tag");
+        assert_eq!(
+            rec.recipients().collect::<Vec<_>>(),
+            self.recipients,
+            "{what}: recipients"
+        );
+        assert_eq!(rec.key(), self.key, "{what}: key");
+        assert_eq!(rec.value(), self.value, "{what}: value");
+    }
+}
+
+/// Encodes `vectors` back to back from `at` in `dst`, marking the superseded ones; returns
+/// the end.
+fn encode_all(dst: &mut [u8], mut at: usize, vectors: &[Vector]) -> usize {
+    for v in vectors {
+        let ev = v.event();
+        let len = record::encoded_len(&ev).expect("vector within limits");
+        record::encode_into(&mut dst[at..], &ev, Seq(v.seq));
+        if v.superseded {
+            record::mark_superseded(&mut dst[at..at + len]);
+        }
+        at += len;
+    }
+    at
+}
+
+fn records_bin() -> Vec<u8> {
+    let len = RECORDS.iter().map(Vector::len).sum();
+    let mut out = vec![0; len];
+    assert_eq!(encode_all(&mut out, 0, RECORDS), len);
+    out
+}
+
+fn segment_file() -> Vec<u8> {
+    let mut out = vec![0; SEGMENT_FILE_BYTES];
+    segment::write_header(
+        &mut out,
+        &SegmentInfo {
+            acked: None,
+            ..SEGMENT_INFO
+        },
+    );
+    encode_all(&mut out, SEGMENT_HEADER_BYTES, SEGMENT_RECORDS);
+    segment::write_ack(&mut out, Seq(2));
+    out
+}
+
+/// Offsets of the records of [`RECORDS`] in `records-v1.bin`, from the documented lengths.
+fn record_offsets() -> Vec<usize> {
+    RECORDS
+        .iter()
+        .scan(0, |at, v| {
+            let start = *at;
+            *at += v.len();
+            Some(start)
+        })
+        .collect()
+}
+
+fn hex_lines(out: &mut String, bytes: &[u8]) {
+    for (i, line) in bytes.chunks(16).enumerate() {
+        let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(out, "    {:04x}  {}", i * 16, hex.join(" ")).unwrap();
+    }
+}
+
+/// The human-readable listing of `records-v1.txt`: every record of `bin`, decoded.
+fn listing(bin: &[u8]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# Expected decode of testdata/records-v1.bin (Strait record format v1).\n\
+         # Written by: cargo test -p strait-queue --test vectors -- --ignored regenerate_vectors\n\
+         # Layout: docs/formats.md. All integers are little-endian in the file.\n",
+    );
+    let mut at = 0;
+    let mut n = 0;
+    while at < bin.len() {
+        let rec = record::decode(&bin[at..]).unwrap_or_else(|e| panic!("record at {at}: {e}"));
+        let h = rec.header();
+        let ev = rec.event_id();
+        let tag = rec.version();
+        let recipients: Vec<String> = rec.recipients().map(|s| s.to_string()).collect();
+        let w = &mut out;
+        writeln!(w, "\nrecord {n}").unwrap();
+        writeln!(w, "  offset           {at}").unwrap();
+        writeln!(w, "  length           {}", rec.len()).unwrap();
+        writeln!(
+            w,
+            "  crc32            {:#010x} (CRC-32/IEEE of file bytes {}..{})",
+            h.crc32.get(),
+            at + 4,
+            at + rec.len()
+        )
+        .unwrap();
+        writeln!(w, "  version          {}", h.version).unwrap();
+        writeln!(w, "  op               {} ({:?})", h.op, rec.op()).unwrap();
+        let superseded = if rec.is_superseded() {
+            " (superseded)"
+        } else {
+            ""
+        };
+        writeln!(w, "  flags            {:#04x}{superseded}", h.flags).unwrap();
+        writeln!(w, "  recipient_count  {}", h.recipient_count).unwrap();
+        writeln!(w, "  key_len          {}", h.key_len.get()).unwrap();
+        writeln!(w, "  value_len        {}", h.value_len.get()).unwrap();
+        writeln!(w, "  region           {}", rec.region()).unwrap();
+        writeln!(w, "  bucket           {}", rec.bucket()).unwrap();
+        writeln!(w, "  queue_seq        {}", rec.seq()).unwrap();
+        writeln!(w, "  origin_site      {}", ev.origin_site).unwrap();
+        writeln!(w, "  version_site     {}", tag.site).unwrap();
+        writeln!(w, "  origin_member    {}", ev.origin_member).unwrap();
+        writeln!(w, "  stream           {}", ev.stream).unwrap();
+        writeln!(w, "  stream_seq       {}", ev.seq).unwrap();
+        writeln!(w, "  timestamp_us     {}", tag.timestamp_us).unwrap();
+        writeln!(w, "  recipients       [{}]", recipients.join(", ")).unwrap();
+        writeln!(w, "  key              \"{}\"", rec.key().escape_ascii()).unwrap();
+        writeln!(w, "  value            \"{}\"", rec.value().escape_ascii()).unwrap();
+        writeln!(w, "  bytes").unwrap();
+        hex_lines(w, rec.bytes());
+        at += rec.len();
+        n += 1;
+    }
+    out
+}
+
+/// Writes the committed files. Run only to add vectors; see the module documentation.
+#[test]
+#[ignore = "writes testdata/; run with --ignored to regenerate the vectors"]
+fn regenerate_vectors() {
+    // The v1 files are frozen once a build writes another version: v2 gets files of its own.
+    assert_eq!(
+        (record::FORMAT_VERSION, segment::SEGMENT_VERSION),
+        (1, 1),
+        "this build no longer writes v1: leave the v1 vectors as they are"
+    );
+    let bin = records_bin();
+    std::fs::write(testdata("records-v1.bin"), &bin).unwrap();
+    std::fs::write(testdata("records-v1.txt"), listing(&bin)).unwrap();
+    std::fs::write(testdata("segment-v1.seg"), segment_file()).unwrap();
+}
+
+#[test]
+fn committed_records_decode_to_the_vectors() {
+    let bin = read("records-v1.bin");
+    let offsets = record_offsets();
+    let total: usize = RECORDS.iter().map(Vector::len).sum();
+    assert_eq!(bin.len(), total, "records-v1.bin length");
+    for (v, &at) in RECORDS.iter().zip(&offsets) {
+        let what = format!("records-v1.bin record seq {} at {at}", v.seq);
+        // In the stream, and cut to exactly its own bytes.
+        let rec = record::decode(&bin[at..]).unwrap_or_else(|e| panic!("{what}: {e}"));
+        v.assert_decodes_to(&rec, &what);
+        let alone = record::decode(&bin[at..at + v.len()]).unwrap();
+        v.assert_decodes_to(&alone, &what);
+        // The CRC covers every byte after the CRC field.
+        assert_eq!(
+            crc32fast::hash(&bin[at + 4..at + v.len()]),
+            v.crc32,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn committed_listing_matches_the_records() {
+    let bin = read("records-v1.bin");
+    let txt = String::from_utf8(read("records-v1.txt")).unwrap();
+    assert_eq!(txt, listing(&bin));
+    assert_eq!(txt.matches("\nrecord ").count(), RECORDS.len());
+}
+
+#[test]
+fn worked_example_is_the_first_record() {
+    let bin = read("records-v1.bin");
+    assert_eq!(bin[..WORKED_EXAMPLE.len()], WORKED_EXAMPLE);
+    let rec = record::decode(&WORKED_EXAMPLE).unwrap();
+    RECORDS[0].assert_decodes_to(&rec, "worked example");
+}
+
+#[test]
+fn encoder_writes_the_committed_bytes() {
+    // Pins what this build writes. When the format moves to v2 this test moves to the v2
+    // vectors; the decode tests of the v1 files stay.
+    assert_eq!(records_bin(), read("records-v1.bin"));
+    assert_eq!(segment_file(), read("segment-v1.seg"));
+}
+
+#[test]
+fn any_single_byte_flip_fails_its_record() {
+    let bin = read("records-v1.bin");
+    let offsets = record_offsets();
+    for (r, (v, &start)) in RECORDS.iter().zip(&offsets).enumerate() {
+        for i in start..start + v.len() {
+            // Bytes 7..14 of the header: recipient_count, key_len, value_len.
+            let length_field = (7..14).contains(&(i - start));
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut damaged = bin.clone();
+                damaged[i] ^= mask;
+                let what = format!("record {r} byte {} ^ {mask:#04x}", i - start);
+                for result in [
+                    record::decode(&damaged[start..]),
+                    record::decode(&damaged[start..start + v.len()]),
+                ] {
+                    match result {
+                        Ok(rec) => panic!("{what}: still decodes: {rec:?}"),
+                        Err(DecodeError::Short { .. }) if !length_field => {
+                            panic!("{what}: Short from a byte that is not a length")
+                        }
+                        Err(_) => {}
+                    }
+                }
+                // The damage stays within its record.
+                for (o, (ov, &ostart)) in RECORDS.iter().zip(&offsets).enumerate() {
+                    if o != r {
+                        let rec = record::decode(&damaged[ostart..]).unwrap();
+                        ov.assert_decodes_to(&rec, &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn newer_record_version_is_refused() {
+    for version in [0u8, 2, 255] {
+        let mut rec = WORKED_EXAMPLE;
+        rec[4] = version;
+        // A correct CRC, so that only the version is wrong.
+        let crc = crc32fast::hash(&rec[4..]);
+        rec[..4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            record::decode(&rec).unwrap_err(),
+            DecodeError::UnknownVersion(version)
+        );
+    }
+}
+
+#[test]
+fn committed_segment_reads_back() {
+    let seg = read("segment-v1.seg");
+    assert_eq!(seg.len(), SEGMENT_FILE_BYTES);
+    assert_eq!(seg[..SEGMENT_HEADER_BYTES], SEGMENT_HEADER);
+    assert_eq!(segment::read_header(&seg), Ok(SEGMENT_INFO));
+
+    let mut at = SEGMENT_HEADER_BYTES;
+    for v in SEGMENT_RECORDS {
+        let what = format!("segment-v1.seg record seq {} at {at}", v.seq);
+        let rec = record::decode(&seg[at..]).unwrap_or_else(|e| panic!("{what}: {e}"));
+        v.assert_decodes_to(&rec, &what);
+        at += v.len();
+    }
+    // 5 records of 50 + 1 recipient + 1 key byte + 0 or 1 value byte.
+    assert_eq!(at, 64 + 4 * 53 + 52);
+    assert!(seg[at..].iter().all(|&b| b == 0), "zero-filled remainder");
+
+    let scan = segment::scan(&seg, SEGMENT_HEADER_BYTES, SEGMENT_INFO.first_seq);
+    assert_eq!(
+        scan,
+        Scan {
+            records: 5,
+            live_records: 4,
+            // Every record but the superseded seq 3 (53 bytes).
+            live_bytes: 3 * 53 + 52,
+            last_seq: Some(Seq(5)),
+            end: at,
+            tail: Tail::Clean,
+        }
+    );
+}
+
+#[test]
+fn segment_header_flips_are_caught() {
+    let seg = read("segment-v1.seg");
+    for i in 0..52 {
+        let mut damaged = seg.clone();
+        damaged[i] ^= 0xff;
+        let got = segment::read_header(&damaged);
+        match i {
+            0..8 => assert!(
+                matches!(got, Err(HeaderError::Magic(_))),
+                "byte {i}: {got:?}"
+            ),
+            8..10 => assert!(
+                matches!(got, Err(HeaderError::NewerVersion(_))),
+                "byte {i}: {got:?}"
+            ),
+            // Covered by the header CRC, or the CRC itself.
+            10..40 => assert_eq!(got, Err(HeaderError::Crc), "byte {i}"),
+            // The ack slot no longer checks out: the header stands, the ack is unknown.
+            _ => assert_eq!(
+                got,
+                Ok(SegmentInfo {
+                    acked: None,
+                    ..SEGMENT_INFO
+                }),
+                "byte {i}"
+            ),
+        }
+    }
+}
+
+/// The committed segment with format version `version` and a header CRC that checks out.
+fn segment_with_version(version: u16) -> Vec<u8> {
+    let mut seg = read("segment-v1.seg");
+    seg[8..10].copy_from_slice(&version.to_le_bytes());
+    let crc = crc32fast::hash(&seg[..36]);
+    seg[36..40].copy_from_slice(&crc.to_le_bytes());
+    segment::write_ack(&mut seg, Seq(2));
+    seg
+}
+
+#[test]
+fn newer_segment_version_is_refused() {
+    assert_eq!(
+        segment::read_header(&segment_with_version(2)),
+        Err(HeaderError::NewerVersion(2))
+    );
+    assert_eq!(
+        segment::read_header(&segment_with_version(1)),
+        Ok(SEGMENT_INFO)
+    );
+}
+
+/// A persistent sender with a queue 5. Its segment size applies to new segments only: the
+/// 4 KiB segment of the vectors is read as it is.
+fn recovery_config() -> QueueConfig {
+    QueueConfig {
+        queue_count: 6,
+        persistent: true,
+        ..QueueConfig::default()
+    }
+}
+
+#[test]
+fn committed_segment_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("0000000000000001.seg"),
+        read("segment-v1.seg"),
+    )
+    .unwrap();
+    let disk = MmapDisk::open(dir.path()).unwrap();
+    let (mut q, report) = recover(recovery_config(), &disk).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!((report.segments, report.queues), (1, 1));
+    // Acknowledged up to 2; seq 3 is superseded: 4 and 5 remain.
+    assert_eq!(report.events, 2);
+    let batch = q.peek(QueueId(5), 100, 1 << 20).unwrap().unwrap();
+    assert_eq!((batch.first_seq, batch.last_seq), (Seq(4), Seq(5)));
+    assert_eq!((batch.events, batch.bytes), (2, 53 + 52));
+}
+
+#[test]
+fn newer_segment_version_refuses_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0000000000000001.seg");
+    let newer = segment_with_version(2);
+    std::fs::write(&path, &newer).unwrap();
+    let disk = MmapDisk::open(dir.path()).unwrap();
+    match recover(recovery_config(), &disk) {
+        Err(RecoveryError::NewerFormat { path: p, version }) => {
+            assert_eq!(version, 2);
+            assert_eq!(p, path.display().to_string());
+        }
+        other => panic!("expected NewerFormat, got {:?}", other.map(|(_, r)| r)),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), newer, "file left untouched");
+}

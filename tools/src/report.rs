@@ -1,0 +1,184 @@
+//! What a segment's header and its records say, as recovery sees them
+//! ([`segment::read_header`] and [`segment::scan`]), ready to print or serialize.
+
+use serde::Serialize;
+use std::fmt;
+use strait_queue::segment::{self, HeaderError, SEGMENT_HEADER_BYTES, Scan, SegmentInfo, Tail};
+
+/// A valid segment header.
+#[derive(Debug, Serialize)]
+pub struct HeaderReport {
+    pub version: u16,
+    pub queue: u16,
+    pub persistent: bool,
+    pub segment_seq: u64,
+    pub first_seq: u64,
+    pub capacity: u32,
+    /// The acknowledged position in the ack slot; `None` when never written or damaged.
+    pub ack: Option<u64>,
+}
+
+impl HeaderReport {
+    fn new(data: &[u8], info: &SegmentInfo) -> HeaderReport {
+        HeaderReport {
+            // `read_header` accepted the header, so the version field is there.
+            version: u16::from_le_bytes([data[8], data[9]]),
+            queue: info.queue.get(),
+            persistent: info.persistent,
+            segment_seq: info.segment_seq,
+            first_seq: info.first_seq.get(),
+            capacity: info.capacity,
+            ack: info.acked.map(|s| s.get()),
+        }
+    }
+}
+
+impl fmt::Display for HeaderReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "version={} queue={} persistent={} segment_seq={} first_seq={} capacity={} ack={}",
+            self.version,
+            self.queue,
+            self.persistent,
+            self.segment_seq,
+            self.first_seq,
+            self.capacity,
+            self.ack.map_or("none".to_string(), |a| a.to_string()),
+        )
+    }
+}
+
+/// How a segment's records end.
+#[derive(Debug, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum TailReport {
+    /// Only zeros (or nothing) after the last record.
+    Clean,
+    /// Bytes `offset..garbage_end` are not a record and no valid record follows.
+    Torn {
+        offset: usize,
+        garbage_end: usize,
+        error: String,
+    },
+    /// A bad record at `offset` with valid records after it, up to `quarantine_end`.
+    Corrupt {
+        offset: usize,
+        quarantine_end: usize,
+        error: String,
+        records_after: u64,
+        last_seq_after: Option<u64>,
+    },
+}
+
+impl TailReport {
+    pub fn is_clean(&self) -> bool {
+        matches!(self, TailReport::Clean)
+    }
+}
+
+impl From<&Tail> for TailReport {
+    fn from(tail: &Tail) -> TailReport {
+        match tail {
+            Tail::Clean => TailReport::Clean,
+            Tail::Torn {
+                offset,
+                garbage_end,
+                error,
+            } => TailReport::Torn {
+                offset: *offset,
+                garbage_end: *garbage_end,
+                error: error.to_string(),
+            },
+            Tail::Corrupt {
+                offset,
+                quarantine_end,
+                error,
+                records_after,
+                last_seq_after,
+            } => TailReport::Corrupt {
+                offset: *offset,
+                quarantine_end: *quarantine_end,
+                error: error.to_string(),
+                records_after: *records_after,
+                last_seq_after: last_seq_after.map(|s| s.get()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for TailReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TailReport::Clean => f.write_str("clean"),
+            TailReport::Torn {
+                offset,
+                garbage_end,
+                error,
+            } => write!(
+                f,
+                "torn at offset {offset}: bytes {offset}..{garbage_end} are not a valid record \
+                 and no valid record follows ({error}); recovery clears them"
+            ),
+            TailReport::Corrupt {
+                offset,
+                quarantine_end,
+                error,
+                records_after,
+                last_seq_after,
+            } => write!(
+                f,
+                "corrupt at offset {offset} ({error}): {records_after} valid record(s) follow \
+                 up to offset {quarantine_end} (last seq {}); recovery moves bytes \
+                 {offset}..{quarantine_end} to quarantine/ and seals the segment",
+                last_seq_after.map_or("none".to_string(), |s| s.to_string()),
+            ),
+        }
+    }
+}
+
+/// The outcome of [`segment::scan`] over a segment's records.
+#[derive(Debug, Serialize)]
+pub struct ScanReport {
+    pub records: u64,
+    pub live_records: u64,
+    pub live_bytes: u64,
+    pub last_seq: Option<u64>,
+    /// Offset just past the last valid record.
+    pub end: usize,
+    pub tail: TailReport,
+}
+
+impl From<&Scan> for ScanReport {
+    fn from(scan: &Scan) -> ScanReport {
+        ScanReport {
+            records: scan.records,
+            live_records: scan.live_records,
+            live_bytes: scan.live_bytes,
+            last_seq: scan.last_seq.map(|s| s.get()),
+            end: scan.end,
+            tail: TailReport::from(&scan.tail),
+        }
+    }
+}
+
+impl fmt::Display for ScanReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "last_seq={} records={} live_records={} live_bytes={} end={}",
+            self.last_seq.map_or("none".to_string(), |s| s.to_string()),
+            self.records,
+            self.live_records,
+            self.live_bytes,
+            self.end,
+        )
+    }
+}
+
+/// Reads the header of `data` and walks its records exactly as recovery does.
+pub fn check(data: &[u8]) -> Result<(HeaderReport, ScanReport), HeaderError> {
+    let info = segment::read_header(data)?;
+    let scan = segment::scan(data, SEGMENT_HEADER_BYTES, info.first_seq);
+    Ok((HeaderReport::new(data, &info), ScanReport::from(&scan)))
+}
