@@ -91,13 +91,16 @@ fn crash_child() {
             if rng.next_u64().is_multiple_of(3) {
                 let q = QueueId((rng.next_u64() % QUEUES as u64) as u16);
                 let events = 1 + (rng.next_u64() % 40) as u32;
-                let acked = sq.with(|s| {
+                let batch = sq.with(|s| {
                     let b = s.peek(q, events, 1 << 20).unwrap()?;
-                    let last = batch_numbers(s, &b).last().copied();
-                    s.ack(q, b.last_seq).unwrap();
-                    last
+                    let last = *batch_numbers(s, &b).last().unwrap();
+                    Some((b.last_seq, last))
                 });
-                if let Some(n) = acked {
+                if let Some((seq, n)) = batch {
+                    // Announced first: a kill between the ack and its report must not make
+                    // the parent expect events that were in fact acknowledged.
+                    println!("@@ A {} {n}", q.0);
+                    sq.with(|s| s.ack(q, seq)).unwrap();
                     println!("@@ a {} {n}", q.0);
                 }
             }
@@ -112,6 +115,8 @@ struct Known {
     durable: HashMap<(u64, u16), u64>,
     /// Highest event number reported acknowledged, per queue.
     acked: HashMap<u16, u64>,
+    /// Highest event number announced for acknowledgement (maybe acknowledged), per queue.
+    acking: HashMap<u16, u64>,
 }
 
 fn check(dir: &Path, policy: &str, known: &Known, appended_upto: &HashMap<(u64, u16), u64>) {
@@ -128,6 +133,7 @@ fn check(dir: &Path, policy: &str, known: &Known, appended_upto: &HashMap<(u64, 
         q.reset(QueueId(qid));
         let got = drain_numbers(&mut q, QueueId(qid));
         let acked = known.acked.get(&qid).copied().unwrap_or(0);
+        let maybe_acked = known.acking.get(&qid).copied().unwrap_or(0).max(acked);
         assert!(
             got.windows(2).all(|w| w[0] < w[1]),
             "{policy}: queue {qid} in order"
@@ -168,7 +174,7 @@ fn check(dir: &Path, policy: &str, known: &Known, appended_upto: &HashMap<(u64, 
             }
             for i in 0..=upto {
                 let n = number(run, qid, i);
-                if n > acked {
+                if n > maybe_acked {
                     assert!(
                         got.binary_search(&n).is_ok(),
                         "{policy}: durable event {n} lost"
@@ -256,6 +262,11 @@ fn run_policy(policy: &str) {
                     known.durable.insert((run, q), n % 100_000_000);
                     appended_upto.insert((run, q), n % 100_000_000);
                     seen += 1;
+                }
+                ["A", q, n] => {
+                    let (q, n): (u16, u64) = (q.parse().unwrap(), n.parse().unwrap());
+                    let e = known.acking.entry(q).or_default();
+                    *e = (*e).max(n);
                 }
                 ["a", q, n] => {
                     let (q, n): (u16, u64) = (q.parse().unwrap(), n.parse().unwrap());
