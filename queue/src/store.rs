@@ -149,7 +149,19 @@ pub struct RecoveryReport {
     pub discarded: Vec<(String, &'static str)>,
 }
 
+/// Most threads recovery scans queues on.
+pub const RECOVERY_THREADS_MAX: usize = 4;
+
 impl RecoveryReport {
+    fn merge(&mut self, other: RecoveryReport) {
+        self.segments += other.segments;
+        self.queues += other.queues;
+        self.torn.extend(other.torn);
+        self.corrupt.extend(other.corrupt);
+        self.gaps.extend(other.gaps);
+        self.discarded.extend(other.discarded);
+    }
+
     /// Whether recovery found anything an operator should look at.
     pub fn is_clean(&self) -> bool {
         self.torn.is_empty() && self.corrupt.is_empty() && self.gaps.is_empty()
@@ -251,11 +263,46 @@ pub fn recover(
         }
         by_queue.entry(f.info.queue).or_default().push(f);
     }
-    let mut recovered = Vec::new();
-    for (queue, mut segs) in by_queue {
+    // Queues are independent: scan them on several threads, so that reading and checking
+    // the segments of one queue overlaps with another's (a cold start reads every byte).
+    let mut work: Vec<(QueueId, Vec<Found>)> = by_queue.into_iter().collect();
+    for (_, segs) in &mut work {
         segs.sort_by_key(|f| f.info.segment_seq);
-        recovered.push(recover_queue(queue, segs, disk, &mut report)?);
     }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, RECOVERY_THREADS_MAX);
+    let mut lanes: Vec<Vec<(QueueId, Vec<Found>)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, w) in work.into_iter().enumerate() {
+        lanes[i % threads].push(w);
+    }
+    let results: Vec<Result<(Vec<RecoveredQueue>, RecoveryReport), RecoveryError>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = lanes
+                .into_iter()
+                .map(|lane| {
+                    scope.spawn(move || {
+                        let mut part = RecoveryReport::default();
+                        let mut out = Vec::new();
+                        for (queue, segs) in lane {
+                            out.push(recover_queue(queue, segs, disk, &mut part)?);
+                        }
+                        Ok((out, part))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+    let mut recovered = Vec::new();
+    for r in results {
+        let (queues, part) = r?;
+        recovered.extend(queues);
+        report.merge(part);
+    }
+    recovered.sort_by_key(|r| r.queue);
     let sq = SenderQueue::from_recovered(config, recovered, next_segment_id);
     let totals = sq.stats(0);
     report.events = totals.events_queued;
