@@ -207,6 +207,10 @@ impl Disk for MemDisk {
         Ok(())
     }
 
+    fn prefetch(&self, _id: SegmentId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn delete(&self, id: SegmentId, _buf: Box<dyn SegmentBuf>) -> Result<(), StoreError> {
         self.remove(id);
         Ok(())
@@ -254,6 +258,10 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
                     .try_for_each(|&id| disk.sync(id, queue.segment_bytes(id)))
             });
             queue.handle_synced(token, r, now_ms);
+        }
+        Action::PrefetchSegment { id } => {
+            // A hint: a failure changes nothing.
+            let _ = disk.prefetch(id);
         }
         Action::DeleteSegment { id, buf } => {
             // A failed delete leaves a fully acknowledged file that the next recovery removes.

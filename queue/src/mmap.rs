@@ -213,6 +213,18 @@ impl Disk for MmapDisk {
         }
     }
 
+    fn prefetch(&self, id: SegmentId) -> Result<(), StoreError> {
+        let file = self.files().get(&id).cloned();
+        match file {
+            Some(f) => {
+                rustix::fs::fadvise(&*f, 0, None, rustix::fs::Advice::WillNeed).map_err(|e| {
+                    StoreError::new(StoreOp::Prefetch, self.path(id).display(), &e.into())
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
     fn sync_directory(&self) -> Result<(), StoreError> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())

@@ -182,6 +182,9 @@ pub enum Action {
         segments: Vec<SegmentId>,
         directory: bool,
     },
+    /// Start reading this segment into the page cache: a dispatcher is about to read it, and
+    /// a page fault on the shard would stall it.
+    PrefetchSegment { id: SegmentId },
     /// Unmap and delete this segment; nothing needs it any more.
     DeleteSegment {
         id: SegmentId,
@@ -248,6 +251,8 @@ struct Extent {
     next_seq: Seq,
     /// No more records go into this extent.
     sealed: bool,
+    /// A prefetch of this segment was asked for.
+    prefetched: bool,
 }
 
 impl Extent {
@@ -444,6 +449,8 @@ pub struct SenderQueue {
     dirty: BTreeSet<SegmentId>,
     /// A segment was put to use since the last sync: its directory entry must be synced too.
     dirty_directory: bool,
+    /// Segments to read ahead.
+    prefetch: Vec<SegmentId>,
     /// Fully acknowledged segments to delete, each with the sync token that must complete
     /// first (so that the new head's ack slot is durable before the old head disappears).
     pending_deletes: Vec<(SegmentId, Box<dyn SegmentBuf>, u64)>,
@@ -485,6 +492,7 @@ impl SenderQueue {
             next_segment_id: next_segment_id.0,
             dirty: BTreeSet::new(),
             dirty_directory: false,
+            prefetch: Vec::new(),
             pending_deletes: Vec::new(),
             sync_inflight: None,
             next_sync_token: 1,
@@ -523,6 +531,7 @@ impl SenderQueue {
                     end: s.end,
                     next_seq: s.next_seq,
                     sealed: s.sealed,
+                    prefetched: false,
                 });
             }
             // Every queued event may have been sent before the restart.
@@ -653,6 +662,7 @@ impl SenderQueue {
                 end: 0,
                 next_seq: queue.next_seq,
                 sealed: false,
+                prefetched: true,
             });
         }
         let seq = queue.next_seq;
@@ -745,6 +755,8 @@ impl SenderQueue {
             end: SEGMENT_HEADER_BYTES as u32,
             next_seq: queue.next_seq,
             sealed: false,
+            // Freshly written: its pages are in the page cache.
+            prefetched: true,
         });
         if self.config.persistent {
             queue.tail_dirty = true;
@@ -896,6 +908,15 @@ impl SenderQueue {
             c = next;
         }
         queue.peek = c;
+        // Ask for the segment being read, and the next one, to be read ahead off the shard.
+        if let Some(i) = queue.index_of(c.extent) {
+            for e in queue.extents.range_mut(i..).take(2) {
+                if let (Some(id), false) = (e.segment(), e.prefetched) {
+                    e.prefetched = true;
+                    self.prefetch.push(id);
+                }
+            }
+        }
         if batch.events == 0 {
             return Ok(None);
         }
@@ -1061,6 +1082,9 @@ impl SenderQueue {
 
     /// The next piece of file work, if any. `now_ms` drives interval syncs and retries.
     pub fn poll_action(&mut self, now_ms: u64) -> Option<Action> {
+        if let Some(id) = self.prefetch.pop() {
+            return Some(Action::PrefetchSegment { id });
+        }
         let synced = self.last_synced_token;
         if let Some(i) = self.pending_deletes.iter().position(|d| d.2 <= synced) {
             let (id, buf, _) = self.pending_deletes.swap_remove(i);

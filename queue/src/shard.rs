@@ -293,6 +293,10 @@ async fn run(inner: Rc<Inner>, action: Action) {
                 .borrow_mut()
                 .handle_synced(token, r, inner.now_ms());
         }
+        Action::PrefetchSegment { id } => {
+            // A hint: if the kernel refuses it, the read faults in later as it would anyway.
+            let _ = executor().spawn_blocking(move || disk.prefetch(id)).await;
+        }
         Action::DeleteSegment { id, buf } => {
             // A failed delete leaves a fully acknowledged file behind; the next recovery
             // removes it. It is still reported.

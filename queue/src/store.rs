@@ -37,6 +37,7 @@ pub enum StoreOp {
     Sync,
     Delete,
     Quarantine,
+    Prefetch,
 }
 
 impl fmt::Display for StoreOp {
@@ -49,6 +50,7 @@ impl fmt::Display for StoreOp {
             StoreOp::Sync => "syncing segment",
             StoreOp::Delete => "deleting segment",
             StoreOp::Quarantine => "writing quarantine file",
+            StoreOp::Prefetch => "reading ahead segment",
         })
     }
 }
@@ -93,6 +95,9 @@ pub trait Disk: Send + Sync {
     /// Makes a segment durable. `current` is the segment's bytes as the queue holds them, for
     /// disks that keep no file behind the buffer; file-backed disks ignore it.
     fn sync(&self, id: SegmentId, current: Option<&[u8]>) -> Result<(), StoreError>;
+    /// Starts reading a segment into memory without waiting for it (a hint: errors are
+    /// reported but change nothing).
+    fn prefetch(&self, id: SegmentId) -> Result<(), StoreError>;
     /// Makes the creation and deletion of segment files durable.
     fn sync_directory(&self) -> Result<(), StoreError>;
     /// Unmaps and deletes a segment.

@@ -346,3 +346,24 @@ fn power_loss_keeps_every_synced_event() {
         }
     }
 }
+
+#[test]
+fn reading_a_recovered_backlog_prefetches_its_segments_off_the_shard() {
+    use strait_queue::queue::Action;
+    let (disk, c) = crashed_queue(600, 300);
+    let (mut q, _) = recover(c, &disk).unwrap();
+    let chain: Vec<SegmentId> = chain(&disk).into_iter().map(|(id, _)| id).collect();
+    q.peek(Q, 10, 1 << 20).unwrap().unwrap();
+    let mut asked = Vec::new();
+    while let Some(action) = q.poll_action(0) {
+        if let Action::PrefetchSegment { id } = action {
+            asked.push(id);
+        }
+    }
+    asked.sort();
+    assert_eq!(
+        asked,
+        chain[..2].to_vec(),
+        "the segment being read and the next one"
+    );
+}
