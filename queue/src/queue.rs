@@ -326,6 +326,8 @@ struct Queue {
     chunk_bytes: usize,
     /// The tail segment is already in the sender's dirty set.
     tail_dirty: bool,
+    /// The tail segment is past half full: a spare is being made ready for its successor.
+    tail_half: bool,
     /// Highest sequence number written to a segment, and synced.
     written: Seq,
     synced: Seq,
@@ -354,6 +356,7 @@ impl Queue {
             segment_seq: 1,
             chunk_bytes: MEMORY_CHUNK_BYTES_MIN,
             tail_dirty: false,
+            tail_half: false,
             written: Seq(0),
             synced: Seq(0),
             sync_failed: None,
@@ -461,6 +464,10 @@ pub struct SenderQueue {
     /// After a failed sync, the next is not tried before this time.
     sync_retry_at: Option<u64>,
     overflowing_queues: u32,
+    /// Queues whose tail segment is past half full. Queues filled round-robin fill their
+    /// segments together, so the spare pool grows by one for each to keep appends from
+    /// waiting on segment creation.
+    tails_past_half: u32,
 }
 
 impl std::fmt::Debug for SenderQueue {
@@ -500,6 +507,7 @@ impl SenderQueue {
             last_sync_ms: 0,
             sync_retry_at: None,
             overflowing_queues: 0,
+            tails_past_half: 0,
         }
     }
 
@@ -705,6 +713,13 @@ impl SenderQueue {
         queue.written = seq;
         queue.counters.events_disk += 1;
         queue.counters.bytes_disk += len as u64;
+        if !queue.tail_half {
+            let tail = queue.extents.back().expect("tail segment");
+            if tail.end as usize * 2 >= tail.capacity() {
+                queue.tail_half = true;
+                self.tails_past_half += 1;
+            }
+        }
         if self.config.persistent && !queue.tail_dirty {
             queue.tail_dirty = true;
             self.dirty.insert(id);
@@ -744,6 +759,10 @@ impl SenderQueue {
         queue.segment_seq += 1;
         if let Some(tail) = queue.extents.back_mut() {
             tail.sealed = true;
+        }
+        if queue.tail_half {
+            queue.tail_half = false;
+            self.tails_past_half -= 1;
         }
         queue.extents.push_back(Extent {
             serial,
@@ -1108,10 +1127,8 @@ impl SenderQueue {
             let near_budget = self.memory_bytes.saturating_mul(4)
                 >= self.config.memory_bytes_max.saturating_mul(3);
             let wanted = self.config.persistent || self.overflowing_queues > 0 || near_budget;
-            if !wanted
-                || self.spares.len() + self.creating as usize
-                    >= self.config.spare_segments.max(1) as usize
-            {
+            let target = self.config.spare_segments as usize + self.tails_past_half as usize;
+            if !wanted || self.spares.len() + self.creating as usize >= target {
                 return None;
             }
             self.config.segment_bytes
