@@ -1,9 +1,10 @@
 //! `strait-bench`: Strait's benchmark tool.
 //!
 //! `strait-bench queue` measures the gateway-sender queue (`strait-queue`) on one glommio
-//! shard against two bounds taken in the same run: memcpy bandwidth and raw disk write
-//! bandwidth. It appends, drains (peek + ack) and reopens queues in memory, overflowing to
-//! segment files, and persistent under each sync policy, for several value sizes.
+//! shard against bounds taken in the same run: memcpy bandwidth, raw disk write bandwidth and
+//! cold disk read bandwidth. It appends, drains (peek + ack) and reopens queues in memory,
+//! overflowing to segment files, and persistent under each sync policy, for several value
+//! sizes, and writes the same records with glommio's DMA stream writer for comparison.
 //!
 //! Results go to stdout as one JSON object per line; a readable table and the PASS/MISS
 //! verdicts against the performance targets follow on stderr. Build and run it in release
@@ -13,6 +14,8 @@
 //! cargo build --release -p strait-bench
 //! target/release/strait-bench queue                 # every case, default sizes
 //! target/release/strait-bench queue --bytes 128MiB --reopen-bytes 256MiB   # a quick pass
+//! target/release/strait-bench queue --modes persistent --syncs never,every-batch \
+//!     --sizes 1KiB --queues 1,57 --reopen-bytes 0 --no-dma-write     # segment layout
 //! ```
 //!
 //! `docs/benchmarks.md` describes each case and records figures.
@@ -36,7 +39,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Queue throughput (append, peek + ack, reopen) against memcpy and disk write bounds.
+    /// Queue throughput (append, peek + ack, reopen) against memcpy and disk bounds and
+    /// glommio's DMA stream writer.
     Queue(queue::QueueArgs),
 }
 

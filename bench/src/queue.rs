@@ -1,11 +1,14 @@
 //! `strait-bench queue`: append, peek + ack and reopen throughput of the gateway-sender queue
-//! on one glommio shard, against the memcpy and disk write bounds of the same machine.
+//! on one glommio shard, against the memcpy and disk bounds of the same machine and against
+//! glommio's DMA stream writer.
 
 use crate::bounds::{self, DISK_CHUNK_BYTES, Ring};
-use crate::report::{Reporter, Row, Stopwatch, Verdict};
+use crate::report::{self, Reporter, Row, Stopwatch, Verdict};
 use crate::size::ByteSize;
 use anyhow::{Context as _, anyhow, ensure};
 use clap::{Args, ValueEnum};
+use futures_lite::AsyncWriteExt as _;
+use glommio::io::{DmaStreamWriterBuilder, OpenOptions};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -40,6 +43,10 @@ const KEY_BYTES: usize = 16;
 const RECIPIENTS: [SiteId; 1] = [SiteId(2)];
 /// How long a fresh queue may take to create its spare segments before the timer starts.
 const SPARES_TIMEOUT: Duration = Duration::from_secs(30);
+/// Buffer size of the DMA writer comparison...
+const DMA_BUFFER_BYTES: usize = 1 << 20;
+/// ...and how many of its buffers may be written at once.
+const DMA_WRITE_BEHIND: usize = 8;
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// Options of `strait-bench queue`.
@@ -62,11 +69,12 @@ pub struct QueueArgs {
         default_value = "never,interval-100ms,every-batch"
     )]
     syncs: Vec<SyncMode>,
-    /// Number of queues the events are spread over, round-robin.
-    #[arg(long, default_value_t = 8)]
-    queues: u16,
-    /// Record bytes appended per case, and written by the disk write and segment creation
-    /// bounds (the memcpy bound copies at least 512MiB)
+    /// Numbers of queues the events are spread over, round-robin, comma-separated: every
+    /// queue case runs once per number (the reopen measurement uses the first).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    queues: Vec<u16>,
+    /// Record bytes appended per case, and written by the DMA writer comparison and the disk
+    /// write and segment creation bounds (the memcpy bound copies at least 512MiB)
     /// [default: 512MiB for overflow and persistent cases and the bounds, 256MiB for memory]
     #[arg(long)]
     bytes: Option<ByteSize>,
@@ -77,9 +85,12 @@ pub struct QueueArgs {
     #[arg(long, default_value = "4MiB")]
     segment_bytes: ByteSize,
     /// Record bytes (1 KiB values) written to a persistent queue that is then closed and
-    /// reopened, timing the recovery; 0 skips the reopen measurement.
+    /// reopened, timing the recovery; 0 skips the reopen measurement and the disk read bound.
     #[arg(long, default_value = "1GiB")]
     reopen_bytes: ByteSize,
+    /// Skip the comparison with glommio's DMA stream writer (`dma_write`) [default: run it]
+    #[arg(long, default_value_t = false)]
+    no_dma_write: bool,
     /// The writer lets other tasks (the queue's driver, finished file work) run after every
     /// this many appended bytes, as a writer fed by a socket would; 0 = only when the queue
     /// makes it wait for a segment.
@@ -151,26 +162,13 @@ impl SyncMode {
     }
 }
 
-/// One queue case: a mode, a sync policy when persistent, a value size.
+/// One queue case: a mode, a sync policy when persistent, a value size, a number of queues.
 #[derive(Clone, Copy, Debug)]
 struct Case {
     mode: Mode,
     sync: Option<SyncMode>,
     value_bytes: u64,
-}
-
-impl Case {
-    fn label(&self) -> String {
-        match self.sync {
-            Some(s) => format!(
-                "{}/{}/{}",
-                self.mode.label(),
-                s.label(),
-                ByteSize(self.value_bytes)
-            ),
-            None => format!("{}/{}", self.mode.label(), ByteSize(self.value_bytes)),
-        }
-    }
+    queues: u16,
 }
 
 /// What every case needs: the options and the bounds.
@@ -185,6 +183,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// `mode/sync/size`, followed by `/<n>q` when `--queues` gives several numbers.
+    fn label(&self, case: &Case) -> String {
+        let mut label = case.mode.label().to_string();
+        if let Some(s) = case.sync {
+            label = format!("{label}/{}", s.label());
+        }
+        label = format!("{label}/{}", ByteSize(case.value_bytes));
+        if self.args.queues.len() > 1 {
+            label = format!("{label}/{}q", case.queues);
+        }
+        label
+    }
+
     fn bytes(&self, mode: Mode) -> u64 {
         match (self.args.bytes, mode) {
             (Some(b), _) => b.0,
@@ -193,9 +204,15 @@ impl Ctx<'_> {
         }
     }
 
-    fn config(&self, mode: Mode, sync: Option<SyncMode>, total_bytes: u64) -> QueueConfig {
+    fn config(
+        &self,
+        mode: Mode,
+        sync: Option<SyncMode>,
+        queues: u16,
+        total_bytes: u64,
+    ) -> QueueConfig {
         QueueConfig {
-            queue_count: self.args.queues,
+            queue_count: queues,
             memory_bytes_max: match mode {
                 Mode::Memory => total_bytes * 2 + MEMORY_HEADROOM_BYTES,
                 Mode::Overflow => self.args.overflow_memory.0,
@@ -305,7 +322,10 @@ pub fn run(args: QueueArgs) -> anyhow::Result<()> {
 
 /// Refuses options the queue cannot run with.
 fn check(args: &QueueArgs) -> anyhow::Result<()> {
-    ensure!(args.queues > 0, "--queues must be at least 1");
+    ensure!(
+        !args.queues.is_empty() && args.queues.iter().all(|&q| q > 0),
+        "--queues must be at least 1"
+    );
     ensure!(
         !args.sizes.is_empty(),
         "--sizes needs at least one value size"
@@ -333,17 +353,26 @@ fn environment(out: &mut Reporter, work: &Path) -> anyhow::Result<()> {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let disk_stat = report::watch_disk(work);
     out.json(&serde_json::json!({
         "bench": "env",
         "dir": work,
         "filesystem": filesystem,
         "nproc": nproc,
         "kernel": kernel,
+        "disk_stat": disk_stat,
     }))?;
     out.progress(&format!(
         "strait-bench queue: {nproc} CPUs, kernel {kernel}, working directory {} ({filesystem})",
         work.display()
     ));
+    match disk_stat {
+        Some(stat) => out.progress(&format!("disk flushes counted from {}", stat.display())),
+        None => out.note(format!(
+            "disk flushes not counted: no flush count for the block device of {}",
+            work.display()
+        )),
+    }
     if filesystem == "tmpfs" {
         out.note(format!(
             "{} is on a tmpfs: segment files live in memory, the disk figures mean nothing; use --dir",
@@ -423,15 +452,25 @@ async fn bench(args: &QueueArgs, work: &Path, out: &mut Reporter) -> anyhow::Res
         };
         for sync in syncs {
             for size in &args.sizes {
-                let case = Case {
-                    mode,
-                    sync,
-                    value_bytes: size.0,
-                };
-                queue_case(&ctx, case, out)
-                    .await
-                    .with_context(|| format!("case {}", case.label()))?;
+                for &queues in &args.queues {
+                    let case = Case {
+                        mode,
+                        sync,
+                        value_bytes: size.0,
+                        queues,
+                    };
+                    queue_case(&ctx, case, out)
+                        .await
+                        .with_context(|| format!("case {}", ctx.label(&case)))?;
+                }
             }
+        }
+    }
+    if !args.no_dma_write {
+        for size in &args.sizes {
+            dma_write(&ctx, size.0, out)
+                .await
+                .with_context(|| format!("dma_write of {size} values"))?;
         }
     }
     if args.reopen_bytes.0 > 0 {
@@ -446,9 +485,10 @@ async fn queue_case(ctx: &Ctx<'_>, case: Case, out: &mut Reporter) -> anyhow::Re
     let record = work.record_bytes()?;
     let total = ctx.bytes(case.mode);
     let events = (total / record).max(1);
-    let dir = ctx.work.join(case.label().replace('/', "-"));
-    let config = ctx.config(case.mode, case.sync, events * record);
-    out.progress(&format!("{} ({events} events):", case.label()));
+    let label = ctx.label(&case);
+    let dir = ctx.work.join(label.replace('/', "-"));
+    let config = ctx.config(case.mode, case.sync, case.queues, events * record);
+    out.progress(&format!("{label} ({events} events):"));
     // Start from a clean page cache: no writeback left over from the previous case.
     rustix::fs::sync();
     let (sq, report) = ShardQueue::open(dir.clone(), config).await?;
@@ -462,14 +502,7 @@ async fn queue_case(ctx: &Ctx<'_>, case: Case, out: &mut Reporter) -> anyhow::Re
     }
 
     let clock = Stopwatch::start();
-    let last = append(
-        &sq,
-        &mut work,
-        events,
-        ctx.args.queues,
-        ctx.args.yield_bytes.0,
-    )
-    .await?;
+    let last = append(&sq, &mut work, events, case.queues, ctx.args.yield_bytes.0).await?;
     for (q, &seq) in last.iter().enumerate() {
         if seq > Seq(0) {
             sq.wait_durable(QueueId(q as u16), seq).await?;
@@ -490,24 +523,26 @@ async fn queue_case(ctx: &Ctx<'_>, case: Case, out: &mut Reporter) -> anyhow::Re
             stats.bytes_on_disk
         );
     }
-    let mut row = Row::new("append", case.label(), Some(case.value_bytes), record);
+    let mut row = Row::new("append", label.clone(), Some(case.value_bytes), record);
     row = row.timed(events, timing);
     row.mode = Some(case.mode.label());
     row.sync = case.sync.map(SyncMode::label);
+    row.queues = Some(case.queues);
     row.bytes_on_disk = Some(stats.bytes_on_disk);
     out.row(ctx.ratios(row, case.mode != Mode::Memory))?;
 
     let clock = Stopwatch::start();
-    let (drained, bytes) = drain(&sq, ctx.args.queues).await?;
+    let (drained, bytes) = drain(&sq, case.queues).await?;
     let timing = clock.stop();
     ensure!(
         drained == events && bytes == events * record,
         "appended {events} events of {record} bytes but peeked {drained} events, {bytes} bytes"
     );
-    let mut row = Row::new("peek_ack", case.label(), Some(case.value_bytes), record);
+    let mut row = Row::new("peek_ack", label, Some(case.value_bytes), record);
     row = row.timed(events, timing);
     row.mode = Some(case.mode.label());
     row.sync = case.sync.map(SyncMode::label);
+    row.queues = Some(case.queues);
     out.row(ctx.ratios(row, false))?;
 
     sq.close().await?;
@@ -603,17 +638,83 @@ fn send_batch(
     Ok(Some((batch.events as u64, batch.bytes)))
 }
 
+/// The alternative to writing segments through the mapping: encodes the records a persistent
+/// case of `value_bytes` values appends, one at a time into a record-sized staging buffer,
+/// and writes each with glommio's `DmaStreamWriter` (O_DIRECT, [`DMA_BUFFER_BYTES`] buffers,
+/// [`DMA_WRITE_BEHIND`] in flight) to one file preallocated with `pre_allocate`, yielding as
+/// the appends do. Timed until `close` returns, which fdatasyncs.
+async fn dma_write(ctx: &Ctx<'_>, value_bytes: u64, out: &mut Reporter) -> anyhow::Result<()> {
+    let mut work = Workload::new(value_bytes);
+    let record = work.record_bytes()?;
+    let events = (ctx.bytes(Mode::Persistent) / record).max(1);
+    let total = events * record;
+    let path = ctx
+        .work
+        .join(format!("dma-write-{}.dat", ByteSize(value_bytes)));
+    let what = || format!("DMA stream writer on {}", path.display());
+    out.progress(&format!(
+        "dma_write/{} ({events} events):",
+        ByteSize(value_bytes)
+    ));
+    rustix::fs::sync();
+    // Read and write: a write-only DmaFile makes glommio's poll-ring probe fail and turn
+    // polling off for the device (glommio issue #670).
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(&path)
+        .await
+        .map_err(std::io::Error::from)
+        .with_context(what)?;
+    file.pre_allocate(total, false)
+        .await
+        .map_err(std::io::Error::from)
+        .with_context(what)?;
+    let mut writer = DmaStreamWriterBuilder::new(file)
+        .with_buffer_size(DMA_BUFFER_BYTES)
+        .with_write_behind(DMA_WRITE_BEHIND)
+        .build();
+    let mut staging = vec![0u8; record as usize];
+    let yield_bytes = ctx.args.yield_bytes.0;
+    let mut since_yield = 0u64;
+    let clock = Stopwatch::start();
+    for n in 0..events {
+        let len = record::encode_into(&mut staging, &work.event(n), Seq(n + 1));
+        writer.write_all(&staging[..len]).await.with_context(what)?;
+        since_yield += record;
+        if yield_bytes > 0 && since_yield >= yield_bytes {
+            since_yield = 0;
+            glommio::executor().yield_now().await;
+        }
+    }
+    writer.close().await.with_context(what)?;
+    let timing = clock.stop();
+    let written = fs::metadata(&path).with_context(what)?.len();
+    ensure!(
+        written == total,
+        "the DMA writer left {written} bytes in {} instead of {total}",
+        path.display()
+    );
+    fs::remove_file(&path).with_context(what)?;
+    let case = format!("{} records", ByteSize(value_bytes));
+    let row = Row::new("dma_write", case, Some(value_bytes), record).timed(events, timing);
+    out.row(ctx.ratios(row, true))
+}
+
 /// Writes `--reopen-bytes` of 1 KiB records to a persistent queue, closes it, and times
-/// `ShardQueue::open` (recovery reads and CRC-checks every record): with the page cache
-/// warm, then cold if the cache can be dropped.
+/// `ShardQueue::open` (recovery reads and CRC-checks every record) with the page cache warm.
+/// Then, if the page cache can be dropped, measures the disk read bound on a file of the same
+/// size and times the open again with the cache cold.
 async fn reopen(ctx: &Ctx<'_>, out: &mut Reporter) -> anyhow::Result<()> {
     let mut work = Workload::new(REOPEN_VALUE_BYTES);
     let record = work.record_bytes()?;
     let events = (ctx.args.reopen_bytes.0 / record).max(1);
+    let queues = ctx.args.queues[0];
     let dir = ctx.work.join("reopen");
     // The files recovery reads are the same under every sync policy once the queue is closed
     // (close syncs everything), so fill it the fastest way.
-    let config = ctx.config(Mode::Persistent, Some(SyncMode::Never), 0);
+    let config = ctx.config(Mode::Persistent, Some(SyncMode::Never), queues, 0);
     out.progress(&format!(
         "reopen: writing {} ({events} events of {} values)",
         ctx.args.reopen_bytes,
@@ -622,29 +723,76 @@ async fn reopen(ctx: &Ctx<'_>, out: &mut Reporter) -> anyhow::Result<()> {
     rustix::fs::sync();
     let (sq, _) = ShardQueue::open(dir.clone(), config.clone()).await?;
     wait_for_spares(&sq).await?;
-    append(
-        &sq,
-        &mut work,
-        events,
-        ctx.args.queues,
-        ctx.args.yield_bytes.0,
-    )
-    .await?;
+    append(&sq, &mut work, events, queues, ctx.args.yield_bytes.0).await?;
     sq.close().await?;
     rustix::fs::sync();
+    let reopen = Reopen {
+        dir: &dir,
+        config: &config,
+        queues,
+        events,
+        record,
+    };
+    reopen.time(ctx, out, "warm", None).await?;
 
-    for cache in ["warm", "cold"] {
-        if cache == "cold" {
-            rustix::fs::sync();
-            if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "3") {
-                out.note(format!(
-                    "cold-cache reopen skipped: cannot drop the page cache ({e}); run as root"
-                ));
-                break;
-            }
-        }
+    // The read bound: a file as large as the records, written and synced untimed, read back
+    // from the disk.
+    let read_bytes = (events * record).div_ceil(DISK_CHUNK_BYTES as u64) * DISK_CHUNK_BYTES as u64;
+    let read_file = bounds::disk_read_file(ctx.work, read_bytes)?;
+    if let Err(e) = bounds::drop_page_cache() {
+        out.note(format!(
+            "cold-cache reopen and disk read bound skipped: cannot drop the page cache ({e}); run as root"
+        ));
+        fs::remove_file(&read_file).with_context(|| format!("removing {}", read_file.display()))?;
+    } else {
+        let (bytes, timing) = bounds::disk_read(&read_file)?;
+        ensure!(
+            bytes == read_bytes,
+            "read {bytes} bytes of {}, which holds {read_bytes}",
+            read_file.display()
+        );
+        let chunks = bytes / DISK_CHUNK_BYTES as u64;
+        let mut row = Row::new(
+            "disk_read",
+            "1MiB reads, cold cache".into(),
+            None,
+            DISK_CHUNK_BYTES as u64,
+        )
+        .timed(chunks, timing);
+        row.cache = Some("cold");
+        let read_mb_per_s = row.mb_per_s;
+        out.row(row)?;
+        bounds::drop_page_cache().context("dropping the page cache")?;
+        reopen.time(ctx, out, "cold", Some(read_mb_per_s)).await?;
+    }
+    fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(())
+}
+
+/// A closed persistent queue to reopen, and what it holds.
+#[derive(Debug)]
+struct Reopen<'a> {
+    dir: &'a Path,
+    config: &'a QueueConfig,
+    queues: u16,
+    events: u64,
+    record: u64,
+}
+
+impl Reopen<'_> {
+    /// Times `ShardQueue::open`, checks that it recovered every event, reports a `reopen` row
+    /// (with its ratio to `disk_read`, the disk read bound in MB/s, when given) and closes
+    /// the queue again.
+    async fn time(
+        &self,
+        ctx: &Ctx<'_>,
+        out: &mut Reporter,
+        cache: &'static str,
+        disk_read: Option<f64>,
+    ) -> anyhow::Result<()> {
+        let (events, record) = (self.events, self.record);
         let clock = Stopwatch::start();
-        let (sq, report) = ShardQueue::open(dir.clone(), config.clone()).await?;
+        let (sq, report) = ShardQueue::open(self.dir.to_path_buf(), self.config.clone()).await?;
         let timing = clock.stop();
         ensure!(
             report.is_clean() && report.events == events && report.bytes == events * record,
@@ -658,16 +806,19 @@ async fn reopen(ctx: &Ctx<'_>, out: &mut Reporter) -> anyhow::Result<()> {
         row = row.timed(events, timing);
         row.mode = Some(Mode::Persistent.label());
         row.cache = Some(cache);
-        out.row(ctx.ratios(row, false))?;
+        row.queues = Some(self.queues);
+        let mut row = ctx.ratios(row, false);
+        row.ratio_to_disk_read = disk_read.map(|bound| row.mb_per_s / bound);
+        out.row(row)?;
         sq.close().await?;
+        Ok(())
     }
-    fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    Ok(())
 }
 
 /// Checks the measurements against the targets.
 fn verdicts(out: &mut Reporter) -> anyhow::Result<()> {
     let mut found = Vec::new();
+    let mut notes = Vec::new();
     for r in out.rows() {
         let checked = format!("{} {}", r.bench, r.case);
         let persistent_append = r.bench == "append" && r.mode == Some(Mode::Persistent.label());
@@ -696,6 +847,13 @@ fn verdicts(out: &mut Reporter) -> anyhow::Result<()> {
                 pass: rate >= 5.0,
             });
         } else if r.bench == "reopen" {
+            if let Some(ratio) = r.ratio_to_disk_read {
+                notes.push(format!(
+                    "{checked}: {:.0} MB/s, {ratio:.2} of the disk read bound \
+                     (near 1: the disk is the limit)",
+                    r.mb_per_s
+                ));
+            }
             // 1 s for 1 GiB; scaled when --reopen-bytes asks for another size.
             let limit = r.bytes as f64 / GIB;
             found.push(Verdict {
@@ -724,6 +882,9 @@ fn verdicts(out: &mut Reporter) -> anyhow::Result<()> {
     .collect();
     for v in found {
         out.verdict(v)?;
+    }
+    for note in notes {
+        out.note(note);
     }
     for what in missing {
         out.note(format!(

@@ -3,19 +3,52 @@
 
 use rustix::time::{ClockId, clock_gettime};
 use serde::Serialize;
+use std::fs;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Bytes in a megabyte, for MB/s (decimal, as disk and memory bandwidths are quoted).
 const MB: f64 = 1e6;
+/// In a block device's `stat` file, the index of the count of completed flush requests
+/// (`Documentation/block/stat.rst`: the 16th field, since Linux 5.5).
+const STAT_FLUSHES_FIELD: usize = 15;
 
-/// Times a measurement: wall time, and the CPU time of the measuring thread (the shard) and
-/// of the rest of the process (the helper thread doing file work).
+/// The `stat` file of the block device being measured, set once by [`watch_disk`].
+static DISK_STAT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes every [`Stopwatch`] also count the cache flushes completed by the block device
+/// holding `dir` (each `fdatasync` that reaches the disk issues at least one). Returns the
+/// counter's file, or `None` when the kernel does not expose it: then no flushes are counted.
+pub fn watch_disk(dir: &Path) -> Option<&'static Path> {
+    let dev = rustix::fs::stat(dir).ok()?.st_dev;
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let stat = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+    read_flushes(&stat)?;
+    Some(DISK_STAT.get_or_init(|| stat))
+}
+
+fn read_flushes(stat: &Path) -> Option<u64> {
+    let text = fs::read_to_string(stat).ok()?;
+    text.split_whitespace()
+        .nth(STAT_FLUSHES_FIELD)?
+        .parse()
+        .ok()
+}
+
+fn disk_flushes() -> Option<u64> {
+    read_flushes(DISK_STAT.get()?)
+}
+
+/// Times a measurement: wall time, the CPU time of the measuring thread (the shard) and of
+/// the rest of the process (the helper thread doing file work), and the disk's cache flushes.
 #[derive(Clone, Copy, Debug)]
 pub struct Stopwatch {
     wall: Instant,
     thread: Duration,
     process: Duration,
+    flushes: Option<u64>,
 }
 
 /// What a [`Stopwatch`] measured.
@@ -24,6 +57,8 @@ pub struct Timing {
     pub seconds: f64,
     pub thread_cpu_s: f64,
     pub other_cpu_s: f64,
+    /// Cache flushes the disk completed meanwhile, if they are counted (see [`watch_disk`]).
+    pub flushes: Option<u64>,
 }
 
 fn cpu(clock: ClockId) -> Duration {
@@ -37,6 +72,7 @@ impl Stopwatch {
             wall: Instant::now(),
             thread: cpu(ClockId::ThreadCPUTime),
             process: cpu(ClockId::ProcessCPUTime),
+            flushes: disk_flushes(),
         }
     }
 
@@ -48,6 +84,10 @@ impl Stopwatch {
             seconds,
             thread_cpu_s: thread,
             other_cpu_s: (process - thread).max(0.0),
+            flushes: self
+                .flushes
+                .zip(disk_flushes())
+                .map(|(before, after)| after.saturating_sub(before)),
         }
     }
 }
@@ -55,7 +95,8 @@ impl Stopwatch {
 /// One measurement: a JSON line, and a row of the table.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
-    /// `memcpy`, `disk_write`, `seg_create`, `append`, `peek_ack` or `reopen`.
+    /// `memcpy`, `disk_write`, `seg_create`, `disk_read`, `append`, `peek_ack`, `dma_write`
+    /// or `reopen`.
     pub bench: &'static str,
     /// A readable name of the case, unique within `bench`.
     pub case: String,
@@ -63,8 +104,10 @@ pub struct Row {
     pub mode: Option<&'static str>,
     /// The sync policy of a persistent case; null otherwise.
     pub sync: Option<&'static str>,
-    /// Reopen: `warm` or `cold` page cache; null otherwise.
+    /// Reopen and the disk read bound: `warm` or `cold` page cache; null otherwise.
     pub cache: Option<&'static str>,
+    /// Number of queues the events were spread over; null for the bounds.
+    pub queues: Option<u16>,
     /// Value bytes per event; null for the disk write bound.
     pub value_bytes: Option<u64>,
     /// Encoded bytes per record (for the bounds: per copied or written chunk).
@@ -86,10 +129,15 @@ pub struct Row {
     pub other_threads_cpu_s: f64,
     /// `mb_per_s` over the memcpy bound of the same record size.
     pub ratio_to_memcpy: Option<f64>,
-    /// `mb_per_s` over the disk write bound; for cases that write segment files.
+    /// `mb_per_s` over the disk write bound; for cases that write files.
     pub ratio_to_disk_write: Option<f64>,
+    /// `mb_per_s` over the disk read bound; for the cold-cache reopen.
+    pub ratio_to_disk_read: Option<f64>,
     /// Append: record bytes held in segment files once every append returned.
     pub bytes_on_disk: Option<u64>,
+    /// Cache flushes completed by the block device holding the working directory during the
+    /// timed part, all processes together; null when the kernel does not expose the count.
+    pub disk_flushes: Option<u64>,
 }
 
 impl Row {
@@ -106,6 +154,7 @@ impl Row {
             mode: None,
             sync: None,
             cache: None,
+            queues: None,
             value_bytes,
             record_bytes,
             events: 0,
@@ -118,7 +167,9 @@ impl Row {
             other_threads_cpu_s: 0.0,
             ratio_to_memcpy: None,
             ratio_to_disk_write: None,
+            ratio_to_disk_read: None,
             bytes_on_disk: None,
+            disk_flushes: None,
         }
     }
 
@@ -133,6 +184,7 @@ impl Row {
         self.value_mb_per_s = self.value_bytes.map(|v| (events * v) as f64 / seconds / MB);
         self.thread_busy = timing.thread_cpu_s / seconds;
         self.other_threads_cpu_s = timing.other_cpu_s;
+        self.disk_flushes = timing.flushes;
         self
     }
 }
@@ -199,7 +251,7 @@ impl Reporter {
     pub fn row(&mut self, row: Row) -> anyhow::Result<()> {
         self.json(&row)?;
         self.progress(&format!(
-            "  {:<10} {:<32} {:>8.3} s {:>7.0} MB/s",
+            "  {:<10} {:<36} {:>8.3} s {:>7.0} MB/s",
             row.bench, row.case, row.seconds, row.mb_per_s
         ));
         self.rows.push(row);
@@ -225,7 +277,7 @@ impl Reporter {
         }
         eprintln!();
         eprintln!(
-            "{:<10} {:<32} {:>9} {:>7} {:>9} {:>6} {:>10} {:>7} {:>5} {:>5} {:>6}",
+            "{:<10} {:<36} {:>9} {:>7} {:>9} {:>6} {:>10} {:>7} {:>5} {:>5} {:>6} {:>7}",
             "bench",
             "case",
             "events",
@@ -236,12 +288,13 @@ impl Reporter {
             "xmemcpy",
             "xdisk",
             "busy",
-            "other"
+            "other",
+            "flushes"
         );
         for r in &self.rows {
             let ratio = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
             eprintln!(
-                "{:<10} {:<32} {:>9} {:>7.3} {:>9.2} {:>6.0} {:>10} {:>7} {:>5} {:>4.0}% {:>5.2}s",
+                "{:<10} {:<36} {:>9} {:>7.3} {:>9.2} {:>6.0} {:>10} {:>7} {:>5} {:>4.0}% {:>5.2}s {:>7}",
                 r.bench,
                 r.case,
                 r.events,
@@ -251,9 +304,11 @@ impl Reporter {
                 r.value_mb_per_s
                     .map_or("-".to_string(), |v| format!("{v:.0}")),
                 ratio(r.ratio_to_memcpy),
-                ratio(r.ratio_to_disk_write),
+                // A row is compared with one disk bound at most: write, or read (cold reopen).
+                ratio(r.ratio_to_disk_write.or(r.ratio_to_disk_read)),
                 r.thread_busy * 100.0,
                 r.other_threads_cpu_s,
+                r.disk_flushes.map_or("-".to_string(), |n| n.to_string()),
             );
         }
         eprintln!();
