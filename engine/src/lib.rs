@@ -1,0 +1,58 @@
+//! # strait-engine: what a site is
+//!
+//! The pure core of a Strait site: where a key lives, how an entry is versioned, which write
+//! wins across sites, and which sites an event goes to next. Nothing here reads a clock or
+//! does I/O; time comes in as microseconds since the Unix epoch.
+//!
+//! | type or function | what it is | where it lives |
+//! |---|---|---|
+//! | [`bucket::BucketTable`] | `key → bucket` (CRC-32 of the key, the same at every site) and `bucket → shard` (one table) | one per node, read by every shard |
+//! | [`bucket::ShardId`] | a shard: one core's executor | — |
+//! | [`region::RegionConfig`], [`region::RegionKind`] | a region as configured: name, kind, bucket count, gateway senders | site configuration |
+//! | [`region::RegionStore`] | one region's entries (values and tombstones) on one shard; local writes, remote writes, SCAN, tombstone GC | owned by one shard, never shared |
+//! | [`version::EntryVersion`] | an entry's stamp: timestamp, site, write count | inside each entry |
+//! | [`version::local_write_tag`], [`version::resolve_remote`] | Geode's WAN conflict rule (geode-wan.md §4.1, §4.2) | called by `RegionStore` |
+//! | [`loop_rule::should_forward`], [`loop_rule::recipients_after_forward`] | Geode's loop prevention (geode-wan.md §3) | called by the senders |
+//!
+//! A client write goes: the node finds the key's bucket and its shard in the `BucketTable` →
+//! that shard's `RegionStore::put_local` stamps it and returns a `WriteOutcome` → each sender
+//! of the region for which `should_forward` holds queues the event with the recipients from
+//! `recipients_after_forward`. At the other site the receiver calls `apply_remote`, which
+//! applies the event or rejects it by the conflict rule.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use strait_engine::bucket::{BucketTable, ShardId};
+//! use strait_engine::loop_rule::{recipients_after_forward, should_forward};
+//! use strait_engine::region::{RegionConfig, RegionKind, RegionStore};
+//! use strait_queue::ids::{SiteId, VersionTag};
+//! use strait_queue::record::Op;
+//!
+//! let (ny, london) = (SiteId(1), SiteId(2));
+//! let table = BucketTable::new(113, 2).unwrap();
+//! let bucket = table.bucket_of(b"order:17");
+//! assert_eq!(table.shard_of(bucket), Some(ShardId(bucket.0 % 2)));
+//!
+//! let config = RegionConfig::new("orders", RegionKind::Partition);
+//! let mut at_ny = RegionStore::new(&config).unwrap();
+//! let mut at_london = RegionStore::new(&config).unwrap();
+//!
+//! // London writes first; New York's clock is behind, yet its later write wins everywhere.
+//! let london_tag = VersionTag { timestamp_us: 2_000, site: london };
+//! at_london.apply_remote(Op::Create, b"order:17", Bytes::from_static(b"old"), london_tag).unwrap();
+//! at_ny.apply_remote(Op::Create, b"order:17", Bytes::from_static(b"old"), london_tag).unwrap();
+//! let write = at_ny.put_local(b"order:17", Bytes::from_static(b"new"), 1_000, ny).unwrap();
+//! assert_eq!((write.op, write.tag.timestamp_us), (Op::Update, 2_001));
+//!
+//! assert!(should_forward(ny, None, &[], london));
+//! assert_eq!(recipients_after_forward(ny, None, &[], &[london]), vec![london]);
+//! let applied = at_london.apply_remote(write.op, b"order:17", Bytes::from_static(b"new"), write.tag);
+//! assert!(applied.unwrap().is_apply());
+//! assert_eq!(at_london.get(b"order:17"), at_ny.get(b"order:17"));
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod bucket;
+pub mod loop_rule;
+pub mod region;
+pub mod version;
