@@ -1,0 +1,308 @@
+//! Client commands: the arguments of one RESP request, checked and turned into a [`Command`],
+//! with Redis's own error texts for the ones that are not right. Pure: no I/O, no state.
+
+/// Most keys one multi-key command (MGET, MSET, DEL, EXISTS) may name.
+pub const MULTI_KEYS_MAX: usize = 1 << 16;
+/// Default and largest COUNT of a SCAN.
+pub const SCAN_COUNT_DEFAULT: usize = 10;
+pub const SCAN_COUNT_MAX: usize = 1 << 16;
+
+/// A checked client command. Keys and values borrow the request buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    Ping(Option<&'a [u8]>),
+    Echo(&'a [u8]),
+    Get(&'a [u8]),
+    Set(&'a [u8], &'a [u8]),
+    Del(Vec<&'a [u8]>),
+    Exists(Vec<&'a [u8]>),
+    MGet(Vec<&'a [u8]>),
+    MSet(Vec<(&'a [u8], &'a [u8])>),
+    DbSize,
+    Scan {
+        cursor: u64,
+        count: usize,
+        pattern: Option<&'a [u8]>,
+    },
+    /// SELECT n: the n-th region of the configuration.
+    Select(u64),
+    /// REGION name: a region by name.
+    Region(&'a [u8]),
+    Info(Option<&'a [u8]>),
+    Quit,
+    /// CONFIG GET pattern: answered with an empty map (clients probe it; nothing is settable).
+    ConfigGet(&'a [u8]),
+    /// CLIENT SETNAME / SETINFO: accepted and ignored (clients send them on connect).
+    ClientNoop,
+    /// COMMAND, COMMAND DOCS, COMMAND COUNT: an empty answer (redis-cli asks at start).
+    CommandInfo,
+}
+
+/// Why a request is not a command this server runs; `Display` is the Redis error line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("ERR unknown command '{name}', with args beginning with: {args}")]
+    Unknown { name: String, args: String },
+    #[error("ERR wrong number of arguments for '{0}' command")]
+    Arity(String),
+    #[error("ERR syntax error")]
+    Syntax,
+    #[error("ERR invalid cursor")]
+    Cursor,
+    #[error("ERR value is not an integer or out of range")]
+    NotInteger,
+    #[error("ERR too many keys in one command (at most {MULTI_KEYS_MAX})")]
+    TooManyKeys,
+}
+
+fn printable(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).chars().take(128).collect()
+}
+
+fn integer(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// Checks `args` (the command name first) and builds the command.
+pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
+    let Some((name, rest)) = args.split_first() else {
+        return Err(CommandError::Syntax);
+    };
+    let lower = name.to_ascii_lowercase();
+    let arity = || CommandError::Arity(String::from_utf8_lossy(&lower).into_owned());
+    let keys = |rest: &[&'a [u8]]| -> Result<Vec<&'a [u8]>, CommandError> {
+        if rest.is_empty() {
+            return Err(arity());
+        }
+        if rest.len() > MULTI_KEYS_MAX {
+            return Err(CommandError::TooManyKeys);
+        }
+        Ok(rest.to_vec())
+    };
+    match (lower.as_slice(), rest) {
+        (b"ping", []) => Ok(Command::Ping(None)),
+        (b"ping", [m]) => Ok(Command::Ping(Some(m))),
+        (b"echo", [m]) => Ok(Command::Echo(m)),
+        (b"get", [k]) => Ok(Command::Get(k)),
+        (b"set", [k, v]) => Ok(Command::Set(k, v)),
+        (b"set", [_, _, ..]) => Err(CommandError::Syntax),
+        (b"del", rest) => keys(rest).map(Command::Del),
+        (b"exists", rest) => keys(rest).map(Command::Exists),
+        (b"mget", rest) => keys(rest).map(Command::MGet),
+        (b"mset", rest) => {
+            if rest.is_empty() || rest.len() % 2 != 0 {
+                return Err(arity());
+            }
+            if rest.len() / 2 > MULTI_KEYS_MAX {
+                return Err(CommandError::TooManyKeys);
+            }
+            Ok(Command::MSet(
+                rest.chunks(2).map(|p| (p[0], p[1])).collect(),
+            ))
+        }
+        (b"dbsize", []) => Ok(Command::DbSize),
+        (b"scan", [cursor, opts @ ..]) => {
+            let cursor = integer(cursor).ok_or(CommandError::Cursor)?;
+            let mut count = SCAN_COUNT_DEFAULT;
+            let mut pattern = None;
+            let mut it = opts.chunks(2);
+            for pair in it.by_ref() {
+                let [opt, value] = pair else {
+                    return Err(CommandError::Syntax);
+                };
+                match opt.to_ascii_lowercase().as_slice() {
+                    b"count" => {
+                        count = integer(value)
+                            .filter(|&c| c >= 1)
+                            .ok_or(CommandError::NotInteger)?
+                            .min(SCAN_COUNT_MAX as u64) as usize;
+                    }
+                    b"match" => pattern = Some(*value),
+                    _ => return Err(CommandError::Syntax),
+                }
+            }
+            Ok(Command::Scan {
+                cursor,
+                count,
+                pattern,
+            })
+        }
+        (b"select", [n]) => integer(n)
+            .map(Command::Select)
+            .ok_or(CommandError::NotInteger),
+        (b"region", [name]) => Ok(Command::Region(name)),
+        (b"info", []) => Ok(Command::Info(None)),
+        (b"info", [section, ..]) => Ok(Command::Info(Some(section))),
+        (b"quit", _) => Ok(Command::Quit),
+        (b"config", [sub, pattern]) if sub.eq_ignore_ascii_case(b"get") => {
+            Ok(Command::ConfigGet(pattern))
+        }
+        (b"client", [sub, ..])
+            if [&b"setname"[..], b"setinfo"]
+                .iter()
+                .any(|s| sub.eq_ignore_ascii_case(s)) =>
+        {
+            Ok(Command::ClientNoop)
+        }
+        (b"command", _) => Ok(Command::CommandInfo),
+        (
+            b"ping" | b"echo" | b"get" | b"set" | b"dbsize" | b"scan" | b"select" | b"region"
+            | b"config" | b"client",
+            _,
+        ) => Err(arity()),
+        _ => Err(CommandError::Unknown {
+            name: printable(name),
+            args: rest
+                .iter()
+                .take(8)
+                .map(|a| format!("'{}' ", printable(a)))
+                .collect(),
+        }),
+    }
+}
+
+/// Whether `key` matches a Redis glob `pattern` (`*`, `?`, `[abc]`, `[a-z]`, `[^a]`, `\x`).
+pub fn glob_match(pattern: &[u8], key: &[u8]) -> bool {
+    fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
+        // p starts after '['; returns (matched, bytes of the class including ']').
+        let mut i = 0;
+        let negate = p.first() == Some(&b'^');
+        if negate {
+            i += 1;
+        }
+        let mut hit = false;
+        while i < p.len() && p[i] != b']' {
+            if p[i] == b'\\' && i + 1 < p.len() {
+                hit |= p[i + 1] == c;
+                i += 2;
+            } else if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+                let (lo, hi) = (p[i].min(p[i + 2]), p[i].max(p[i + 2]));
+                hit |= (lo..=hi).contains(&c);
+                i += 3;
+            } else {
+                hit |= p[i] == c;
+                i += 1;
+            }
+        }
+        (i < p.len()).then_some((hit != negate, i + 1))
+    }
+    let (mut p, mut k) = (0, 0);
+    let (mut star_p, mut star_k) = (None, 0);
+    while k < key.len() {
+        let step = match pattern.get(p) {
+            Some(b'*') => {
+                star_p = Some(p);
+                star_k = k;
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(1),
+            Some(b'[') => match class(&pattern[p + 1..], key[k]) {
+                Some((true, len)) => Some(1 + len),
+                _ => None,
+            },
+            Some(b'\\') if p + 1 < pattern.len() => (pattern[p + 1] == key[k]).then_some(2),
+            Some(&c) => (c == key[k]).then_some(1),
+            None => None,
+        };
+        match step {
+            Some(n) => {
+                p += n;
+                k += 1;
+            }
+            None => match star_p {
+                Some(sp) => {
+                    p = sp + 1;
+                    star_k += 1;
+                    k = star_k;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(line: &str) -> Result<Command<'_>, CommandError> {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        parse(&args)
+    }
+
+    #[test]
+    fn commands_parse_case_insensitively() {
+        assert_eq!(cmd("get k"), Ok(Command::Get(b"k")));
+        assert_eq!(cmd("SET k v"), Ok(Command::Set(b"k", b"v")));
+        assert_eq!(
+            cmd("MSET a 1 b 2"),
+            Ok(Command::MSet(vec![(&b"a"[..], &b"1"[..]), (b"b", b"2")]))
+        );
+        assert_eq!(cmd("del a b"), Ok(Command::Del(vec![b"a", b"b"])));
+        assert_eq!(
+            cmd("scan 0 COUNT 100 MATCH k*"),
+            Ok(Command::Scan {
+                cursor: 0,
+                count: 100,
+                pattern: Some(b"k*")
+            })
+        );
+        assert_eq!(
+            cmd("scan 7"),
+            Ok(Command::Scan {
+                cursor: 7,
+                count: SCAN_COUNT_DEFAULT,
+                pattern: None
+            })
+        );
+        assert_eq!(cmd("select 2"), Ok(Command::Select(2)));
+        assert_eq!(cmd("config GET save"), Ok(Command::ConfigGet(b"save")));
+        assert_eq!(
+            cmd("client setinfo lib-name redis-py"),
+            Ok(Command::ClientNoop)
+        );
+        assert_eq!(cmd("ping"), Ok(Command::Ping(None)));
+    }
+
+    #[test]
+    fn errors_use_redis_texts() {
+        assert_eq!(
+            cmd("get").unwrap_err().to_string(),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            cmd("get a b").unwrap_err().to_string(),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            cmd("mset a").unwrap_err().to_string(),
+            "ERR wrong number of arguments for 'mset' command"
+        );
+        assert_eq!(cmd("set k v EX 10").unwrap_err(), CommandError::Syntax);
+        assert_eq!(cmd("scan x").unwrap_err().to_string(), "ERR invalid cursor");
+        assert_eq!(cmd("scan 0 count 0").unwrap_err(), CommandError::NotInteger);
+        assert_eq!(cmd("select x").unwrap_err(), CommandError::NotInteger);
+        assert_eq!(
+            cmd("flushall async").unwrap_err().to_string(),
+            "ERR unknown command 'flushall', with args beginning with: 'async' "
+        );
+    }
+
+    #[test]
+    fn globs_match_like_redis() {
+        assert!(glob_match(b"*", b"anything"));
+        assert!(glob_match(b"k*", b"key"));
+        assert!(!glob_match(b"k*", b"ey"));
+        assert!(glob_match(b"h?llo", b"hello"));
+        assert!(glob_match(b"h[ae]llo", b"hallo"));
+        assert!(!glob_match(b"h[^e]llo", b"hello"));
+        assert!(glob_match(b"h[a-c]llo", b"hbllo"));
+        assert!(glob_match(b"a\\*b", b"a*b"));
+        assert!(!glob_match(b"a\\*b", b"axb"));
+        assert!(glob_match(b"*:*:end", b"x:y:z:end"));
+        assert!(!glob_match(b"abc", b"abcd"));
+        assert!(glob_match(b"", b""));
+    }
+}
