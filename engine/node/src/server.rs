@@ -1,0 +1,1155 @@
+//! The server: one glommio executor (shard) per core, each owning the buckets the bucket
+//! table gives it, their region entries and, per gateway sender, their queues.
+//!
+//! Every shard listens on the client port (SO_REUSEPORT: the kernel spreads connections over
+//! shards). A connection parses pipelined RESP commands, sends each key's operation to the
+//! shard that owns the key's bucket, one batch per shard over pre-connected channels, and
+//! writes the replies in request order. A create, update or destroy is queued in each attached
+//! sender's queue on the owning shard before its reply, with the queue's durability.
+
+use crate::command::{self, Command, CommandError};
+use crate::config::{OrderPolicy, RegionType, SiteConfig};
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use glommio::channels::local_channel;
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use strait_engine::bucket::{BucketTable, ShardId};
+use strait_engine::region::{RegionConfig, RegionKind, RegionStore, ScanCursor};
+use strait_net::resp::{self, Limits, Parsed};
+use strait_queue::ids::{BucketId, EventId, MemberId, QueueId, RegionId, SiteId, StreamId};
+use strait_queue::queue::QueueConfig;
+use strait_queue::record::{Event, Op as RecordOp};
+use strait_queue::shard::ShardQueue;
+
+/// Capacity of each cross-shard channel, in batches.
+pub const SHARD_CHANNEL_BATCHES_MAX: usize = 1024;
+/// Bytes read from a client socket at a time; the read buffer grows only for larger requests.
+pub const CLIENT_READ_BYTES: usize = 64 << 10;
+/// How often a shard checks whether the server is stopping.
+pub const STOP_POLL_MS: u64 = 50;
+/// How long a shard waits for its connections to finish when stopping.
+pub const STOP_GRACE_MS: u64 = 5000;
+/// Site id used in version tags when no `distributed-system-id` is configured.
+const NO_SITE: SiteId = SiteId(0);
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("client port {addr} is in use by another process")]
+    PortInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid region `{region}`: {reason}")]
+    Region { region: String, reason: String },
+    #[error("cannot start shard {shard}: {reason}")]
+    Shard { shard: u16, reason: String },
+}
+
+/// One operation on the shard that owns its key.
+#[derive(Debug)]
+enum ShardOp {
+    Get {
+        region: u16,
+        key: Bytes,
+    },
+    Set {
+        region: u16,
+        key: Bytes,
+        value: Bytes,
+    },
+    Del {
+        region: u16,
+        key: Bytes,
+    },
+    Exists {
+        region: u16,
+        key: Bytes,
+    },
+    Count {
+        region: u16,
+    },
+    Scan {
+        region: u16,
+        cursor: u64,
+        count: usize,
+        pattern: Option<Bytes>,
+    },
+}
+
+#[derive(Debug)]
+enum OpReply {
+    Value(Option<Bytes>),
+    Done,
+    Flag(bool),
+    Count(u64),
+    Page { next: u64, keys: Vec<Bytes> },
+    Error(String),
+}
+
+#[derive(Debug)]
+struct Request {
+    id: u64,
+    ops: Vec<ShardOp>,
+}
+
+#[derive(Debug)]
+struct Response {
+    id: u64,
+    replies: Vec<OpReply>,
+}
+
+/// The channel ends one shard holds, indexed by peer shard.
+struct Wiring {
+    requests_out: Vec<Option<SharedSender<Request>>>,
+    requests_in: Vec<Option<SharedReceiver<Request>>>,
+    responses_out: Vec<Option<SharedSender<Response>>>,
+    responses_in: Vec<Option<SharedReceiver<Response>>>,
+}
+
+/// A running server. Dropping it does not stop it: call [`ServerHandle::stop`].
+#[derive(Debug)]
+pub struct ServerHandle {
+    stop: Arc<AtomicBool>,
+    shards: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    /// The client port's address.
+    pub client_addr: SocketAddr,
+}
+
+impl ServerHandle {
+    /// A flag that stops the server when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Waits until the server stops (after the stop flag is set), and reports a shard's failure.
+    pub fn join(self) -> Result<(), String> {
+        let mut first_error = None;
+        for (i, h) in self.shards.into_iter().enumerate() {
+            let r = h
+                .join()
+                .map_err(|e| format!("shard {i} died: {e}"))
+                .and_then(|r| r.map_err(|e| format!("shard {i}: {e}")));
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Stops accepting, finishes in-flight work, closes the queues and waits.
+    pub fn stop(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join()
+    }
+}
+
+/// The CPUs this process may run on, from its affinity mask.
+pub fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Starts a server; returns once every shard listens, or with the reason none can.
+pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
+    let cpus = allowed_cpus();
+    let shards = config.server.shards.unwrap_or(cpus.len().max(1) as u16);
+    let addr = SocketAddr::new(config.server.bind_address, config.server.client_port);
+    // glommio's listeners set SO_REUSEPORT; an exclusive bind first tells a port in use
+    // apart from our own shards sharing it.
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => drop(probe),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(StartError::PortInUse { addr });
+        }
+        Err(source) => return Err(StartError::Listen { addr, source }),
+    }
+    let mut regions = Vec::new();
+    for r in &config.regions {
+        let mut rc = RegionConfig::new(
+            r.name.clone(),
+            match r.kind {
+                RegionType::Partition => RegionKind::Partition,
+                RegionType::Replicate => RegionKind::Replicate,
+            },
+        );
+        rc.total_buckets = r.total_num_buckets;
+        rc.gateway_sender_ids = r.gateway_sender_ids.clone();
+        let table =
+            BucketTable::new(r.total_num_buckets, shards).map_err(|e| StartError::Region {
+                region: r.name.clone(),
+                reason: e.to_string(),
+            })?;
+        RegionStore::new(&rc).map_err(|e| StartError::Region {
+            region: r.name.clone(),
+            reason: e.to_string(),
+        })?;
+        regions.push((rc, table));
+    }
+    let n = shards as usize;
+    let mut wiring: Vec<Wiring> = (0..n)
+        .map(|_| Wiring {
+            requests_out: (0..n).map(|_| None).collect(),
+            requests_in: (0..n).map(|_| None).collect(),
+            responses_out: (0..n).map(|_| None).collect(),
+            responses_in: (0..n).map(|_| None).collect(),
+        })
+        .collect();
+    for i in 0..n {
+        for j in 0..n {
+            if i == j {
+                continue;
+            }
+            let (tx, rx) = shared_channel::new_bounded(SHARD_CHANNEL_BATCHES_MAX);
+            wiring[i].requests_out[j] = Some(tx);
+            wiring[j].requests_in[i] = Some(rx);
+            let (tx, rx) = shared_channel::new_bounded(SHARD_CHANNEL_BATCHES_MAX);
+            wiring[j].responses_out[i] = Some(tx);
+            wiring[i].responses_in[j] = Some(rx);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), (u16, String)>>();
+    let config = Arc::new(config);
+    let regions = Arc::new(regions);
+    let mut handles = Vec::new();
+    for (i, w) in wiring.into_iter().enumerate() {
+        let placement = match cpus.get(i) {
+            Some(&cpu)
+                if config
+                    .server
+                    .shards
+                    .is_none_or(|s| s as usize <= cpus.len()) =>
+            {
+                Placement::Fixed(cpu)
+            }
+            _ => Placement::Unbound,
+        };
+        let (config, regions, shard_stop, ready) = (
+            config.clone(),
+            regions.clone(),
+            stop.clone(),
+            ready_tx.clone(),
+        );
+        let spawned = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{i}"))
+            .preempt_timer(Duration::from_millis(5))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+            .spawn(move || async move {
+                let shard = ShardId(i as u16);
+                let r =
+                    shard_main(shard, config, regions, w, shard_stop.clone(), addr, &ready).await;
+                if let Err(e) = &r {
+                    let _ = ready.send(Err((i as u16, e.clone())));
+                    shard_stop.store(true, Ordering::SeqCst);
+                }
+                r
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                return Err(StartError::Shard {
+                    shard: i as u16,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        let outcome = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err((u16::MAX, "a shard stopped before it was ready".into())));
+        if let Err((shard, reason)) = outcome {
+            stop.store(true, Ordering::SeqCst);
+            for h in handles {
+                let _ = h.join();
+            }
+            return Err(StartError::Shard { shard, reason });
+        }
+    }
+    Ok(ServerHandle {
+        stop,
+        shards: handles,
+        client_addr: addr,
+    })
+}
+
+/// A gateway sender's queues on this shard.
+struct SenderRt {
+    id: String,
+    parallel: bool,
+    dispatchers: u16,
+    order: OrderPolicy,
+    queue: RefCell<Option<Rc<ShardQueue>>>,
+}
+
+impl SenderRt {
+    fn queue_id(&self, bucket: BucketId, key: &[u8]) -> QueueId {
+        if self.parallel {
+            return QueueId(bucket.0);
+        }
+        let d = u32::from(self.dispatchers.max(1));
+        QueueId(match self.order {
+            OrderPolicy::Partition => (u32::from(bucket.0) % d) as u16,
+            // Without client threads to tell apart, the thread policy orders by key too.
+            OrderPolicy::Key | OrderPolicy::Thread => {
+                (strait_engine::bucket::key_hash(key) % d) as u16
+            }
+        })
+    }
+}
+
+struct Shard {
+    id: ShardId,
+    shards: usize,
+    site: SiteId,
+    member: MemberId,
+    config: Arc<SiteConfig>,
+    regions: Arc<Vec<(RegionConfig, BucketTable)>>,
+    stores: RefCell<Vec<RegionStore>>,
+    senders: Vec<SenderRt>,
+    /// Per region: its senders (indices into `senders`) and the recipient set of a local write.
+    attached: Vec<(Vec<usize>, Vec<SiteId>)>,
+    /// Last event sequence number per (region, bucket) stream.
+    streams: RefCell<HashMap<(u16, u16), u64>>,
+    /// Emptied at shutdown, which closes the channels once in-flight sends are done.
+    requests_out: RefCell<Vec<Option<Rc<ConnectedSender<Request>>>>>,
+    pending: RefCell<HashMap<u64, local_channel::LocalSender<Vec<OpReply>>>>,
+    next_request: Cell<u64>,
+    connections: Cell<u32>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A stable 16-bit member id from the member's name.
+fn member_id(name: &str) -> MemberId {
+    MemberId((strait_engine::bucket::key_hash(name.as_bytes()) & 0xffff) as u16)
+}
+
+async fn wait_stop(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+    }
+}
+
+async fn shard_main(
+    id: ShardId,
+    config: Arc<SiteConfig>,
+    regions: Arc<Vec<(RegionConfig, BucketTable)>>,
+    w: Wiring,
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+    ready: &mpsc::Sender<Result<(), (u16, String)>>,
+) -> Result<(), String> {
+    let n = w.requests_out.len();
+    // Connect every channel end at once: connect() waits for the peer, so doing them one by
+    // one can deadlock.
+    let spawn_all = |v: Vec<Option<SharedSender<Request>>>| {
+        v.into_iter()
+            .map(|o| o.map(|s| glommio::spawn_local(s.connect())))
+            .collect::<Vec<_>>()
+    };
+    let req_out = spawn_all(w.requests_out);
+    let req_in: Vec<_> = w
+        .requests_in
+        .into_iter()
+        .map(|o| o.map(|r| glommio::spawn_local(r.connect())))
+        .collect();
+    let resp_out: Vec<_> = w
+        .responses_out
+        .into_iter()
+        .map(|o| o.map(|s| glommio::spawn_local(s.connect())))
+        .collect();
+    let resp_in: Vec<_> = w
+        .responses_in
+        .into_iter()
+        .map(|o| o.map(|r| glommio::spawn_local(r.connect())))
+        .collect();
+    let mut requests_out = Vec::new();
+    for t in req_out {
+        requests_out.push(match t {
+            Some(t) => Some(Rc::new(t.await)),
+            None => None,
+        });
+    }
+    let mut requests_in: Vec<Option<ConnectedReceiver<Request>>> = Vec::new();
+    for t in req_in {
+        requests_in.push(match t {
+            Some(t) => Some(t.await),
+            None => None,
+        });
+    }
+    let mut responses_out: Vec<Option<ConnectedSender<Response>>> = Vec::new();
+    for t in resp_out {
+        responses_out.push(match t {
+            Some(t) => Some(t.await),
+            None => None,
+        });
+    }
+    let mut responses_in: Vec<Option<ConnectedReceiver<Response>>> = Vec::new();
+    for t in resp_in {
+        responses_in.push(match t {
+            Some(t) => Some(t.await),
+            None => None,
+        });
+    }
+
+    let site = config.server.distributed_system_id.unwrap_or(NO_SITE);
+    let mut senders = Vec::new();
+    for def in &config.senders {
+        let queue_count = if def.parallel {
+            regions
+                .iter()
+                .filter(|(r, _)| r.gateway_sender_ids.contains(&def.id))
+                .map(|(r, _)| r.total_buckets)
+                .max()
+                .unwrap_or(1)
+        } else {
+            def.dispatcher_threads
+        };
+        let qc = QueueConfig {
+            queue_count,
+            memory_bytes_max: def.maximum_queue_memory_bytes / n as u64,
+            persistent: def.enable_persistence,
+            disk_synchronous: def.disk_synchronous,
+            sync: def.sync,
+            conflation: def.enable_batch_conflation,
+            ..QueueConfig::default()
+        };
+        let dir = def.disk_dir.join(format!("shard-{}", id.0));
+        let (queue, _report) = ShardQueue::open(dir, qc)
+            .await
+            .map_err(|e| format!("gateway sender `{}`: {e}", def.id))?;
+        senders.push(SenderRt {
+            id: def.id.clone(),
+            parallel: def.parallel,
+            dispatchers: def.dispatcher_threads,
+            order: def.order_policy,
+            queue: RefCell::new(Some(Rc::new(queue))),
+        });
+    }
+    let mut stores = Vec::new();
+    let mut attached = Vec::new();
+    for (rc, _) in regions.iter() {
+        stores.push(RegionStore::new(rc).map_err(|e| e.to_string())?);
+        let idx: Vec<usize> = config
+            .senders
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| rc.gateway_sender_ids.contains(&s.id))
+            .map(|(i, _)| i)
+            .collect();
+        let mut recipients: Vec<SiteId> = idx
+            .iter()
+            .map(|&i| config.senders[i].remote_distributed_system_id)
+            .collect();
+        recipients.sort();
+        recipients.dedup();
+        attached.push((idx, recipients));
+    }
+    let shard = Rc::new(Shard {
+        id,
+        shards: n,
+        site,
+        member: member_id(&config.server.name),
+        config: config.clone(),
+        regions,
+        stores: RefCell::new(stores),
+        senders,
+        attached,
+        streams: RefCell::new(HashMap::new()),
+        requests_out: RefCell::new(requests_out),
+        pending: RefCell::new(HashMap::new()),
+        next_request: Cell::new(1),
+        connections: Cell::new(0),
+    });
+
+    // Serve the other shards' requests; each task ends when that peer stops sending.
+    let mut servers = Vec::new();
+    for (rx, tx) in requests_in.into_iter().zip(responses_out) {
+        let (Some(rx), Some(tx)) = (rx, tx) else {
+            continue;
+        };
+        let shard = shard.clone();
+        servers.push(glommio::spawn_local(async move {
+            while let Some(req) = rx.recv().await {
+                let replies = shard.execute(req.ops).await;
+                if tx
+                    .send(Response {
+                        id: req.id,
+                        replies,
+                    })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    for rx in responses_in.into_iter().flatten() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(resp) = rx.recv().await {
+                let waiter = shard.pending.borrow_mut().remove(&resp.id);
+                if let Some(w) = waiter {
+                    let _ = w.try_send(resp.replies);
+                }
+            }
+        })
+        .detach();
+    }
+
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let _ = ready.send(Ok(()));
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            wait_stop(&stop).await;
+            None
+        })
+        .await;
+        match accepted {
+            Some(Ok(stream)) => {
+                let shard = shard.clone();
+                let stop = stop.clone();
+                shard.connections.set(shard.connections.get() + 1);
+                glommio::spawn_local(async move {
+                    serve_connection(&shard, stream, &stop).await;
+                    shard.connections.set(shard.connections.get() - 1);
+                })
+                .detach();
+            }
+            // A failed accept (out of descriptors, a reset) does not stop the server.
+            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await,
+            None => break,
+        }
+    }
+    drop(listener);
+    // Let connections finish what they read, within the grace period.
+    let mut waited = 0;
+    while shard.connections.get() > 0 && waited < STOP_GRACE_MS {
+        glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+        waited += STOP_POLL_MS;
+    }
+    // No more requests from this shard: peers' request servers end once every shard is done.
+    shard.requests_out.borrow_mut().clear();
+    for t in servers {
+        t.await;
+    }
+    let mut first_error = None;
+    for s in &shard.senders {
+        let queue = s.queue.borrow_mut().take();
+        if let Some(q) = queue.and_then(|q| Rc::try_unwrap(q).ok())
+            && let Err(e) = q.close().await
+        {
+            first_error.get_or_insert(format!("closing gateway sender `{}`: {e}", s.id));
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// How a command's reply is put together from its operations' replies.
+enum Pending {
+    Ready(Vec<u8>),
+    Value(usize, usize),
+    Done(usize, usize),
+    Values(Vec<(usize, usize)>),
+    AllDone(Vec<(usize, usize)>),
+    Sum(Vec<(usize, usize)>),
+    Scan(usize, usize),
+}
+
+impl Shard {
+    fn table(&self, region: u16) -> &BucketTable {
+        &self.regions[region as usize].1
+    }
+
+    fn owner(&self, region: u16, key: &[u8]) -> usize {
+        let t = self.table(region);
+        t.shard_of(t.bucket_of(key)).map_or(0, |s| s.0 as usize)
+    }
+
+    fn next_stream_seq(&self, region: u16, bucket: BucketId, now_us: u64) -> u64 {
+        let mut streams = self.streams.borrow_mut();
+        let last = streams.entry((region, bucket.0)).or_insert(0);
+        // Continues after a restart without being persisted, as long as the clock moved on.
+        *last = (*last + 1).max(now_us);
+        *last
+    }
+
+    /// Runs a batch of operations on this shard's buckets; writes are queued for their
+    /// senders and the whole batch waits once for the durability of what it queued.
+    async fn execute(&self, ops: Vec<ShardOp>) -> Vec<OpReply> {
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut waits: Vec<(Rc<ShardQueue>, QueueId, strait_queue::ids::Seq, usize)> = Vec::new();
+        for op in ops {
+            let index = replies.len();
+            let reply = match op {
+                ShardOp::Get { region, key } => {
+                    OpReply::Value(self.stores.borrow()[region as usize].get(&key).cloned())
+                }
+                ShardOp::Exists { region, key } => {
+                    OpReply::Flag(self.stores.borrow()[region as usize].get(&key).is_some())
+                }
+                ShardOp::Count { region } => {
+                    OpReply::Count(self.stores.borrow()[region as usize].len() as u64)
+                }
+                ShardOp::Scan {
+                    region,
+                    cursor,
+                    count,
+                    pattern,
+                } => {
+                    let stores = self.stores.borrow();
+                    let page = stores[region as usize].scan(ScanCursor(cursor), count);
+                    let keys = page
+                        .entries
+                        .iter()
+                        .filter(|(k, _)| pattern.as_ref().is_none_or(|p| command::glob_match(p, k)))
+                        .map(|(k, _)| (*k).clone())
+                        .collect();
+                    OpReply::Page {
+                        next: page.next.0,
+                        keys,
+                    }
+                }
+                ShardOp::Set { region, key, value } => {
+                    self.write(region, key, Some(value), &mut waits, index)
+                        .await
+                }
+                ShardOp::Del { region, key } => {
+                    self.write(region, key, None, &mut waits, index).await
+                }
+            };
+            replies.push(reply);
+        }
+        // One wait per queue, for the last event this batch put in it (group commit).
+        let mut last: HashMap<(usize, QueueId), (Rc<ShardQueue>, strait_queue::ids::Seq)> =
+            HashMap::new();
+        for (q, qid, seq, _) in &waits {
+            let e = last
+                .entry((Rc::as_ptr(q) as usize, *qid))
+                .or_insert((q.clone(), *seq));
+            e.1 = e.1.max(*seq);
+        }
+        for ((_, qid), (q, seq)) in last {
+            if let Err(e) = q.wait_durable(qid, seq).await {
+                let why = format!("ERR {e}");
+                for (wq, wqid, wseq, i) in &waits {
+                    if Rc::ptr_eq(wq, &q) && *wqid == qid && *wseq <= seq {
+                        replies[*i] = OpReply::Error(why.clone());
+                    }
+                }
+            }
+        }
+        replies
+    }
+
+    async fn write(
+        &self,
+        region: u16,
+        key: Bytes,
+        value: Option<Bytes>,
+        waits: &mut Vec<(Rc<ShardQueue>, QueueId, strait_queue::ids::Seq, usize)>,
+        index: usize,
+    ) -> OpReply {
+        let now = now_us();
+        let outcome = {
+            let mut stores = self.stores.borrow_mut();
+            let store = &mut stores[region as usize];
+            match &value {
+                Some(v) => match store.put_local(&key, v.clone(), now, self.site) {
+                    Ok(o) => o,
+                    Err(e) => return OpReply::Error(format!("ERR {e}")),
+                },
+                None => match store.destroy_local(&key, now, self.site) {
+                    Some(o) => o,
+                    None => return OpReply::Flag(false),
+                },
+            }
+        };
+        let done = if value.is_some() {
+            OpReply::Done
+        } else {
+            OpReply::Flag(true)
+        };
+        let (senders, recipients) = &self.attached[region as usize];
+        if senders.is_empty() {
+            return done;
+        }
+        let bucket = self.table(region).bucket_of(&key);
+        let seq = self.next_stream_seq(region, bucket, now);
+        let event = Event {
+            op: outcome.op,
+            region: RegionId(region),
+            bucket,
+            id: EventId {
+                origin_site: self.site,
+                origin_member: self.member,
+                stream: StreamId(u32::from(region) << 16 | u32::from(bucket.0)),
+                seq,
+            },
+            version: outcome.tag,
+            recipients,
+            key: &key,
+            value: if outcome.op == RecordOp::Destroy {
+                &[]
+            } else {
+                value.as_deref().unwrap_or(&[])
+            },
+        };
+        for &i in senders {
+            let s = &self.senders[i];
+            let queue = s.queue.borrow().clone();
+            let Some(queue) = queue else {
+                return OpReply::Error("ERR the server is stopping".into());
+            };
+            let qid = s.queue_id(bucket, &key);
+            match queue.append_nowait(qid, &event).await {
+                Ok(seq) => waits.push((queue, qid, seq, index)),
+                Err(e) => return OpReply::Error(format!("ERR gateway sender `{}`: {e}", s.id)),
+            }
+        }
+        done
+    }
+
+    /// Sends `ops` to shard `to` and waits for the replies.
+    async fn remote(&self, to: usize, ops: Vec<ShardOp>) -> Vec<OpReply> {
+        let count = ops.len();
+        let fail = |why: &str| {
+            (0..count)
+                .map(|_| OpReply::Error(format!("ERR {why}")))
+                .collect()
+        };
+        let sender = self.requests_out.borrow().get(to).cloned().flatten();
+        let Some(sender) = sender else {
+            return fail("the server is stopping");
+        };
+        let id = self.next_request.get();
+        self.next_request.set(id + 1);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(id, tx);
+        if sender.send(Request { id, ops }).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return fail("shard unavailable");
+        }
+        rx.recv().await.unwrap_or_else(|| fail("shard unavailable"))
+    }
+}
+
+struct Session {
+    region: u16,
+}
+
+async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream, stop: &AtomicBool) {
+    let limits = Limits::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BYTES);
+    let mut out: Vec<u8> = Vec::new();
+    let mut session = Session { region: 0 };
+    loop {
+        let old = buf.len();
+        buf.resize(old + CLIENT_READ_BYTES, 0);
+        let read = future::or(async { Some(stream.read(&mut buf[old..]).await) }, async {
+            wait_stop(stop).await;
+            None
+        })
+        .await;
+        let n = match read {
+            Some(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        buf.truncate(old + n);
+        let mut at = 0;
+        let mut plans = Vec::new();
+        let mut batches: Vec<Vec<ShardOp>> = (0..shard.shards).map(|_| Vec::new()).collect();
+        let mut close = false;
+        loop {
+            match resp::parse_command(&buf[at..], &limits) {
+                Ok(Parsed::Incomplete) => break,
+                Ok(Parsed::Skip { consumed }) => at += consumed,
+                Ok(Parsed::Command(c)) => {
+                    let args: Vec<&[u8]> = c.args(&buf[at..]).collect();
+                    let (plan, quit) = plan(shard, &mut session, &args, &mut batches);
+                    plans.push(plan);
+                    at += c.consumed;
+                    if quit {
+                        close = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let mut err = Vec::new();
+                    e.encode_reply(&mut err);
+                    plans.push(Pending::Ready(err));
+                    close = true;
+                    break;
+                }
+            }
+        }
+        let results = run_batches(shard, batches).await;
+        assemble(&plans, results, &mut out);
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+        buf.drain(..at);
+        if close {
+            return;
+        }
+    }
+}
+
+async fn run_batches(shard: &Rc<Shard>, batches: Vec<Vec<ShardOp>>) -> Vec<Vec<Option<OpReply>>> {
+    let own = shard.id.0 as usize;
+    let mut tasks = Vec::new();
+    let mut local = Vec::new();
+    for (to, ops) in batches.into_iter().enumerate() {
+        if ops.is_empty() {
+            tasks.push(None);
+        } else if to == own {
+            tasks.push(None);
+            local = ops;
+        } else {
+            let shard = shard.clone();
+            tasks.push(Some(glommio::spawn_local(async move {
+                shard.remote(to, ops).await
+            })));
+        }
+    }
+    let local = shard.execute(local).await;
+    let mut results = Vec::new();
+    for (to, t) in tasks.into_iter().enumerate() {
+        let replies = match t {
+            Some(t) => t.await,
+            None if to == own => Vec::new(),
+            None => Vec::new(),
+        };
+        results.push(replies.into_iter().map(Some).collect::<Vec<_>>());
+    }
+    results[own] = local.into_iter().map(Some).collect();
+    results
+}
+
+fn error_line(out: &mut Vec<u8>, e: &str) {
+    resp::encode_error(out, e.as_bytes());
+}
+
+fn assemble(plans: &[Pending], mut results: Vec<Vec<Option<OpReply>>>, out: &mut Vec<u8>) {
+    let shards = results.len() as u64;
+    let mut take = |(s, i): (usize, usize)| {
+        results[s][i]
+            .take()
+            .unwrap_or(OpReply::Error("ERR internal: reply missing".into()))
+    };
+    for plan in plans {
+        match plan {
+            Pending::Ready(bytes) => out.extend_from_slice(bytes),
+            Pending::Value(s, i) => match take((*s, *i)) {
+                OpReply::Value(Some(v)) => resp::encode_bulk(out, &v),
+                OpReply::Value(None) => resp::encode_null_bulk(out),
+                OpReply::Error(e) => error_line(out, &e),
+                _ => error_line(out, "ERR internal: unexpected reply"),
+            },
+            Pending::Done(s, i) => match take((*s, *i)) {
+                OpReply::Error(e) => error_line(out, &e),
+                _ => resp::encode_simple(out, b"OK"),
+            },
+            Pending::Values(refs) => {
+                let replies: Vec<OpReply> = refs.iter().map(|&r| take(r)).collect();
+                if let Some(OpReply::Error(e)) =
+                    replies.iter().find(|r| matches!(r, OpReply::Error(_)))
+                {
+                    error_line(out, e);
+                    continue;
+                }
+                resp::encode_array_header(out, replies.len());
+                for r in replies {
+                    match r {
+                        OpReply::Value(Some(v)) => resp::encode_bulk(out, &v),
+                        _ => resp::encode_null_bulk(out),
+                    }
+                }
+            }
+            Pending::AllDone(refs) => {
+                let replies: Vec<OpReply> = refs.iter().map(|&r| take(r)).collect();
+                match replies.iter().find(|r| matches!(r, OpReply::Error(_))) {
+                    Some(OpReply::Error(e)) => error_line(out, e),
+                    _ => resp::encode_simple(out, b"OK"),
+                }
+            }
+            Pending::Sum(refs) => {
+                let mut sum = 0i64;
+                let mut failed = None;
+                for &r in refs {
+                    match take(r) {
+                        OpReply::Flag(true) => sum += 1,
+                        OpReply::Count(c) => sum += c as i64,
+                        OpReply::Error(e) => failed = Some(e),
+                        _ => {}
+                    }
+                }
+                match failed {
+                    Some(e) => error_line(out, &e),
+                    None => resp::encode_integer(out, sum),
+                }
+            }
+            Pending::Scan(s, i) => match take((*s, *i)) {
+                OpReply::Page { next, keys } => {
+                    let cursor = match next {
+                        0 if (*s as u64) + 1 < shards => ((*s as u64) + 1) << SCAN_SHARD_SHIFT,
+                        0 => 0,
+                        c => ((*s as u64) << SCAN_SHARD_SHIFT) | c,
+                    };
+                    resp::encode_array_header(out, 2);
+                    resp::encode_bulk(out, cursor.to_string().as_bytes());
+                    resp::encode_array_header(out, keys.len());
+                    for k in keys {
+                        resp::encode_bulk(out, &k);
+                    }
+                }
+                OpReply::Error(e) => error_line(out, &e),
+                _ => error_line(out, "ERR internal: unexpected reply"),
+            },
+        }
+    }
+}
+
+/// A SCAN cursor holds the shard in its top bits and that shard's store cursor below.
+pub const SCAN_SHARD_SHIFT: u32 = 48;
+
+fn plan(
+    shard: &Shard,
+    session: &mut Session,
+    args: &[&[u8]],
+    batches: &mut [Vec<ShardOp>],
+) -> (Pending, bool) {
+    let ready = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = Vec::new();
+        f(&mut v);
+        Pending::Ready(v)
+    };
+    let cmd = match command::parse(args) {
+        Ok(c) => c,
+        Err(e) => return (ready(&|o| error_line(o, &e.to_string())), false),
+    };
+    let regions = shard.regions.len();
+    let needs_region = !matches!(
+        cmd,
+        Command::Ping(_)
+            | Command::Echo(_)
+            | Command::Select(_)
+            | Command::Region(_)
+            | Command::Info(_)
+            | Command::Quit
+            | Command::ConfigGet(_)
+            | Command::ClientNoop
+            | Command::CommandInfo
+    );
+    if needs_region && (session.region as usize) >= regions {
+        return (
+            ready(&|o| error_line(o, "ERR no region is configured on this server")),
+            false,
+        );
+    }
+    let region = session.region;
+    let mut push = |to: usize, op: ShardOp| {
+        batches[to].push(op);
+        (to, batches[to].len() - 1)
+    };
+    let key = |k: &[u8]| Bytes::copy_from_slice(k);
+    let plan = match cmd {
+        Command::Ping(None) => ready(&|o| resp::encode_simple(o, b"PONG")),
+        Command::Ping(Some(m)) | Command::Echo(m) => ready(&|o| resp::encode_bulk(o, m)),
+        Command::Quit => return (ready(&|o| resp::encode_simple(o, b"OK")), true),
+        Command::Get(k) => {
+            let (s, i) = push(
+                shard.owner(region, k),
+                ShardOp::Get {
+                    region,
+                    key: key(k),
+                },
+            );
+            Pending::Value(s, i)
+        }
+        Command::Set(k, v) => {
+            let (s, i) = push(
+                shard.owner(region, k),
+                ShardOp::Set {
+                    region,
+                    key: key(k),
+                    value: key(v),
+                },
+            );
+            Pending::Done(s, i)
+        }
+        Command::Del(keys) => Pending::Sum(
+            keys.iter()
+                .map(|k| {
+                    push(
+                        shard.owner(region, k),
+                        ShardOp::Del {
+                            region,
+                            key: key(k),
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        Command::Exists(keys) => Pending::Sum(
+            keys.iter()
+                .map(|k| {
+                    push(
+                        shard.owner(region, k),
+                        ShardOp::Exists {
+                            region,
+                            key: key(k),
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        Command::MGet(keys) => Pending::Values(
+            keys.iter()
+                .map(|k| {
+                    push(
+                        shard.owner(region, k),
+                        ShardOp::Get {
+                            region,
+                            key: key(k),
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        Command::MSet(pairs) => Pending::AllDone(
+            pairs
+                .iter()
+                .map(|(k, v)| {
+                    push(
+                        shard.owner(region, k),
+                        ShardOp::Set {
+                            region,
+                            key: key(k),
+                            value: key(v),
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        Command::DbSize => Pending::Sum(
+            (0..shard.shards)
+                .map(|s| push(s, ShardOp::Count { region }))
+                .collect(),
+        ),
+        Command::Scan {
+            cursor,
+            count,
+            pattern,
+        } => {
+            let to = (cursor >> SCAN_SHARD_SHIFT) as usize;
+            if to >= shard.shards {
+                return (
+                    ready(&|o| error_line(o, &CommandError::Cursor.to_string())),
+                    false,
+                );
+            }
+            let store_cursor = cursor & ((1 << SCAN_SHARD_SHIFT) - 1);
+            let (s, i) = push(
+                to,
+                ShardOp::Scan {
+                    region,
+                    cursor: store_cursor,
+                    count,
+                    pattern: pattern.map(key),
+                },
+            );
+            Pending::Scan(s, i)
+        }
+        Command::Select(n) if (n as usize) < regions => {
+            session.region = n as u16;
+            ready(&|o| resp::encode_simple(o, b"OK"))
+        }
+        Command::Select(_) => ready(&|o| error_line(o, "ERR DB index is out of range")),
+        Command::Region(name) => match shard
+            .regions
+            .iter()
+            .position(|(r, _)| r.name.as_bytes() == name)
+        {
+            Some(i) => {
+                session.region = i as u16;
+                ready(&|o| resp::encode_simple(o, b"OK"))
+            }
+            None => {
+                let msg = format!("ERR unknown region '{}'", String::from_utf8_lossy(name));
+                ready(&|o| error_line(o, &msg))
+            }
+        },
+        Command::Info(_) => {
+            let text = info(shard);
+            ready(&|o| resp::encode_bulk(o, text.as_bytes()))
+        }
+        Command::ConfigGet(_) => ready(&|o| resp::encode_array_header(o, 0)),
+        Command::ClientNoop => ready(&|o| resp::encode_simple(o, b"OK")),
+        Command::CommandInfo => ready(&|o| resp::encode_array_header(o, 0)),
+    };
+    (plan, false)
+}
+
+fn info(shard: &Shard) -> String {
+    let mut s = String::new();
+    s.push_str("# Server\r\nredis_version:7.0.0\r\nstrait_version:");
+    s.push_str(env!("CARGO_PKG_VERSION"));
+    s.push_str(&format!(
+        "\r\nmember:{}\r\nshards:{}\r\nshard:{}\r\n",
+        shard.config.server.name, shard.shards, shard.id.0
+    ));
+    if let Some(site) = shard.config.server.distributed_system_id {
+        s.push_str(&format!("distributed_system_id:{site}\r\n"));
+    }
+    s.push_str("\r\n# Regions\r\n");
+    for (i, (r, _)) in shard.regions.iter().enumerate() {
+        s.push_str(&format!(
+            "region{i}:name={},buckets={}\r\n",
+            r.name, r.total_buckets
+        ));
+    }
+    s.push_str("\r\n# Gateway senders (this shard)\r\n");
+    for sender in &shard.senders {
+        if let Some(q) = sender.queue.borrow().as_ref() {
+            let st = q.with(|q| q.stats(now_us()));
+            s.push_str(&format!(
+                "{}:queued={},bytes={},in_memory={},on_disk={},segments={}\r\n",
+                sender.id,
+                st.events_queued,
+                st.bytes_queued,
+                st.events_in_memory,
+                st.events_on_disk,
+                st.segments
+            ));
+        }
+    }
+    s
+}

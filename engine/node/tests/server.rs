@@ -1,0 +1,206 @@
+//! A server on loopback, driven over RESP: routing across shards, pipelining, multi-key
+//! commands, SCAN, regions, errors, writes queued for senders, and a port already in use.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+use strait_net::resp::{self, Limits, Reply};
+use strait_node::server;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn site(port: u16, dir: &Path, extra: &str) -> strait_node::config::SiteConfig {
+    let text = format!(
+        "[server]\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nshards = 2\ndirectory = \"{}\"\n{extra}",
+        dir.display()
+    );
+    strait_node::config::parse(Path::new("test.toml"), &text).unwrap()
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, commands: &[&[&str]]) {
+        let mut out = Vec::new();
+        for c in commands {
+            resp::encode_command(&mut out, c);
+        }
+        self.stream.write_all(&out).unwrap();
+    }
+
+    fn reply(&mut self) -> Reply {
+        loop {
+            if let Some((r, used)) = resp::parse_reply(&self.buf, &Limits::default()).unwrap() {
+                self.buf.drain(..used);
+                return r;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .expect("reply within the timeout");
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn call(&mut self, args: &[&str]) -> Reply {
+        self.send(&[args]);
+        self.reply()
+    }
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::Bulk(Some(s.as_bytes().to_vec()))
+}
+
+fn ok() -> Reply {
+    Reply::Simple(b"OK".to_vec())
+}
+
+const REGIONS: &str = "[[region]]\nname = \"orders\"\ntype = \"partition\"\n[[region]]\nname = \"customers\"\ntype = \"replicate\"\n";
+
+#[test]
+fn commands_route_across_shards_and_replies_stay_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = server::start(site(free_port(), tmp.path(), REGIONS)).unwrap();
+    let mut c = Client::connect(s.client_addr);
+    assert_eq!(c.call(&["PING"]), Reply::Simple(b"PONG".to_vec()));
+    // A pipeline of 1000 SETs then 1000 GETs: keys land on both shards, replies come in order.
+    let sets: Vec<Vec<String>> = (0..1000)
+        .map(|i| vec!["SET".into(), format!("k{i}"), format!("v{i}")])
+        .collect();
+    let gets: Vec<Vec<String>> = (0..1000)
+        .map(|i| vec!["GET".into(), format!("k{i}")])
+        .collect();
+    let all: Vec<Vec<&str>> = sets
+        .iter()
+        .chain(&gets)
+        .map(|c| c.iter().map(String::as_str).collect())
+        .collect();
+    let refs: Vec<&[&str]> = all.iter().map(Vec::as_slice).collect();
+    c.send(&refs);
+    for _ in 0..1000 {
+        assert_eq!(c.reply(), ok());
+    }
+    for i in 0..1000 {
+        assert_eq!(c.reply(), bulk(&format!("v{i}")));
+    }
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Integer(1000));
+    assert_eq!(
+        c.call(&["MGET", "k1", "nope", "k999"]),
+        Reply::Array(Some(vec![bulk("v1"), Reply::Bulk(None), bulk("v999")]))
+    );
+    assert_eq!(c.call(&["MSET", "a", "1", "b", "2"]), ok());
+    assert_eq!(c.call(&["EXISTS", "a", "b", "zz"]), Reply::Integer(2));
+    assert_eq!(c.call(&["DEL", "a", "b", "zz"]), Reply::Integer(2));
+    assert_eq!(c.call(&["GET", "a"]), Reply::Bulk(None));
+    // SCAN visits every key once, across both shards.
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let Reply::Array(Some(parts)) = c.call(&["SCAN", &cursor, "COUNT", "100"]) else {
+            panic!("scan reply")
+        };
+        let [Reply::Bulk(Some(next)), Reply::Array(Some(keys))] = parts.as_slice() else {
+            panic!("scan shape")
+        };
+        for k in keys {
+            let Reply::Bulk(Some(k)) = k else {
+                panic!("key")
+            };
+            assert!(seen.insert(k.clone()), "key returned twice");
+        }
+        cursor = String::from_utf8(next.clone()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 1000);
+    // Regions are separate keyspaces: SELECT by index, REGION by name.
+    assert_eq!(c.call(&["SELECT", "1"]), ok());
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Integer(0));
+    assert_eq!(c.call(&["REGION", "orders"]), ok());
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Integer(1000));
+    assert!(
+        matches!(c.call(&["REGION", "nope"]), Reply::Error(e) if e.starts_with(b"ERR unknown region 'nope'"))
+    );
+    assert!(matches!(c.call(&["SELECT", "9"]), Reply::Error(_)));
+    assert!(
+        matches!(c.call(&["GET"]), Reply::Error(e) if e == b"ERR wrong number of arguments for 'get' command")
+    );
+    // A binary key with CR LF and NUL.
+    c.send(&[&["SET", "bin\r\n\0key", "x\r\ny"]]);
+    assert_eq!(c.reply(), ok());
+    assert_eq!(c.call(&["GET", "bin\r\n\0key"]), bulk("x\r\ny"));
+    drop(c);
+    s.stop().unwrap();
+}
+
+#[test]
+fn writes_are_queued_for_attached_senders_before_the_reply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "[[gateway-sender]]\nid = \"to-2\"\nremote-distributed-system-id = 2\nparallel = true\nenable-persistence = true\n\
+                 [[region]]\nname = \"orders\"\ntype = \"partition\"\ngateway-sender-ids = [\"to-2\"]\n";
+    let port = free_port();
+    let s = server::start(site(port, tmp.path(), extra)).unwrap();
+    let mut c = Client::connect(s.client_addr);
+    for i in 0..500 {
+        assert_eq!(c.call(&["SET", &format!("k{i}"), "v"]), ok());
+    }
+    assert_eq!(c.call(&["DEL", "k0"]), Reply::Integer(1));
+    drop(c);
+    s.stop().unwrap();
+    // Every acknowledged write is in a persistent queue: reopen the shards' queues.
+    let mut events = 0;
+    for shard in 0..2 {
+        let dir = tmp
+            .path()
+            .join("queues")
+            .join("to-2")
+            .join(format!("shard-{shard}"));
+        let disk = strait_queue::mmap::MmapDisk::open(&dir).unwrap();
+        let cfg = strait_queue::queue::QueueConfig {
+            queue_count: 113,
+            persistent: true,
+            ..Default::default()
+        };
+        let (_, report) = strait_queue::store::recover(cfg, &disk).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        events += report.events;
+    }
+    assert_eq!(events, 501, "500 creates and a destroy");
+}
+
+#[test]
+fn a_port_in_use_is_refused_with_its_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let tmp = tempfile::tempdir().unwrap();
+    let err = server::start(site(port, tmp.path(), REGIONS)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("client port 127.0.0.1:{port} is in use by another process")
+    );
+}
