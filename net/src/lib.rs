@@ -48,6 +48,6 @@ pub mod resp;
 
 pub use resp::{
     Arg, Command, Limits, Parsed, Reply, RespError, encode_array_header, encode_bulk,
-    encode_command, encode_error, encode_integer, encode_null_array, encode_null_bulk,
-    encode_simple, parse_command, parse_reply,
+    encode_command, encode_error, encode_integer, encode_map_header, encode_null_array,
+    encode_null_bulk, encode_null3, encode_simple, parse_command, parse_reply,
 };

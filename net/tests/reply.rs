@@ -248,3 +248,11 @@ fn arrays_nest_to_the_depth_limit() {
         })
     );
 }
+
+#[test]
+fn resp3_map_headers_and_nulls_encode() {
+    let mut out = Vec::new();
+    strait_net::resp::encode_map_header(&mut out, 2);
+    strait_net::resp::encode_null3(&mut out);
+    assert_eq!(out, b"%2\r\n_\r\n");
+}

@@ -36,6 +36,9 @@ pub enum Command<'a> {
     ClientNoop,
     /// COMMAND, COMMAND DOCS, COMMAND COUNT: an empty answer (redis-cli asks at start).
     CommandInfo,
+    /// HELLO [protover ...]: switch to RESP2 or RESP3 (AUTH and SETNAME are accepted and
+    /// ignored: there is no authentication yet).
+    Hello(Option<u64>),
 }
 
 /// Why a request is not a command this server runs; `Display` is the Redis error line.
@@ -53,6 +56,8 @@ pub enum CommandError {
     NotInteger,
     #[error("ERR too many keys in one command (at most {MULTI_KEYS_MAX})")]
     TooManyKeys,
+    #[error("ERR Protocol version is not an integer or out of range")]
+    ProtocolVersion,
 }
 
 fn printable(b: &[u8]) -> String {
@@ -145,6 +150,10 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
             Ok(Command::ClientNoop)
         }
         (b"command", _) => Ok(Command::CommandInfo),
+        (b"hello", []) => Ok(Command::Hello(None)),
+        (b"hello", [v, ..]) => integer(v)
+            .map(|v| Command::Hello(Some(v)))
+            .ok_or(CommandError::ProtocolVersion),
         (
             b"ping" | b"echo" | b"get" | b"set" | b"dbsize" | b"scan" | b"select" | b"region"
             | b"config" | b"client",
@@ -264,6 +273,8 @@ mod tests {
             Ok(Command::ClientNoop)
         );
         assert_eq!(cmd("ping"), Ok(Command::Ping(None)));
+        assert_eq!(cmd("HELLO 3 SETNAME app"), Ok(Command::Hello(Some(3))));
+        assert_eq!(cmd("hello x"), Err(CommandError::ProtocolVersion));
     }
 
     #[test]

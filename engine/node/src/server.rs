@@ -574,9 +574,10 @@ async fn shard_main(
 /// How a command's reply is put together from its operations' replies.
 enum Pending {
     Ready(Vec<u8>),
-    Value(usize, usize),
+    /// The flag: encode a missing value as RESP3's null.
+    Value(usize, usize, bool),
     Done(usize, usize),
-    Values(Vec<(usize, usize)>),
+    Values(Vec<(usize, usize)>, bool),
     AllDone(Vec<(usize, usize)>),
     Sum(Vec<(usize, usize)>),
     Scan(usize, usize),
@@ -762,13 +763,18 @@ impl Shard {
 
 struct Session {
     region: u16,
+    /// The client asked for RESP3 (HELLO 3).
+    resp3: bool,
 }
 
 async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream, stop: &AtomicBool) {
     let limits = Limits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BYTES);
     let mut out: Vec<u8> = Vec::new();
-    let mut session = Session { region: 0 };
+    let mut session = Session {
+        region: 0,
+        resp3: false,
+    };
     loop {
         let old = buf.len();
         buf.resize(old + CLIENT_READ_BYTES, 0);
@@ -867,8 +873,9 @@ fn assemble(plans: &[Pending], mut results: Vec<Vec<Option<OpReply>>>, out: &mut
     for plan in plans {
         match plan {
             Pending::Ready(bytes) => out.extend_from_slice(bytes),
-            Pending::Value(s, i) => match take((*s, *i)) {
+            Pending::Value(s, i, resp3) => match take((*s, *i)) {
                 OpReply::Value(Some(v)) => resp::encode_bulk(out, &v),
+                OpReply::Value(None) if *resp3 => resp::encode_null3(out),
                 OpReply::Value(None) => resp::encode_null_bulk(out),
                 OpReply::Error(e) => error_line(out, &e),
                 _ => error_line(out, "ERR internal: unexpected reply"),
@@ -877,7 +884,7 @@ fn assemble(plans: &[Pending], mut results: Vec<Vec<Option<OpReply>>>, out: &mut
                 OpReply::Error(e) => error_line(out, &e),
                 _ => resp::encode_simple(out, b"OK"),
             },
-            Pending::Values(refs) => {
+            Pending::Values(refs, resp3) => {
                 let replies: Vec<OpReply> = refs.iter().map(|&r| take(r)).collect();
                 if let Some(OpReply::Error(e)) =
                     replies.iter().find(|r| matches!(r, OpReply::Error(_)))
@@ -889,6 +896,7 @@ fn assemble(plans: &[Pending], mut results: Vec<Vec<Option<OpReply>>>, out: &mut
                 for r in replies {
                     match r {
                         OpReply::Value(Some(v)) => resp::encode_bulk(out, &v),
+                        _ if *resp3 => resp::encode_null3(out),
                         _ => resp::encode_null_bulk(out),
                     }
                 }
@@ -967,6 +975,7 @@ fn plan(
             | Command::ConfigGet(_)
             | Command::ClientNoop
             | Command::CommandInfo
+            | Command::Hello(_)
     );
     if needs_region && (session.region as usize) >= regions {
         return (
@@ -992,7 +1001,7 @@ fn plan(
                     key: key(k),
                 },
             );
-            Pending::Value(s, i)
+            Pending::Value(s, i, session.resp3)
         }
         Command::Set(k, v) => {
             let (s, i) = push(
@@ -1043,6 +1052,7 @@ fn plan(
                     )
                 })
                 .collect(),
+            session.resp3,
         ),
         Command::MSet(pairs) => Pending::AllDone(
             pairs
@@ -1111,11 +1121,51 @@ fn plan(
             let text = info(shard);
             ready(&|o| resp::encode_bulk(o, text.as_bytes()))
         }
+        Command::ConfigGet(_) if session.resp3 => ready(&|o| resp::encode_map_header(o, 0)),
         Command::ConfigGet(_) => ready(&|o| resp::encode_array_header(o, 0)),
+        Command::Hello(Some(v)) if v != 2 && v != 3 => {
+            ready(&|o| error_line(o, "NOPROTO unsupported protocol version"))
+        }
+        Command::Hello(v) => {
+            if let Some(v) = v {
+                session.resp3 = v == 3;
+            }
+            let resp3 = session.resp3;
+            ready(&|o| hello(o, resp3))
+        }
         Command::ClientNoop => ready(&|o| resp::encode_simple(o, b"OK")),
         Command::CommandInfo => ready(&|o| resp::encode_array_header(o, 0)),
     };
     (plan, false)
+}
+
+/// The HELLO reply: who this server is, as Redis 7 words it (a map in RESP3).
+fn hello(out: &mut Vec<u8>, resp3: bool) {
+    let text = [
+        ("server", "redis"),
+        ("version", "7.0.0"),
+        ("mode", "standalone"),
+        ("role", "master"),
+    ];
+    if resp3 {
+        resp::encode_map_header(out, 7);
+    } else {
+        resp::encode_array_header(out, 14);
+    }
+    for (k, v) in &text[..2] {
+        resp::encode_bulk(out, k.as_bytes());
+        resp::encode_bulk(out, v.as_bytes());
+    }
+    resp::encode_bulk(out, b"proto");
+    resp::encode_integer(out, if resp3 { 3 } else { 2 });
+    resp::encode_bulk(out, b"id");
+    resp::encode_integer(out, 1);
+    for (k, v) in &text[2..] {
+        resp::encode_bulk(out, k.as_bytes());
+        resp::encode_bulk(out, v.as_bytes());
+    }
+    resp::encode_bulk(out, b"modules");
+    resp::encode_array_header(out, 0);
 }
 
 fn info(shard: &Shard) -> String {

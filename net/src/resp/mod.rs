@@ -19,7 +19,8 @@ mod request;
 
 pub use reply::{
     Reply, encode_array_header, encode_bulk, encode_command, encode_error, encode_integer,
-    encode_null_array, encode_null_bulk, encode_simple, parse_reply,
+    encode_map_header, encode_null_array, encode_null_bulk, encode_null3, encode_simple,
+    parse_reply,
 };
 pub use request::{Arg, Command, Parsed, parse_command};
 

@@ -92,6 +92,19 @@ pub fn encode_null_array(out: &mut Vec<u8>) {
     out.extend_from_slice(b"*-1\r\n");
 }
 
+/// Appends a RESP3 map header (`%<pairs>`) for a client that asked for RESP3 with HELLO 3;
+/// `pairs` key–value pairs follow.
+pub fn encode_map_header(out: &mut Vec<u8>, pairs: usize) {
+    out.push(b'%');
+    out.extend_from_slice(pairs.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the RESP3 null (`_`), which replaces `$-1` and `*-1` for a RESP3 client.
+pub fn encode_null3(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"_\r\n");
+}
+
 /// Appends a command as a client sends it: a multibulk array of bulk strings.
 pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
     encode_array_header(out, args.len());
