@@ -25,6 +25,7 @@
 mod bounds;
 mod queue;
 mod report;
+mod site;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -42,10 +43,14 @@ enum Command {
     /// Queue throughput (append, peek + ack, reopen) against memcpy and disk bounds and
     /// glommio's DMA stream writer.
     Queue(queue::QueueArgs),
+    /// redis-benchmark SET against a Strait server whose writes are all queued for a gateway
+    /// sender, and against redis-server in the same run.
+    Site(site::SiteArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args),
+        Command::Site(args) => site::run(args),
     }
 }
