@@ -1,6 +1,8 @@
 //! Client commands: the arguments of one RESP request, checked and turned into a [`Command`],
 //! with Redis's own error texts for the ones that are not right. Pure: no I/O, no state.
 
+/// Longest command name looked up (longer names are unknown commands).
+pub const COMMAND_NAME_BYTES_MAX: usize = 16;
 /// Most keys one multi-key command (MGET, MSET, DEL, EXISTS) may name.
 pub const MULTI_KEYS_MAX: usize = 1 << 16;
 /// Default and largest COUNT of a SCAN.
@@ -73,8 +75,19 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
     let Some((name, rest)) = args.split_first() else {
         return Err(CommandError::Syntax);
     };
-    let lower = name.to_ascii_lowercase();
-    let arity = || CommandError::Arity(String::from_utf8_lossy(&lower).into_owned());
+    // Command names are short: lower-case them on the stack, not in an allocation per request.
+    let mut lower_buf = [0u8; COMMAND_NAME_BYTES_MAX];
+    let lower: &[u8] = match lower_buf.get_mut(..name.len()) {
+        Some(dst) => {
+            for (d, s) in dst.iter_mut().zip(name.iter()) {
+                *d = s.to_ascii_lowercase();
+            }
+            dst
+        }
+        // Longer than any command this server knows.
+        None => b"",
+    };
+    let arity = || CommandError::Arity(String::from_utf8_lossy(lower).into_owned());
     let keys = |rest: &[&'a [u8]]| -> Result<Vec<&'a [u8]>, CommandError> {
         if rest.is_empty() {
             return Err(arity());
@@ -84,7 +97,7 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
         }
         Ok(rest.to_vec())
     };
-    match (lower.as_slice(), rest) {
+    match (lower, rest) {
         (b"ping", []) => Ok(Command::Ping(None)),
         (b"ping", [m]) => Ok(Command::Ping(Some(m))),
         (b"echo", [m]) => Ok(Command::Echo(m)),
@@ -298,6 +311,12 @@ mod tests {
         assert_eq!(
             cmd("flushall async").unwrap_err().to_string(),
             "ERR unknown command 'flushall', with args beginning with: 'async' "
+        );
+        assert_eq!(
+            cmd("averyveryverylongcommandname x")
+                .unwrap_err()
+                .to_string(),
+            "ERR unknown command 'averyveryverylongcommandname', with args beginning with: 'x' "
         );
     }
 
