@@ -223,6 +223,22 @@ fn bulk_end(buf: &[u8], at: usize) -> Result<Option<usize>, RespError> {
     }
 }
 
+/// A declared length, checked: negative is `invalid`, over `max` is `too_long(len, max)`.
+pub(crate) fn checked_len(
+    len: i64,
+    max: usize,
+    invalid: RespError,
+    too_long: fn(u64, usize) -> RespError,
+) -> Result<usize, RespError> {
+    let Ok(len) = u64::try_from(len) else {
+        return Err(invalid);
+    };
+    match usize::try_from(len) {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(too_long(len, max)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

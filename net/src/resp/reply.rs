@@ -1,6 +1,7 @@
 //! Replies: encoding as a server writes them, and parsing as a client (the load generator, the
 //! tests) reads them.
 
+use super::checked_len;
 use super::{Limits, REPLY_DEPTH_MAX, RespError, bulk_end, decimal};
 
 /// The smallest reply, `+\r\n`, in bytes: bounds an array's element vector by the bytes
@@ -211,18 +212,12 @@ fn bulk(
         }
         return Ok(Some(start));
     }
-    let Ok(len) = u64::try_from(len) else {
-        return Err(RespError::InvalidBulkLength);
-    };
-    let len = match usize::try_from(len) {
-        Ok(len) if len <= limits.bulk_bytes_max => len,
-        _ => {
-            return Err(RespError::BulkTooLong {
-                len,
-                max: limits.bulk_bytes_max,
-            });
-        }
-    };
+    let len = checked_len(
+        len,
+        limits.bulk_bytes_max,
+        RespError::InvalidBulkLength,
+        |len, max| RespError::BulkTooLong { len, max },
+    )?;
     let end = start.saturating_add(len);
     let Some(next) = bulk_end(buf, end)? else {
         return Ok(None);
@@ -256,18 +251,12 @@ fn array(
         }
         return Ok(Some(next));
     }
-    let Ok(len) = u64::try_from(len) else {
-        return Err(RespError::InvalidMultibulkLength);
-    };
-    let len = match usize::try_from(len) {
-        Ok(len) if len <= limits.array_len_max => len,
-        _ => {
-            return Err(RespError::ArrayTooLong {
-                len,
-                max: limits.array_len_max,
-            });
-        }
-    };
+    let len = checked_len(
+        len,
+        limits.array_len_max,
+        RespError::InvalidMultibulkLength,
+        |len, max| RespError::ArrayTooLong { len, max },
+    )?;
     match out {
         None => {
             for _ in 0..len {

@@ -1,6 +1,7 @@
 //! Requests as a server reads them: multibulk (`*<n>\r\n$<len>\r\n<bytes>\r\n...`, what client
 //! libraries send) and inline (`SET k v\r\n`, what a person types into telnet).
 
+use super::checked_len;
 use std::ops::Range;
 
 use super::{Limits, RespError, bulk_end, decimal};
@@ -120,18 +121,12 @@ fn multibulk(buf: &[u8], limits: &Limits) -> Result<Parsed, RespError> {
         else {
             return Ok(Parsed::Incomplete);
         };
-        let Ok(len) = u64::try_from(len) else {
-            return Err(RespError::InvalidBulkLength);
-        };
-        let len = match usize::try_from(len) {
-            Ok(len) if len <= limits.bulk_bytes_max => len,
-            _ => {
-                return Err(RespError::BulkTooLong {
-                    len,
-                    max: limits.bulk_bytes_max,
-                });
-            }
-        };
+        let len = checked_len(
+            len,
+            limits.bulk_bytes_max,
+            RespError::InvalidBulkLength,
+            |len, max| RespError::BulkTooLong { len, max },
+        )?;
         let end = start.saturating_add(len);
         let Some(next) = bulk_end(buf, end)? else {
             return Ok(Parsed::Incomplete);
