@@ -28,6 +28,11 @@ mod report;
 mod site;
 mod size;
 
+/// mimalloc: shards allocate buffers that other shards free (a write's key and value cross to
+/// the shard that owns the key), which glibc's per-thread arenas serve through a lock.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// Strait benchmarks.

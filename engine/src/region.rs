@@ -8,15 +8,19 @@
 //! instead of bringing the entry back; [`RegionStore::gc`] drops tombstones once they are
 //! [`TOMBSTONE_TTL_US`] old.
 //!
-//! Entries are kept in the order of their *position*: the key's bucket in the high 32 bits,
-//! the key's CRC-32 in the low 32 bits ([`ScanCursor`]). The order depends on the key alone,
-//! so a SCAN cursor stays valid however the store changes between calls, every site and shard
-//! agrees on it, and a bucket's entries are contiguous.
+//! Every entry has a *position*: the key's bucket in the high 32 bits, the key's CRC-32 in the
+//! low 32 bits ([`ScanCursor`]). Lookups go through a hash map keyed by position; SCAN walks
+//! an ordered set of the positions in use. The order depends on the key alone, so a SCAN
+//! cursor stays valid however the store changes between calls, every site and shard agrees on
+//! it, and a bucket's entries are contiguous. Only a write that adds a position (a new key)
+//! touches the ordered set; updates and reads cost one hash lookup.
 
 use crate::bucket::{BUCKETS_MAX, TOTAL_BUCKETS_DEFAULT, bucket_of_hash, key_hash};
 use crate::version::{EntryVersion, Resolution, local_write_tag, resolve_remote};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use smallvec::SmallVec;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use strait_queue::ids::{SiteId, VersionTag};
 use strait_queue::record::{KEY_BYTES_MAX, Op, VALUE_BYTES_MAX};
 
@@ -220,13 +224,43 @@ pub enum StoreError {
     NoEntryToStamp,
 }
 
+/// The entries at one position, sorted by key: one almost always (two keys share a position
+/// only when bucket and CRC-32 both collide), so one is held inline.
+type Group = SmallVec<[(Bytes, Entry); 1]>;
+
+/// Hashes a position for the store's map. A position's low half is already a CRC-32 of the
+/// key; one multiplication by a 64-bit odd constant (Fibonacci hashing) spreads it over the
+/// high bits too, which the map's control bytes are taken from. No key outside the store's own
+/// positions reaches it, so a keyed hash buys nothing here.
+#[derive(Clone, Copy, Debug, Default)]
+struct PositionHasher(u64);
+
+impl Hasher for PositionHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, pos: u64) {
+        self.0 = pos.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// The entries of one region on one shard.
 #[derive(Clone, Debug)]
 pub struct RegionStore {
     total_buckets: u16,
     entries_max: usize,
-    /// Position → the entries at that position, sorted by key (almost always one).
-    groups: BTreeMap<u64, Vec<(Bytes, Entry)>>,
+    /// Position → the entries at that position, sorted by key (almost always one, held
+    /// inline).
+    groups: HashMap<u64, Group, BuildHasherDefault<PositionHasher>>,
+    /// Every position in `groups`, in order: what SCAN walks.
+    positions: BTreeSet<u64>,
     /// Entries, tombstones included.
     entries: usize,
     live: usize,
@@ -249,7 +283,8 @@ impl RegionStore {
         Ok(RegionStore {
             total_buckets: config.total_buckets,
             entries_max: entries_max.min(ENTRIES_MAX),
-            groups: BTreeMap::new(),
+            groups: HashMap::default(),
+            positions: BTreeSet::new(),
             entries: 0,
             live: 0,
             tombstones: BTreeSet::new(),
@@ -383,7 +418,10 @@ impl RegionStore {
         let count = count.clamp(1, SCAN_COUNT_MAX);
         let mut visited = 0;
         let mut entries = Vec::new();
-        for (&pos, group) in self.groups.range(cursor.0..) {
+        for &pos in self.positions.range(cursor.0..) {
+            let Some(group) = self.groups.get(&pos) else {
+                continue;
+            };
             if visited >= count {
                 return ScanPage {
                     entries,
@@ -419,6 +457,7 @@ impl RegionStore {
                 group.remove(i);
                 if group.is_empty() {
                     self.groups.remove(&pos);
+                    self.positions.remove(&pos);
                 }
                 self.entries -= 1;
             }
@@ -451,7 +490,10 @@ impl RegionStore {
     fn write(&mut self, pos: u64, key: &[u8], entry: Entry) {
         let new_tombstone =
             matches!(entry.value, EntryValue::Tombstone).then_some(entry.version.timestamp_us);
-        let group = self.groups.entry(pos).or_default();
+        let group = self.groups.entry(pos).or_insert_with(|| {
+            self.positions.insert(pos);
+            Group::new()
+        });
         let (key, old) = match group.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
             Ok(i) => {
                 let (k, slot) = &mut group[i];

@@ -17,6 +17,7 @@ use glommio::channels::shared_channel::{
 };
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ use strait_queue::shard::ShardQueue;
 pub const SHARD_CHANNEL_BATCHES_MAX: usize = 1024;
 /// Bytes read from a client socket at a time; the read buffer grows only for larger requests.
 pub const CLIENT_READ_BYTES: usize = 64 << 10;
+/// Arguments of a command held without an allocation (`MSET` with three pairs has seven).
+const ARGS_INLINE: usize = 8;
 /// How often a shard checks whether the server is stopping.
 pub const STOP_POLL_MS: u64 = 50;
 /// How long a shard waits for its connections to finish when stopping.
@@ -769,35 +772,42 @@ struct Session {
 
 async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream, stop: &AtomicBool) {
     let limits = Limits::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BYTES);
+    // `buf[..filled]` holds bytes read and not yet parsed; the rest is room to read into,
+    // zeroed once when the buffer is made or grown, not at every read.
+    let mut buf: Vec<u8> = vec![0; CLIENT_READ_BYTES];
+    let mut filled = 0;
     let mut out: Vec<u8> = Vec::new();
+    let mut plans = Vec::new();
     let mut session = Session {
         region: 0,
         resp3: false,
     };
     loop {
-        let old = buf.len();
-        buf.resize(old + CLIENT_READ_BYTES, 0);
-        let read = future::or(async { Some(stream.read(&mut buf[old..]).await) }, async {
-            wait_stop(stop).await;
-            None
-        })
+        if buf.len() - filled < CLIENT_READ_BYTES {
+            buf.resize(filled + CLIENT_READ_BYTES, 0);
+        }
+        let read = future::or(
+            async { Some(stream.read(&mut buf[filled..]).await) },
+            async {
+                wait_stop(stop).await;
+                None
+            },
+        )
         .await;
         let n = match read {
             Some(Ok(n)) if n > 0 => n,
             _ => return,
         };
-        buf.truncate(old + n);
+        filled += n;
         let mut at = 0;
-        let mut plans = Vec::new();
         let mut batches: Vec<Vec<ShardOp>> = (0..shard.shards).map(|_| Vec::new()).collect();
         let mut close = false;
         loop {
-            match resp::parse_command(&buf[at..], &limits) {
+            match resp::parse_command(&buf[at..filled], &limits) {
                 Ok(Parsed::Incomplete) => break,
                 Ok(Parsed::Skip { consumed }) => at += consumed,
                 Ok(Parsed::Command(c)) => {
-                    let args: Vec<&[u8]> = c.args(&buf[at..]).collect();
+                    let args: SmallVec<[&[u8]; ARGS_INLINE]> = c.args(&buf[at..filled]).collect();
                     let (plan, quit) = plan(shard, &mut session, &args, &mut batches);
                     plans.push(plan);
                     at += c.consumed;
@@ -817,11 +827,13 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream, stop: &Atomi
         }
         let results = run_batches(shard, batches).await;
         assemble(&plans, results, &mut out);
+        plans.clear();
         if stream.write_all(&out).await.is_err() {
             return;
         }
         out.clear();
-        buf.drain(..at);
+        buf.copy_within(at..filled, 0);
+        filled -= at;
         if close {
             return;
         }

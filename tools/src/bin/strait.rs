@@ -6,6 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+/// mimalloc: shards allocate buffers that other shards free (a write's key and value cross to
+/// the shard that owns the key), which glibc's per-thread arenas serve through a lock.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
