@@ -18,10 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use strait_engine::locator::{
-    Address, DirectoryError, MEMBER_TIMEOUT_MS_DEFAULT, MEMBER_TIMEOUT_MS_MAX,
-    MEMBER_TIMEOUT_MS_MIN, MemberName, ReceiverEndpoint, ServerEntry, ServerInfo,
+    Address, Directory, DirectoryError, MEMBER_TIMEOUT_MS_DEFAULT, MEMBER_TIMEOUT_MS_MAX,
+    MEMBER_TIMEOUT_MS_MIN, MemberName, ReceiverEndpoint, Registered, ServerEntry, ServerInfo,
 };
-use strait_engine::locator::{Directory, Registered};
 use strait_net::locator::{
     self as proto, BODY_BYTES_MAX, Endpoint, ErrorKind, ErrorReply, HeartbeatReply,
     HeartbeatRequest, RegisterReply, RegisterRequest, Route, ServerView, ServersReply, StatusReply,
@@ -34,6 +33,8 @@ pub use crate::config::LOCATOR_PORT_DEFAULT;
 pub const LOCATOR_POLL_MS: u64 = 50;
 /// The lock file in a locator's directory.
 pub const LOCK_FILE: &str = "locator.lock";
+/// Largest reply [`LocatorClient`] reads: a directory of thousands of servers fits.
+pub const REPLY_BYTES_MAX: u64 = 16 << 20;
 
 /// A locator's settings; [`LocatorConfig::new`] gives Geode's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,6 +185,7 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
         .collect();
     let mut service = Service {
         name: config.name.clone(),
+        address: endpoint(&advertised),
         directory: Directory::new(
             config.distributed_system_id,
             advertised,
@@ -274,15 +276,18 @@ fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ErrorReply> {
 /// The directory and who serves it: requests in, status and JSON out.
 struct Service {
     name: String,
+    /// Where this locator says it is.
+    address: Endpoint,
     directory: Directory,
 }
 
 fn to_json<T: serde::Serialize>(status: u16, value: &T) -> (u16, String) {
     match serde_json::to_string(value) {
         Ok(text) => (status, text),
-        Err(e) => (
+        // The replies are plain structs of strings and numbers: encoding them cannot fail.
+        Err(_) => (
             500,
-            format!("{{\"error\":\"internal\",\"message\":\"{e}\"}}"),
+            r#"{"error":"internal","message":"encoding the reply failed"}"#.into(),
         ),
     }
 }
@@ -455,10 +460,7 @@ impl Service {
                     200,
                     &StatusReply {
                         name: self.name.clone(),
-                        address: local.locators.first().map(endpoint).unwrap_or(Endpoint {
-                            host: String::new(),
-                            port: 0,
-                        }),
+                        address: self.address.clone(),
                         distributed_system_id: site,
                         remote_locators: self
                             .directory
@@ -510,6 +512,10 @@ impl LocatorClient {
             .http_status_as_error(false)
             // The locator is reached directly, whatever proxy the environment names.
             .proxy(None)
+            // A connection per call: a pooled one to a locator that stopped inside a running
+            // process (an embedded one) would wait out the timeout instead of failing at once.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .build()
             .into();
         LocatorClient {
@@ -600,7 +606,7 @@ impl LocatorClient {
         let text = response
             .body_mut()
             .with_config()
-            .limit(BODY_BYTES_MAX as u64 * 64)
+            .limit(REPLY_BYTES_MAX)
             .read_to_string()
             .map_err(|e| ClientError::Unreachable {
                 locator: self.locator.clone(),
@@ -626,6 +632,10 @@ mod tests {
     fn service() -> Service {
         Service {
             name: "loc".into(),
+            address: Endpoint {
+                host: "127.0.0.1".into(),
+                port: 10334,
+            },
             directory: Directory::new(
                 Some(SiteId(1)),
                 Address {
