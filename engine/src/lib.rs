@@ -2,7 +2,8 @@
 //!
 //! The pure core of a Strait site: where a key lives, how an entry is versioned, which write
 //! wins across sites, and which sites an event goes to next. Nothing here reads a clock or
-//! does I/O; time comes in as microseconds since the Unix epoch.
+//! does I/O; time comes in as microseconds since the Unix epoch (the locator directory takes
+//! milliseconds from its shell's monotonic clock).
 //!
 //! | type or function | what it is | where it lives |
 //! |---|---|---|
@@ -13,6 +14,7 @@
 //! | [`version::EntryVersion`] | an entry's stamp: timestamp, site, write count | inside each entry |
 //! | [`version::local_write_tag`], [`version::resolve_remote`] | Geode's WAN conflict rule (geode-wan.md §4.1, §4.2) | called by `RegionStore` |
 //! | [`loop_rule::should_forward`], [`loop_rule::recipients_after_forward`] | Geode's loop prevention (geode-wan.md §3) | called by the senders |
+//! | [`locator::Directory`] | a locator's directory: per site, its locators and its servers ([`locator::ServerInfo`]: client address, receiver endpoints, load, last heard); register, heartbeat, expiry, least-loaded | owned by the locator's control-plane thread, never a shard |
 //!
 //! A client write goes: the node finds the key's bucket and its shard in the `BucketTable` →
 //! that shard's `RegionStore::put_local` stamps it and returns a `WriteOutcome` → each sender
@@ -53,6 +55,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bucket;
+pub mod locator;
 pub mod loop_rule;
 pub mod region;
 pub mod version;

@@ -1,8 +1,8 @@
 //! # strait-net: Strait's wire protocols
 //!
-//! So far the RESP2 client protocol, in [`resp`]; gateway frames and the locator protocol come
-//! later. Everything here is pure: bytes in, values or bytes out, no I/O, no state between
-//! calls, no panics on any input.
+//! So far the RESP2 client protocol, in [`resp`], and the locator protocol's messages and
+//! routes, in [`locator`]; gateway frames come later. Everything here is pure: bytes in, values
+//! or bytes out, no I/O, no state between calls, no panics on any input.
 //!
 //! | item | what it is |
 //! |---|---|
@@ -12,6 +12,8 @@
 //! | [`RespError`] | why a peer's bytes were refused, garbage or over a limit; its text is redis's error reply, and the server closes the connection after it |
 //! | [`Reply`], `encode_*` | replies (and, for clients, commands) appended to a `Vec<u8>` |
 //! | [`parse_reply`] | the reply at the front of a buffer, for clients and tests |
+//! | [`locator::route`] → [`locator::Route`] | a locator request's endpoint, from its method and path |
+//! | [`locator::RegisterRequest`], [`locator::ServersReply`], [`locator::ErrorReply`], … | the locator's JSON bodies (serde) |
 //!
 //! A server reads into a buffer, parses commands off its front until one is incomplete, and
 //! keeps the rest for the next read:
@@ -44,6 +46,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod locator;
 pub mod resp;
 
 pub use resp::{

@@ -146,6 +146,9 @@ pub struct ServerSettings {
     /// `distributed-system-id`; required once a gateway sender or receiver is configured.
     pub distributed_system_id: Option<SiteId>,
     pub locators: Vec<HostPort>,
+    /// `start-locator`: run a locator inside the server, bound to this host's address and
+    /// port, and register with it (Geode's `start-locator` property).
+    pub start_locator: Option<HostPort>,
     pub bind_address: IpAddr,
     pub client_port: u16,
     /// Shards (executors); `None`: one per CPU this process may run on.
@@ -217,6 +220,7 @@ struct RawServer {
     distributed_system_id: Option<i64>,
     #[serde(default)]
     locators: Vec<String>,
+    start_locator: Option<String>,
     bind_address: Option<String>,
     client_port: Option<i64>,
     shards: Option<i64>,
@@ -399,6 +403,13 @@ impl Validator<'_> {
                 })?,
             );
         }
+        let start_locator = match &rs.start_locator {
+            None => None,
+            Some(l) => Some(
+                HostPort::parse(l)
+                    .map_err(|r| self.err(server_span.clone(), "server.start-locator", r))?,
+            ),
+        };
         let shards = match rs.shards {
             None => None,
             Some(v) => Some(self.int(
@@ -414,6 +425,7 @@ impl Validator<'_> {
             name: rs.name.unwrap_or_else(|| format!("server-{client_port}")),
             distributed_system_id: ds_id,
             locators,
+            start_locator,
             bind_address: self.ip(
                 server_span.as_ref(),
                 "server.bind-address",

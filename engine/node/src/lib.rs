@@ -5,6 +5,13 @@
 //! | [`config::SiteConfig`] | a validated `site.toml`: server settings, regions, gateway senders, the gateway receiver; every default a named constant in [`config`] |
 //! | [`config::ConfigError`] | a refusal naming the file, the line, the key and the reason |
 //! | [`config::HostPort`] | a locator address, `host:port` or Geode's `host[port]` |
+//! | [`server::start`] → [`server::ServerHandle`] | a running server: one glommio shard per core |
+//! | [`locator::start_locator`] → [`locator::LocatorHandle`] | a running locator: the site's directory behind HTTP + JSON, on one control-plane thread |
+//! | [`locator::LocatorClient`] | a blocking client of a locator (register, heartbeat, the directory, least-loaded, status) |
+//! | [`registration::Registration`] | a server's embedded locator (`start-locator`) and its registration agent, a plain thread that registers, heartbeats the client-connection count and deregisters |
+//!
+//! Shards never call a locator: the agent reads a counter the shards update, so a locator
+//! that is down or slow cannot stall a client.
 //!
 //! ```
 //! let cfg = strait_node::config::parse(
@@ -19,4 +26,6 @@
 
 pub mod command;
 pub mod config;
+pub mod locator;
+pub mod registration;
 pub mod server;

@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strait_engine::bucket::{BucketTable, ShardId};
@@ -60,6 +60,8 @@ pub enum StartError {
     Region { region: String, reason: String },
     #[error("cannot start shard {shard}: {reason}")]
     Shard { shard: u16, reason: String },
+    #[error(transparent)]
+    Registration(#[from] crate::registration::RegistrationError),
 }
 
 /// One operation on the shard that owns its key.
@@ -128,6 +130,8 @@ struct Wiring {
 pub struct ServerHandle {
     stop: Arc<AtomicBool>,
     shards: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    /// The embedded locator and the registration agent.
+    registration: crate::registration::Registration,
     /// The client port's address.
     pub client_addr: SocketAddr,
 }
@@ -150,7 +154,17 @@ impl ServerHandle {
                 first_error.get_or_insert(e);
             }
         }
+        // Shards may also stop by themselves (a failure): the agent then deregisters too.
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.registration.finish() {
+            first_error.get_or_insert(e);
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The embedded locator's address (`start-locator`), if the server runs one.
+    pub fn locator_addr(&self) -> Option<SocketAddr> {
+        self.registration.locator_addr()
     }
 
     /// Stops accepting, finishes in-flight work, closes the queues and waits.
@@ -229,6 +243,8 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Open client connections on all shards: the load the registration agent reports.
+    let load = Arc::new(AtomicU32::new(0));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), (u16, String)>>();
     let config = Arc::new(config);
     let regions = Arc::new(regions);
@@ -245,11 +261,12 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             }
             _ => Placement::Unbound,
         };
-        let (config, regions, shard_stop, ready) = (
+        let (config, regions, shard_stop, ready, load) = (
             config.clone(),
             regions.clone(),
             stop.clone(),
             ready_tx.clone(),
+            load.clone(),
         );
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
@@ -257,8 +274,16 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 let shard = ShardId(i as u16);
-                let r =
-                    shard_main(shard, config, regions, w, shard_stop.clone(), addr, &ready).await;
+                let r = shard_main(
+                    shard,
+                    config,
+                    regions,
+                    w,
+                    (shard_stop.clone(), load),
+                    addr,
+                    &ready,
+                )
+                .await;
                 if let Err(e) = &r {
                     let _ = ready.send(Err((i as u16, e.clone())));
                     shard_stop.store(true, Ordering::SeqCst);
@@ -289,9 +314,20 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             return Err(StartError::Shard { shard, reason });
         }
     }
+    let registration = match crate::registration::start(&config.server, addr, load, stop.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            stop.store(true, Ordering::SeqCst);
+            for h in handles {
+                let _ = h.join();
+            }
+            return Err(e.into());
+        }
+    };
     Ok(ServerHandle {
         stop,
         shards: handles,
+        registration,
         client_addr: addr,
     })
 }
@@ -363,7 +399,7 @@ async fn shard_main(
     config: Arc<SiteConfig>,
     regions: Arc<Vec<(RegionConfig, BucketTable)>>,
     w: Wiring,
-    stop: Arc<AtomicBool>,
+    (stop, load): (Arc<AtomicBool>, Arc<AtomicU32>),
     addr: SocketAddr,
     ready: &mpsc::Sender<Result<(), (u16, String)>>,
 ) -> Result<(), String> {
@@ -537,11 +573,13 @@ async fn shard_main(
         match accepted {
             Some(Ok(stream)) => {
                 let shard = shard.clone();
-                let stop = stop.clone();
+                let (stop, load) = (stop.clone(), load.clone());
                 shard.connections.set(shard.connections.get() + 1);
+                load.fetch_add(1, Ordering::Relaxed);
                 glommio::spawn_local(async move {
                     serve_connection(&shard, stream, &stop).await;
                     shard.connections.set(shard.connections.get() - 1);
+                    load.fetch_sub(1, Ordering::Relaxed);
                 })
                 .detach();
             }

@@ -18,6 +18,7 @@ const FULL: &str = r#"
 name = "ny-1"
 distributed-system-id = 1
 locators = ["localhost[10334]", "10.0.0.2:10335"]
+start-locator = "localhost[10336]"
 client-port = 40405
 shards = 2
 directory = "/var/lib/strait"
@@ -69,6 +70,13 @@ fn a_full_file_parses_with_defaults_filled_in() {
             port: 10335
         }
     );
+    assert_eq!(
+        c.server.start_locator,
+        Some(HostPort {
+            host: "localhost".into(),
+            port: 10336
+        })
+    );
     let london = &c.senders[0];
     assert!(london.parallel && london.enable_persistence);
     assert_eq!(london.sync, SyncPolicy::IntervalMs(100));
@@ -98,6 +106,7 @@ fn an_empty_file_is_a_server_with_defaults() {
     assert_eq!(c.server.client_port, CLIENT_PORT_DEFAULT);
     assert_eq!(c.server.name, "server-40404");
     assert!(c.regions.is_empty() && c.senders.is_empty() && c.receiver.is_none());
+    assert_eq!(c.server.start_locator, None);
 }
 
 #[test]
@@ -124,6 +133,16 @@ fn each_invalid_value_is_refused_with_key_and_reason() {
         (
             "[server]\nlocators = [\"nohost\"]\n",
             "server.locators[0]",
+            "has no port",
+        ),
+        (
+            "[server]\nstart-locator = \"localhost[0]\"\n",
+            "server.start-locator",
+            "port 0",
+        ),
+        (
+            "[server]\nstart-locator = \"localhost\"\n",
+            "server.start-locator",
             "has no port",
         ),
         (

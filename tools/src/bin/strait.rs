@@ -2,7 +2,8 @@
 //!
 //! `strait start server --config site.toml` runs a server in the foreground until SIGTERM or
 //! SIGINT, then stops accepting, finishes in-flight work, closes the sender queues and exits
-//! 0. Flags override the file's `[server]` table. `docs/configuration.md` lists every option.
+//! 0. Flags override the file's `[server]` table. `strait start locator` runs a locator the
+//! same way (`docs/locator.md`). `docs/configuration.md` lists every option.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use strait_node::config::{self, HostPort, SiteConfig};
+use strait_node::locator::LocatorConfig;
+use strait_queue::ids::SiteId;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +44,8 @@ enum Top {
 enum Start {
     /// A server: regions, gateway senders and receiver, Redis-protocol clients.
     Server(ServerArgs),
+    /// A locator: the site's directory of servers, for servers, clients and other sites.
+    Locator(LocatorArgs),
 }
 
 #[derive(Args)]
@@ -63,6 +68,73 @@ struct ServerArgs {
     /// Shards (overrides server.shards; default: the CPUs this process may run on).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     shards: Option<u16>,
+    /// Run a locator in this process at `host[port]` and register with it (overrides
+    /// server.start-locator; without a value: localhost[10334]).
+    #[arg(long, num_args = 0..=1, default_missing_value = "localhost[10334]")]
+    start_locator: Option<String>,
+}
+
+#[derive(Args)]
+struct LocatorArgs {
+    /// Member name.
+    #[arg(long, default_value = "locator")]
+    name: String,
+    /// The locator port.
+    #[arg(long, default_value_t = strait_node::locator::LOCATOR_PORT_DEFAULT)]
+    port: u16,
+    /// Address the locator port listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// Working directory (holds the lock file that keeps a second locator away).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// The site's distributed-system-id.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=255))]
+    distributed_system_id: Option<u8>,
+    /// Locators of other sites, `host[port]` or `host:port`, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    remote_locators: Vec<String>,
+    /// The host name this locator advertises (default: the bind address, else the host name).
+    #[arg(long)]
+    hostname_for_clients: Option<String>,
+    /// Milliseconds of silence after which a server is dropped.
+    #[arg(
+        long,
+        default_value_t = strait_engine::locator::MEMBER_TIMEOUT_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(
+            strait_engine::locator::MEMBER_TIMEOUT_MS_MIN..=strait_engine::locator::MEMBER_TIMEOUT_MS_MAX
+        )
+    )]
+    member_timeout: u64,
+}
+
+fn locator_config(args: LocatorArgs) -> anyhow::Result<LocatorConfig> {
+    let mut c = LocatorConfig::new(args.name, args.dir);
+    c.port = args.port;
+    c.bind_address = args.bind_address;
+    c.distributed_system_id = args.distributed_system_id.map(SiteId);
+    c.remote_locators = args
+        .remote_locators
+        .iter()
+        .map(|l| HostPort::parse(l).map_err(|e| anyhow::anyhow!("--remote-locators: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    c.hostname_for_clients = args.hostname_for_clients.filter(|h| !h.is_empty());
+    c.member_timeout_ms = args.member_timeout;
+    Ok(c)
+}
+
+fn run_locator(args: LocatorArgs) -> anyhow::Result<()> {
+    let cfg = locator_config(args)?;
+    let name = cfg.name.clone();
+    let handle = strait_node::locator::start_locator(cfg).context("the locator did not start")?;
+    let stop = handle.stop_flag();
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    eprintln!("strait locator {name} listening on {}", handle.addr);
+    handle.join().map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!("strait locator {name} stopped");
+    Ok(())
 }
 
 fn site_config(args: &ServerArgs) -> anyhow::Result<SiteConfig> {
@@ -95,6 +167,10 @@ fn site_config(args: &ServerArgs) -> anyhow::Result<SiteConfig> {
     if let Some(shards) = args.shards {
         s.shards = Some(shards);
     }
+    if let Some(at) = &args.start_locator {
+        s.start_locator =
+            Some(HostPort::parse(at).map_err(|e| anyhow::anyhow!("--start-locator: {e}"))?);
+    }
     Ok(cfg)
 }
 
@@ -106,6 +182,9 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let stop = handle.stop_flag();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    if let Some(at) = handle.locator_addr() {
+        eprintln!("strait server {name}: embedded locator listening on {at}");
     }
     eprintln!(
         "strait server {name} listening on {} ({regions} regions)",
@@ -122,6 +201,9 @@ fn main() -> ExitCode {
         Top::Start {
             what: Start::Server(args),
         } => run_server(args),
+        Top::Start {
+            what: Start::Locator(args),
+        } => run_locator(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

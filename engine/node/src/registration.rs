@@ -1,0 +1,276 @@
+//! A server's link to its site's locators: the embedded locator (`start-locator`), and the
+//! registration agent, a plain thread (never a shard) that registers the server with every
+//! locator, heartbeats its client-connection count, registers again when a locator has
+//! forgotten it (restarted, or dropped it after a stall), keeps retrying an unreachable locator,
+//! and deregisters when the server stops. A locator that is down never delays the server's
+//! start or its shards: the agent only reads the shared load counter.
+
+use crate::config::{HostPort, ServerSettings};
+use crate::locator::{
+    ClientError, LocatorClient, LocatorConfig, LocatorError, LocatorHandle, advertised_host,
+    start_locator,
+};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use strait_engine::locator::HEARTBEAT_INTERVAL_MS_DEFAULT;
+use strait_net::locator::{Endpoint, ErrorKind, RegisterRequest};
+
+/// How long one call to a locator may take.
+pub const LOCATOR_CALL_TIMEOUT_MS: u64 = 2_000;
+/// How often the agent tries a locator it cannot reach or that refused it.
+pub const REGISTER_RETRY_MS: u64 = 1_000;
+/// The longest the agent sleeps before it checks whether the server is stopping.
+pub const AGENT_POLL_MS: u64 = 50;
+/// The shortest heartbeat interval the agent accepts from a locator.
+pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
+
+/// Why the server's locator side did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    #[error("start-locator {at}: {source}")]
+    Locator { at: HostPort, source: LocatorError },
+    #[error("start-locator {at}: cannot resolve the host: {reason}")]
+    Resolve { at: HostPort, reason: String },
+    #[error("cannot start the registration thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The embedded locator and the registration agent of a running server.
+#[derive(Debug)]
+pub struct Registration {
+    locator: Option<LocatorHandle>,
+    agent: Option<JoinHandle<()>>,
+}
+
+impl Registration {
+    /// The embedded locator's address, if the server runs one.
+    pub fn locator_addr(&self) -> Option<SocketAddr> {
+        self.locator.as_ref().map(|l| l.addr)
+    }
+
+    /// Waits for the agent to deregister (once the server's stop flag is set), then stops the
+    /// embedded locator.
+    pub fn finish(self) -> Result<(), String> {
+        let agent = self
+            .agent
+            .map_or(Ok(()), |a| a.join())
+            .map_err(|_| "the registration thread panicked".to_string());
+        let locator = self.locator.map_or(Ok(()), LocatorHandle::stop);
+        agent.and(locator)
+    }
+}
+
+/// Starts the embedded locator (if `start-locator` is set) and the agent (if there is any
+/// locator to register with). `load` is the server's open client connections; the agent
+/// stops when `stop` is set.
+pub fn start(
+    server: &ServerSettings,
+    client_addr: SocketAddr,
+    load: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+) -> Result<Registration, RegistrationError> {
+    let mut locators = server.locators.clone();
+    let locator = match &server.start_locator {
+        None => None,
+        Some(at) => {
+            let handle = start_embedded(server, at)?;
+            let own = HostPort {
+                host: handle.addr.ip().to_string(),
+                port: handle.addr.port(),
+            };
+            if !locators.contains(&own) && !locators.contains(at) {
+                locators.push(own);
+            }
+            Some(handle)
+        }
+    };
+    if locators.is_empty() {
+        return Ok(Registration {
+            locator,
+            agent: None,
+        });
+    }
+    let request = RegisterRequest {
+        name: server.name.clone(),
+        client: Endpoint {
+            host: advertised_host(None, client_addr.ip()),
+            port: client_addr.port(),
+        },
+        receivers: Vec::new(),
+        load: 0,
+    };
+    let agent = std::thread::Builder::new()
+        .name("registration".into())
+        .spawn(move || run_agent(request, &locators, &load, &stop));
+    match agent {
+        Ok(agent) => Ok(Registration {
+            locator,
+            agent: Some(agent),
+        }),
+        Err(e) => {
+            if let Some(l) = locator {
+                let _ = l.stop();
+            }
+            Err(RegistrationError::Thread(e))
+        }
+    }
+}
+
+fn start_embedded(
+    server: &ServerSettings,
+    at: &HostPort,
+) -> Result<LocatorHandle, RegistrationError> {
+    let resolved: Vec<SocketAddr> = (at.host.as_str(), at.port)
+        .to_socket_addrs()
+        .map_err(|e| RegistrationError::Resolve {
+            at: at.clone(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    // IPv4 first: `localhost` resolves to ::1 and 127.0.0.1 in either order.
+    let Some(bind) = resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| resolved.first())
+    else {
+        return Err(RegistrationError::Resolve {
+            at: at.clone(),
+            reason: "no address".into(),
+        });
+    };
+    let mut config = LocatorConfig::new(format!("{}-locator", server.name), &server.directory);
+    config.bind_address = bind.ip();
+    config.port = at.port;
+    config.distributed_system_id = server.distributed_system_id;
+    start_locator(config).map_err(|source| RegistrationError::Locator {
+        at: at.clone(),
+        source,
+    })
+}
+
+/// One locator as the agent sees it.
+struct Link {
+    client: LocatorClient,
+    at: HostPort,
+    registered: bool,
+    /// Whether the last call got through; failures are logged when this changes.
+    reachable: bool,
+    interval: Duration,
+    next_at: Instant,
+}
+
+fn run_agent(
+    mut request: RegisterRequest,
+    locators: &[HostPort],
+    load: &AtomicU32,
+    stop: &AtomicBool,
+) {
+    let timeout = Duration::from_millis(LOCATOR_CALL_TIMEOUT_MS);
+    let now = Instant::now();
+    let mut links: Vec<Link> = locators
+        .iter()
+        .map(|at| Link {
+            client: LocatorClient::new(at, timeout),
+            at: at.clone(),
+            registered: false,
+            reachable: true,
+            interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS_DEFAULT),
+            next_at: now,
+        })
+        .collect();
+    while !stop.load(Ordering::SeqCst) {
+        for link in &mut links {
+            if Instant::now() >= link.next_at {
+                request.load = load.load(Ordering::Relaxed);
+                link.step(&request);
+            }
+        }
+        let next = links
+            .iter()
+            .map(|l| l.next_at)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(AGENT_POLL_MS));
+        std::thread::sleep(wait);
+    }
+    for link in links.iter().filter(|l| l.registered) {
+        if let Err(e) = link.client.deregister(&request.name) {
+            eprintln!("server {}: deregistering: {e}", request.name);
+        }
+    }
+}
+
+impl Link {
+    fn step(&mut self, request: &RegisterRequest) {
+        let now = Instant::now();
+        let name = &request.name;
+        if self.registered {
+            match self.client.heartbeat(name, request.load) {
+                Ok(reply) => {
+                    self.set_interval(reply.heartbeat_interval_ms);
+                    self.reached(name);
+                    self.next_at = now + self.interval;
+                }
+                Err(ClientError::Refused { reply, .. })
+                    if reply.error == ErrorKind::UnknownServer =>
+                {
+                    eprintln!(
+                        "server {name}: locator {} does not know this server (restarted, or dropped it): registering again",
+                        self.at
+                    );
+                    self.registered = false;
+                    self.reachable = true;
+                    self.next_at = now;
+                }
+                Err(e) => self.failed(name, &e, now),
+            }
+            return;
+        }
+        match self.client.register(request) {
+            Ok(reply) => {
+                self.set_interval(reply.heartbeat_interval_ms);
+                eprintln!(
+                    "server {name}: registered with locator {} (heartbeat every {} ms)",
+                    self.at,
+                    self.interval.as_millis()
+                );
+                self.registered = true;
+                self.reachable = true;
+                self.next_at = now + self.interval;
+            }
+            Err(e) => self.failed(name, &e, now),
+        }
+    }
+
+    fn set_interval(&mut self, ms: u64) {
+        self.interval = Duration::from_millis(ms.max(HEARTBEAT_INTERVAL_MS_MIN));
+    }
+
+    fn reached(&mut self, name: &str) {
+        if !self.reachable {
+            eprintln!("server {name}: locator {} is reachable again", self.at);
+            self.reachable = true;
+        }
+    }
+
+    fn failed(&mut self, name: &str, e: &ClientError, now: Instant) {
+        if self.reachable {
+            eprintln!("server {name}: {e}; retrying every {REGISTER_RETRY_MS} ms");
+            self.reachable = false;
+        }
+        // A refusal other than "unknown" (a bad name, a full directory) is retried from a
+        // fresh register.
+        if matches!(
+            e,
+            ClientError::Refused { .. } | ClientError::BadReply { .. }
+        ) {
+            self.registered = false;
+        }
+        self.next_at = now + Duration::from_millis(REGISTER_RETRY_MS);
+    }
+}

@@ -1,0 +1,365 @@
+//! The locator protocol: HTTP/1.1 with JSON bodies on the locator port (10334 by default).
+//! `docs/locator.md` has every endpoint with examples.
+//!
+//! | endpoint | body | reply |
+//! |---|---|---|
+//! | `POST /v1/servers` | [`RegisterRequest`] | [`RegisterReply`] |
+//! | `PUT /v1/servers/{name}/heartbeat` | [`HeartbeatRequest`] | [`HeartbeatReply`]; 404 [`ErrorKind::UnknownServer`]: register again |
+//! | `DELETE /v1/servers/{name}` | none | 204 |
+//! | `GET /v1/servers` | none | [`ServersReply`] |
+//! | `GET /v1/servers/least-loaded` | none | [`ServerView`]; 404 [`ErrorKind::NoServers`] |
+//! | `GET /v1/status` | none | [`StatusReply`] |
+//!
+//! Every refusal is an [`ErrorReply`] with the status of its [`ErrorKind`]. [`route`] maps a
+//! method and a path to a [`Route`]; member names in paths are percent-encoded with
+//! [`encode_segment`]. The exchange with remote sites' locators (issue 4) adds its messages
+//! here.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request body a locator reads; a larger one is refused with 413.
+pub const BODY_BYTES_MAX: usize = 64 << 10;
+/// The path of the server collection.
+pub const SERVERS_PATH: &str = "/v1/servers";
+
+/// A host name or address and a port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+/// A gateway receiver's endpoint and the buckets it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverEndpoint {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub buckets: Vec<u16>,
+}
+
+/// `POST /v1/servers`: a server registers (or registers again).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Member name, unique within the site.
+    pub name: String,
+    /// Where Redis-protocol clients connect.
+    pub client: Endpoint,
+    #[serde(default)]
+    pub receivers: Vec<ReceiverEndpoint>,
+    /// Open client connections.
+    #[serde(default)]
+    pub load: u32,
+}
+
+/// The reply to a register: the site and how often to heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterReply {
+    pub distributed_system_id: Option<u8>,
+    pub member_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `PUT /v1/servers/{name}/heartbeat`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub load: u32,
+}
+
+/// The reply to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatReply {
+    pub heartbeat_interval_ms: u64,
+}
+
+/// A server as the directory holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerView {
+    pub name: String,
+    pub client: Endpoint,
+    pub receivers: Vec<ReceiverEndpoint>,
+    pub load: u32,
+    /// Milliseconds since the locator last heard from it.
+    pub last_heard_ms_ago: u64,
+}
+
+/// `GET /v1/servers`: the site's directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServersReply {
+    pub distributed_system_id: Option<u8>,
+    pub locators: Vec<Endpoint>,
+    /// Ordered by name.
+    pub servers: Vec<ServerView>,
+}
+
+/// `GET /v1/status`: who this locator is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReply {
+    pub name: String,
+    /// The address the locator advertises (`hostname-for-clients`, else its bind address).
+    pub address: Endpoint,
+    pub distributed_system_id: Option<u8>,
+    pub remote_locators: Vec<Endpoint>,
+    pub member_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub servers: usize,
+}
+
+/// What went wrong, and so the HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Malformed JSON, a missing or unknown field, an invalid name or address: 400.
+    BadRequest,
+    /// A heartbeat or deregister for a server the directory does not hold: 404.
+    UnknownServer,
+    /// `least-loaded` with no server registered: 404.
+    NoServers,
+    /// No such endpoint: 404.
+    NotFound,
+    /// The endpoint exists, the method does not: 405.
+    MethodNotAllowed,
+    /// A body over [`BODY_BYTES_MAX`]: 413.
+    PayloadTooLarge,
+    /// The directory holds as many servers as it may: 503.
+    DirectoryFull,
+}
+
+impl ErrorKind {
+    /// The HTTP status code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::UnknownServer | ErrorKind::NoServers | ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::DirectoryFull => 503,
+        }
+    }
+}
+
+/// The body of every refusal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReply {
+    pub error: ErrorKind,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(error: ErrorKind, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            error,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request's endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Register,
+    Heartbeat { name: String },
+    Deregister { name: String },
+    Servers,
+    LeastLoaded,
+    Status,
+}
+
+/// The endpoint of `method` on `target` (a path, with or without a query, which is ignored).
+pub fn route(method: &str, target: &str) -> Result<Route, ErrorReply> {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let allowed = |ok: bool, route: Route, methods: &str| {
+        if ok {
+            Ok(route)
+        } else {
+            Err(ErrorReply::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{method} is not allowed on {path}: use {methods}"),
+            ))
+        }
+    };
+    match segments[..] {
+        ["", "v1", "status"] => allowed(method == "GET", Route::Status, "GET"),
+        ["", "v1", "servers"] => match method {
+            "GET" => Ok(Route::Servers),
+            _ => allowed(method == "POST", Route::Register, "GET or POST"),
+        },
+        ["", "v1", "servers", "least-loaded"] => {
+            allowed(method == "GET", Route::LeastLoaded, "GET")
+        }
+        ["", "v1", "servers", name] => {
+            let name = decode_segment(name)?;
+            allowed(method == "DELETE", Route::Deregister { name }, "DELETE")
+        }
+        ["", "v1", "servers", name, "heartbeat"] => {
+            let name = decode_segment(name)?;
+            allowed(method == "PUT", Route::Heartbeat { name }, "PUT")
+        }
+        _ => Err(ErrorReply::new(
+            ErrorKind::NotFound,
+            format!("no endpoint at {path}: see docs/locator.md"),
+        )),
+    }
+}
+
+/// Percent-encodes a member name for a path segment (every byte but `A-Z a-z 0-9 - . _ ~`).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes a percent-encoded path segment into UTF-8.
+pub fn decode_segment(s: &str) -> Result<String, ErrorReply> {
+    let bad = || {
+        ErrorReply::new(
+            ErrorKind::BadRequest,
+            format!("`{s}` is not a percent-encoded UTF-8 member name"),
+        )
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// Parses a JSON request body, refusing it with a message that names what is wrong.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ErrorReply> {
+    serde_json::from_slice(body).map_err(|e| {
+        ErrorReply::new(
+            ErrorKind::BadRequest,
+            format!(
+                "the request body is not a valid {}: {e}",
+                short_type_name::<T>()
+            ),
+        )
+    })
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("POST", "/v1/servers"), Ok(Route::Register));
+        assert_eq!(route("GET", "/v1/servers/"), Ok(Route::Servers));
+        assert_eq!(route("GET", "/v1/servers?x=1"), Ok(Route::Servers));
+        assert_eq!(
+            route("GET", "/v1/servers/least-loaded"),
+            Ok(Route::LeastLoaded)
+        );
+        assert_eq!(route("GET", "/v1/status"), Ok(Route::Status));
+        assert_eq!(
+            route("PUT", "/v1/servers/ny%201/heartbeat"),
+            Ok(Route::Heartbeat {
+                name: "ny 1".into()
+            })
+        );
+        assert_eq!(
+            route("DELETE", "/v1/servers/ny-1"),
+            Ok(Route::Deregister {
+                name: "ny-1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_methods_and_paths_are_refused() {
+        let e = route("PUT", "/v1/servers").unwrap_err();
+        assert_eq!(
+            (e.error, e.error.status()),
+            (ErrorKind::MethodNotAllowed, 405)
+        );
+        assert!(e.message.contains("GET or POST"), "{}", e.message);
+        assert_eq!(
+            route("POST", "/v1/status").unwrap_err().error,
+            ErrorKind::MethodNotAllowed
+        );
+        assert_eq!(
+            route("GET", "/v1/servers/a/heartbeat").unwrap_err().error,
+            ErrorKind::MethodNotAllowed
+        );
+        for path in ["/", "/v2/servers", "/v1/servers/a/b/c", "/v1"] {
+            let e = route("GET", path).unwrap_err();
+            assert_eq!(
+                (e.error, e.error.status()),
+                (ErrorKind::NotFound, 404),
+                "{path}"
+            );
+        }
+        let e = route("DELETE", "/v1/servers/%zz").unwrap_err();
+        assert_eq!((e.error, e.error.status()), (ErrorKind::BadRequest, 400));
+        assert!(route("DELETE", "/v1/servers/%4").is_err());
+        assert!(route("DELETE", "/v1/servers/%ff").is_err());
+    }
+
+    #[test]
+    fn segments_round_trip() {
+        for name in ["ny-1", "a b/c%d", "größe", "~._-"] {
+            let enc = encode_segment(name);
+            assert!(!enc.contains('/') && !enc.contains(' '));
+            assert_eq!(decode_segment(&enc), Ok(name.to_string()));
+        }
+        assert_eq!(encode_segment("a b"), "a%20b");
+    }
+
+    #[test]
+    fn bodies_parse_and_refuse_with_a_reason() {
+        let r: RegisterRequest =
+            parse_body(br#"{"name":"a","client":{"host":"h","port":40404}}"#).unwrap();
+        assert_eq!((r.load, r.receivers.len()), (0, 0));
+        let e = parse_body::<RegisterRequest>(b"{not json").unwrap_err();
+        assert_eq!(e.error, ErrorKind::BadRequest);
+        assert!(e.message.contains("RegisterRequest"), "{}", e.message);
+        let e = parse_body::<RegisterRequest>(br#"{"name":"a"}"#).unwrap_err();
+        assert!(
+            e.message.contains("missing field `client`"),
+            "{}",
+            e.message
+        );
+        let e = parse_body::<HeartbeatRequest>(br#"{"load":1,"extra":2}"#).unwrap_err();
+        assert!(e.message.contains("unknown field `extra`"), "{}", e.message);
+        let e = parse_body::<HeartbeatRequest>(br#"{"load":-1}"#).unwrap_err();
+        assert!(e.message.contains("invalid value"), "{}", e.message);
+    }
+
+    #[test]
+    fn errors_serialise_in_kebab_case() {
+        let json = serde_json::to_string(&ErrorReply::new(ErrorKind::NoServers, "none")).unwrap();
+        assert_eq!(json, r#"{"error":"no-servers","message":"none"}"#);
+    }
+}
