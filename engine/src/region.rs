@@ -316,6 +316,38 @@ impl RegionStore {
         self.find(self.position(key), key)
     }
 
+    /// What [`RegionStore::put_local`] (`value` is `Some`) or [`RegionStore::destroy_local`]
+    /// (`None`) would do with the same arguments, without doing it: the operation and version
+    /// the write would get, `Ok(None)` for a destroy that would do nothing, or the refusal. The
+    /// same call followed by the write, with no other write to the store in between, gives the
+    /// same outcome: a writer queues the event first and updates the store only once every
+    /// queue has taken it.
+    pub fn plan_local(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        now_us: u64,
+        local_site: SiteId,
+    ) -> Result<Option<WriteOutcome>, StoreError> {
+        let existing = self.find(self.position(key), key);
+        let op = match (value, existing.map(|e| &e.value)) {
+            (Some(value), found) => {
+                check_sizes(key, value)?;
+                if found.is_none() {
+                    self.check_room()?;
+                }
+                match found {
+                    Some(EntryValue::Live(_)) => Op::Update,
+                    Some(EntryValue::Tombstone) | None => Op::Create,
+                }
+            }
+            (None, Some(EntryValue::Live(_))) => Op::Destroy,
+            (None, _) => return Ok(None),
+        };
+        let version = local_write_tag(existing.map(|e| &e.version), now_us, local_site);
+        Ok(Some(local_outcome(op, version, local_site)))
+    }
+
     /// Writes `value` to `key` at this site, stamped at `now_us` (§4.1).
     pub fn put_local(
         &mut self,

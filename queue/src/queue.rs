@@ -625,6 +625,42 @@ impl SenderQueue {
         Ok(seq)
     }
 
+    /// Whether [`SenderQueue::append`] of `event` to `q` would be accepted right now, without
+    /// queueing anything: `Ok` if it would, else the error it would return (`WouldBlock` while a
+    /// segment it needs is being created). A writer that must not change anything unless every
+    /// sender takes the event checks each sender first, then appends to each with no wait in
+    /// between.
+    pub fn check_room(&mut self, q: QueueId, event: &Event<'_>) -> Result<(), AppendError> {
+        let count = self.config.queue_count;
+        if q.0 >= count {
+            return Err(AppendError::UnknownQueue(q, count));
+        }
+        let len = record::encoded_len(event)?;
+        let queue = &self.queues[q.0 as usize];
+        let to_disk = self.config.persistent || queue.overflowing || !self.fits_in_memory(q, len);
+        if !to_disk {
+            return Ok(());
+        }
+        let room_in_tail = queue.extents.back().is_some_and(|e| {
+            e.segment().is_some() && !e.sealed && e.end as usize + len <= e.capacity()
+        });
+        let need = SEGMENT_HEADER_BYTES + len;
+        if room_in_tail || self.spares.iter().any(|s| s.buf.bytes().len() >= need) {
+            return Ok(());
+        }
+        if need > self.config.segment_bytes as usize {
+            self.oversize_demand = Some(self.oversize_demand.unwrap_or(0).max(need as u32));
+        }
+        Err(match &self.disk_error {
+            Some((e, _)) if self.config.persistent => AppendError::Disk(e.clone()),
+            Some((e, _)) => AppendError::Full {
+                budget: self.config.memory_bytes_max,
+                cause: e.clone(),
+            },
+            None => AppendError::WouldBlock,
+        })
+    }
+
     fn fits_in_memory(&self, q: QueueId, len: usize) -> bool {
         let queue = &self.queues[q.0 as usize];
         let room_in_tail = queue.extents.back().is_some_and(|e| {

@@ -169,6 +169,14 @@ impl ShardQueue {
         }
     }
 
+    /// Waits until the queue makes progress (a segment is created or synced): what a writer
+    /// whose [`SenderQueue::check_room`] answered `WouldBlock` waits for before checking again.
+    pub async fn wait_progress(&self) {
+        let waiter = self.inner.progress.notified();
+        self.inner.wake_driver.notify();
+        waiter.await;
+    }
+
     /// Waits until the append of `seq` to `q` is durable as configured.
     pub async fn wait_durable(&self, q: QueueId, seq: Seq) -> Result<(), ShardAppendError> {
         loop {

@@ -29,7 +29,7 @@ use strait_engine::bucket::{BucketTable, ShardId};
 use strait_engine::region::{RegionConfig, RegionKind, RegionStore, ScanCursor};
 use strait_net::resp::{self, Limits, Parsed};
 use strait_queue::ids::{BucketId, EventId, MemberId, QueueId, RegionId, SiteId, StreamId};
-use strait_queue::queue::QueueConfig;
+use strait_queue::queue::{AppendError, QueueConfig};
 use strait_queue::record::{Event, Op as RecordOp};
 use strait_queue::shard::ShardQueue;
 
@@ -87,6 +87,8 @@ enum ShardOp {
     Count {
         region: u16,
     },
+    /// This shard's figures for INFO.
+    Stats,
     Scan {
         region: u16,
         cursor: u64,
@@ -101,6 +103,7 @@ enum OpReply {
     Done,
     Flag(bool),
     Count(u64),
+    Stats(ShardStats),
     Page { next: u64, keys: Vec<Bytes> },
     Error(String),
 }
@@ -622,6 +625,48 @@ enum Pending {
     AllDone(Vec<(usize, usize)>),
     Sum(Vec<(usize, usize)>),
     Scan(usize, usize),
+    /// INFO: the header, then every shard's figures summed.
+    Info(String, Vec<(usize, usize)>),
+}
+
+/// One shard's figures, summed over shards for INFO.
+#[derive(Debug, Default)]
+struct ShardStats {
+    connections: u64,
+    /// Live entries per region.
+    entries: Vec<u64>,
+    /// Per gateway sender, in configuration order.
+    senders: Vec<strait_queue::queue::QueueStats>,
+}
+
+impl ShardStats {
+    fn add(&mut self, other: &ShardStats) {
+        self.connections += other.connections;
+        add_each(&mut self.entries, &other.entries, |a, b| *a += b);
+        add_each(&mut self.senders, &other.senders, |a, b| {
+            a.events_queued += b.events_queued;
+            a.bytes_queued += b.bytes_queued;
+            a.events_in_memory += b.events_in_memory;
+            a.bytes_in_memory += b.bytes_in_memory;
+            a.events_on_disk += b.events_on_disk;
+            a.bytes_on_disk += b.bytes_on_disk;
+            a.memory_bytes += b.memory_bytes;
+            a.segments += b.segments;
+            a.segment_bytes += b.segment_bytes;
+            a.conflated += b.conflated;
+            a.possible_duplicates += b.possible_duplicates;
+            a.oldest_event_age_us = a.oldest_event_age_us.max(b.oldest_event_age_us);
+        });
+    }
+}
+
+fn add_each<T: Default + Clone>(to: &mut Vec<T>, from: &[T], add: impl Fn(&mut T, &T)) {
+    if to.len() < from.len() {
+        to.resize(from.len(), T::default());
+    }
+    for (a, b) in to.iter_mut().zip(from) {
+        add(a, b);
+    }
 }
 
 impl Shard {
@@ -634,12 +679,20 @@ impl Shard {
         t.shard_of(t.bucket_of(key)).map_or(0, |s| s.0 as usize)
     }
 
-    fn next_stream_seq(&self, region: u16, bucket: BucketId, now_us: u64) -> u64 {
-        let mut streams = self.streams.borrow_mut();
-        let last = streams.entry((region, bucket.0)).or_insert(0);
-        // Continues after a restart without being persisted, as long as the clock moved on.
-        *last = (*last + 1).max(now_us);
-        *last
+    /// The sequence number the stream's next event gets. It continues after a restart without
+    /// being persisted, as long as the clock moved on.
+    fn peek_stream_seq(&self, region: u16, bucket: BucketId, now_us: u64) -> u64 {
+        let last = self
+            .streams
+            .borrow()
+            .get(&(region, bucket.0))
+            .copied()
+            .unwrap_or(0);
+        (last + 1).max(now_us)
+    }
+
+    fn commit_stream_seq(&self, region: u16, bucket: BucketId, seq: u64) {
+        self.streams.borrow_mut().insert((region, bucket.0), seq);
     }
 
     /// Runs a batch of operations on this shard's buckets; writes are queued for their
@@ -659,6 +712,7 @@ impl Shard {
                 ShardOp::Count { region } => {
                     OpReply::Count(self.stores.borrow()[region as usize].len() as u64)
                 }
+                ShardOp::Stats => OpReply::Stats(self.stats()),
                 ShardOp::Scan {
                     region,
                     cursor,
@@ -710,6 +764,10 @@ impl Shard {
         replies
     }
 
+    /// A local create, update or destroy. The event is queued in every attached sender first
+    /// and the store is updated only once all of them took it, with no wait in between: a
+    /// write that any sender refuses (a full disk, a full budget) changes nothing here and
+    /// reaches no site.
     async fn write(
         &self,
         region: u16,
@@ -718,64 +776,119 @@ impl Shard {
         waits: &mut Vec<(Rc<ShardQueue>, QueueId, strait_queue::ids::Seq, usize)>,
         index: usize,
     ) -> OpReply {
-        let now = now_us();
-        let outcome = {
-            let mut stores = self.stores.borrow_mut();
-            let store = &mut stores[region as usize];
-            match &value {
-                Some(v) => match store.put_local(&key, v.clone(), now, self.site) {
-                    Ok(o) => o,
-                    Err(e) => return OpReply::Error(format!("ERR {e}")),
-                },
-                None => match store.destroy_local(&key, now, self.site) {
-                    Some(o) => o,
-                    None => return OpReply::Flag(false),
-                },
-            }
-        };
-        let done = if value.is_some() {
-            OpReply::Done
-        } else {
-            OpReply::Flag(true)
-        };
         let (senders, recipients) = &self.attached[region as usize];
-        if senders.is_empty() {
-            return done;
-        }
         let bucket = self.table(region).bucket_of(&key);
-        let seq = self.next_stream_seq(region, bucket, now);
-        let event = Event {
-            op: outcome.op,
-            region: RegionId(region),
-            bucket,
-            id: EventId {
-                origin_site: self.site,
-                origin_member: self.member,
-                stream: StreamId(u32::from(region) << 16 | u32::from(bucket.0)),
-                seq,
-            },
-            version: outcome.tag,
-            recipients,
-            key: &key,
-            value: if outcome.op == RecordOp::Destroy {
-                &[]
-            } else {
-                value.as_deref().unwrap_or(&[])
-            },
-        };
+        let mut queues: SmallVec<[_; 4]> = SmallVec::new();
         for &i in senders {
             let s = &self.senders[i];
-            let queue = s.queue.borrow().clone();
-            let Some(queue) = queue else {
+            let Some(queue) = s.queue.borrow().clone() else {
                 return OpReply::Error("ERR the server is stopping".into());
             };
-            let qid = s.queue_id(bucket, &key);
-            match queue.append_nowait(qid, &event).await {
-                Ok(seq) => waits.push((queue, qid, seq, index)),
-                Err(e) => return OpReply::Error(format!("ERR gateway sender `{}`: {e}", s.id)),
-            }
+            queues.push((i, queue, s.queue_id(bucket, &key)));
         }
-        done
+        loop {
+            let now = now_us();
+            let outcome = {
+                let stores = self.stores.borrow();
+                match stores[region as usize].plan_local(&key, value.as_deref(), now, self.site) {
+                    Ok(Some(o)) => o,
+                    Ok(None) => return OpReply::Flag(false),
+                    Err(e) => return OpReply::Error(format!("ERR {e}")),
+                }
+            };
+            let seq = if queues.is_empty() {
+                0
+            } else {
+                self.peek_stream_seq(region, bucket, now)
+            };
+            let event = Event {
+                op: outcome.op,
+                region: RegionId(region),
+                bucket,
+                id: EventId {
+                    origin_site: self.site,
+                    origin_member: self.member,
+                    stream: StreamId(u32::from(region) << 16 | u32::from(bucket.0)),
+                    seq,
+                },
+                version: outcome.tag,
+                recipients,
+                key: &key,
+                value: if outcome.op == RecordOp::Destroy {
+                    &[]
+                } else {
+                    value.as_deref().unwrap_or(&[])
+                },
+            };
+            let mut blocked = None;
+            for (i, queue, qid) in &queues {
+                match queue.with(|q| q.check_room(*qid, &event)) {
+                    Ok(()) => {}
+                    Err(AppendError::WouldBlock) => blocked = Some(queue.clone()),
+                    Err(e) => {
+                        let id = &self.senders[*i].id;
+                        return OpReply::Error(format!("ERR gateway sender `{id}`: {e}"));
+                    }
+                }
+            }
+            if let Some(queue) = blocked {
+                // A segment is being made; the store may change meanwhile, so plan again.
+                queue.wait_progress().await;
+                continue;
+            }
+            // Every sender has room: queue everywhere, then write, with no await in between.
+            for (i, queue, qid) in &queues {
+                match queue.with(|q| q.append(*qid, &event)) {
+                    Ok(seq) => waits.push((queue.clone(), *qid, seq, index)),
+                    Err(e) => {
+                        // check_room said yes a moment ago with nothing in between; if a
+                        // sender still refuses, say so rather than write half the fan-out.
+                        let id = &self.senders[*i].id;
+                        return OpReply::Error(format!("ERR gateway sender `{id}`: {e}"));
+                    }
+                }
+            }
+            if !queues.is_empty() {
+                self.commit_stream_seq(region, bucket, seq);
+            }
+            let mut stores = self.stores.borrow_mut();
+            let store = &mut stores[region as usize];
+            let written = match &value {
+                Some(v) => store.put_local(&key, v.clone(), now, self.site).ok(),
+                None => store.destroy_local(&key, now, self.site),
+            };
+            debug_assert_eq!(written.map(|w| w.tag), Some(outcome.tag));
+            return match value {
+                Some(_) => OpReply::Done,
+                None => OpReply::Flag(true),
+            };
+        }
+    }
+
+    /// This shard's figures for INFO.
+    fn stats(&self) -> ShardStats {
+        let now = now_us();
+        ShardStats {
+            connections: u64::from(self.connections.get()),
+            entries: self
+                .stores
+                .borrow()
+                .iter()
+                .map(|r| r.len() as u64)
+                .collect(),
+            senders: self
+                .senders
+                .iter()
+                .map(|sender| {
+                    sender
+                        .queue
+                        .borrow()
+                        .as_ref()
+                        .map(|q| q.with(|q| q.stats(now)))
+                        .unwrap_or_default()
+                })
+                .collect(),
+        }
     }
 
     /// Sends `ops` to shard `to` and waits for the replies.
@@ -864,7 +977,7 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream, stop: &Atomi
             }
         }
         let results = run_batches(shard, batches).await;
-        assemble(&plans, results, &mut out);
+        assemble(shard, &plans, results, &mut out);
         plans.clear();
         if stream.write_all(&out).await.is_err() {
             return;
@@ -913,7 +1026,12 @@ fn error_line(out: &mut Vec<u8>, e: &str) {
     resp::encode_error(out, e.as_bytes());
 }
 
-fn assemble(plans: &[Pending], mut results: Vec<Vec<Option<OpReply>>>, out: &mut Vec<u8>) {
+fn assemble(
+    shard: &Shard,
+    plans: &[Pending],
+    mut results: Vec<Vec<Option<OpReply>>>,
+    out: &mut Vec<u8>,
+) {
     let shards = results.len() as u64;
     let mut take = |(s, i): (usize, usize)| {
         results[s][i]
@@ -973,6 +1091,16 @@ fn assemble(plans: &[Pending], mut results: Vec<Vec<Option<OpReply>>>, out: &mut
                     Some(e) => error_line(out, &e),
                     None => resp::encode_integer(out, sum),
                 }
+            }
+            Pending::Info(header, refs) => {
+                let mut total = ShardStats::default();
+                for &r in refs {
+                    if let OpReply::Stats(st) = take(r) {
+                        total.add(&st);
+                    }
+                }
+                let text = info_body(shard, header, &total);
+                resp::encode_bulk(out, text.as_bytes());
             }
             Pending::Scan(s, i) => match take((*s, *i)) {
                 OpReply::Page { next, keys } => {
@@ -1167,10 +1295,10 @@ fn plan(
                 ready(&|o| error_line(o, &msg))
             }
         },
-        Command::Info(_) => {
-            let text = info(shard);
-            ready(&|o| resp::encode_bulk(o, text.as_bytes()))
-        }
+        Command::Info(_) => Pending::Info(
+            info_header(shard),
+            (0..shard.shards).map(|s| push(s, ShardOp::Stats)).collect(),
+        ),
         Command::ConfigGet(_) if session.resp3 => ready(&|o| resp::encode_map_header(o, 0)),
         Command::ConfigGet(_) => ready(&|o| resp::encode_array_header(o, 0)),
         Command::Hello(Some(v)) if v != 2 && v != 3 => {
@@ -1218,7 +1346,8 @@ fn hello(out: &mut Vec<u8>, resp3: bool) {
     resp::encode_array_header(out, 0);
 }
 
-fn info(shard: &Shard) -> String {
+/// INFO's first sections, which every shard knows alike.
+fn info_header(shard: &Shard) -> String {
     let mut s = String::new();
     s.push_str("# Server\r\nredis_version:7.0.0\r\nstrait_version:");
     s.push_str(env!("CARGO_PKG_VERSION"));
@@ -1229,27 +1358,36 @@ fn info(shard: &Shard) -> String {
     if let Some(site) = shard.config.server.distributed_system_id {
         s.push_str(&format!("distributed_system_id:{site}\r\n"));
     }
+    s
+}
+
+/// INFO's figures, summed over every shard.
+fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
+    let mut s = header.to_string();
+    s.push_str(&format!(
+        "\r\n# Clients\r\nconnected_clients:{}\r\n",
+        total.connections
+    ));
     s.push_str("\r\n# Regions\r\n");
     for (i, (r, _)) in shard.regions.iter().enumerate() {
         s.push_str(&format!(
-            "region{i}:name={},buckets={}\r\n",
-            r.name, r.total_buckets
+            "region{i}:name={},buckets={},keys={}\r\n",
+            r.name,
+            r.total_buckets,
+            total.entries.get(i).copied().unwrap_or(0)
         ));
     }
-    s.push_str("\r\n# Gateway senders (this shard)\r\n");
-    for sender in &shard.senders {
-        if let Some(q) = sender.queue.borrow().as_ref() {
-            let st = q.with(|q| q.stats(now_us()));
-            s.push_str(&format!(
-                "{}:queued={},bytes={},in_memory={},on_disk={},segments={}\r\n",
-                sender.id,
-                st.events_queued,
-                st.bytes_queued,
-                st.events_in_memory,
-                st.events_on_disk,
-                st.segments
-            ));
-        }
+    s.push_str("\r\n# Gateway senders (all shards)\r\n");
+    for (sender, st) in shard.senders.iter().zip(&total.senders) {
+        s.push_str(&format!(
+            "{}:queued={},bytes={},in_memory={},on_disk={},segments={}\r\n",
+            sender.id,
+            st.events_queued,
+            st.bytes_queued,
+            st.events_in_memory,
+            st.events_on_disk,
+            st.segments
+        ));
     }
     s
 }

@@ -170,6 +170,17 @@ fn writes_are_queued_for_attached_senders_before_the_reply() {
         assert_eq!(c.call(&["SET", &format!("k{i}"), "v"]), ok());
     }
     assert_eq!(c.call(&["DEL", "k0"]), Reply::Integer(1));
+    // INFO adds up every shard, whichever shard the connection landed on.
+    let Reply::Bulk(Some(info)) = c.call(&["INFO"]) else {
+        panic!("INFO is a bulk string");
+    };
+    let info = String::from_utf8(info).unwrap();
+    assert!(info.contains("to-2:queued=501,"), "{info}");
+    assert!(
+        info.contains("region0:name=orders,buckets=113,keys=499"),
+        "{info}"
+    );
+    assert!(info.contains("connected_clients:1"), "{info}");
     drop(c);
     s.stop().unwrap();
     // Every acknowledged write is in a persistent queue: reopen the shards' queues.
@@ -203,4 +214,76 @@ fn a_port_in_use_is_refused_with_its_address() {
         err.to_string(),
         format!("client port 127.0.0.1:{port} is in use by another process")
     );
+}
+
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A write that a sender refuses changes nothing at this site: the store keeps the old value,
+/// so the site never holds what the remote sites will not get.
+#[test]
+fn a_write_refused_by_a_full_queue_disk_leaves_the_store_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "strait-test"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIPPED a_write_refused_by_a_full_queue_disk_leaves_the_store_unchanged: cannot mount a tmpfs here (needs root)"
+        );
+        return;
+    }
+    let _unmount = Unmount(mnt.clone());
+    let extra = format!(
+        "[[gateway-sender]]\nid = \"to-2\"\nremote-distributed-system-id = 2\ndispatcher-threads = 1\n\
+         enable-persistence = true\ndisk-dir = \"{}\"\n{REGIONS}\n",
+        mnt.join("q").display()
+    );
+    let extra = extra.replace(
+        "type = \"partition\"\n",
+        "type = \"partition\"\ngateway-sender-ids = [\"to-2\"]\n",
+    );
+    let s = server::start(site(free_port(), tmp.path(), &extra)).unwrap();
+    let mut c = Client::connect(s.client_addr);
+    assert_eq!(c.call(&["SET", "k", "old"]), ok());
+    assert_eq!(c.call(&["DEL", "gone"]), Reply::Integer(0));
+    let big = "x".repeat(64 << 10);
+    let mut accepted = 0;
+    let refusal = loop {
+        match c.call(&["SET", &format!("fill{accepted}"), &big]) {
+            r if r == ok() => accepted += 1,
+            other => break other,
+        }
+        assert!(accepted < 1000, "a 16 MiB disk never filled up");
+    };
+    let Reply::Error(text) = refusal else {
+        panic!("expected an error, got {refusal:?}");
+    };
+    let text = String::from_utf8_lossy(&text).into_owned();
+    assert!(
+        text.contains("to-2") && text.contains("No space left on device"),
+        "{text}"
+    );
+    // The refused write and another like it change nothing.
+    assert_eq!(
+        c.call(&["GET", &format!("fill{accepted}")]),
+        Reply::Bulk(None)
+    );
+    assert!(matches!(c.call(&["SET", "k", &big]), Reply::Error(_)));
+    assert_eq!(c.call(&["GET", "k"]), bulk("old"));
+    assert_eq!(
+        c.call(&["DBSIZE"]),
+        Reply::Integer(accepted + 1),
+        "only accepted writes are stored"
+    );
+    drop(c);
+    s.stop().unwrap();
 }
