@@ -21,6 +21,7 @@ use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
@@ -60,6 +61,23 @@ pub enum StartError {
     Region { region: String, reason: String },
     #[error("cannot start shard {shard}: {reason}")]
     Shard { shard: u16, reason: String },
+    #[error(
+        "gateway sender `{sender}`: the persistent queues in {dir} were written by a server with \
+         {was} shards and still hold events; start it with --shards {was} until they drain \
+         (moving queues between shard counts is not supported yet)"
+    )]
+    ShardCountChanged {
+        sender: String,
+        dir: PathBuf,
+        was: u16,
+        now: u16,
+    },
+    #[error("gateway sender `{sender}`: {path}: {source}")]
+    QueueLayout {
+        sender: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Registration(#[from] crate::registration::RegistrationError),
 }
@@ -201,6 +219,9 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         }
         Err(source) => return Err(StartError::Listen { addr, source }),
     }
+    for def in config.senders.iter().filter(|d| d.enable_persistence) {
+        check_shard_count(&def.id, &def.disk_dir, shards)?;
+    }
     let mut regions = Vec::new();
     for r in &config.regions {
         let mut rc = RegionConfig::new(
@@ -333,6 +354,74 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         registration,
         client_addr: addr,
     })
+}
+
+/// The file in a sender's disk directory that records how many shards wrote its queues.
+pub const SHARDS_FILE: &str = "shards";
+
+/// A persistent sender's queues are per shard (`shard-<i>/`), and a bucket's queue lives on the
+/// shard that owns the bucket, so they can only be read back by a server with the shard count
+/// that wrote them. Refuses a different count while any of them holds an event; otherwise
+/// records `shards`.
+fn check_shard_count(sender: &str, dir: &Path, shards: u16) -> Result<(), StartError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StartError::QueueLayout {
+            sender: sender.to_string(),
+            path,
+            source,
+        }
+    };
+    let file = dir.join(SHARDS_FILE);
+    let was = match std::fs::read_to_string(&file) {
+        Ok(text) => text.trim().parse::<u16>().ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(&file)(e)),
+    };
+    if let Some(was) = was
+        && was != shards
+        && holds_events(dir).map_err(io(dir))?
+    {
+        return Err(StartError::ShardCountChanged {
+            sender: sender.to_string(),
+            dir: dir.to_path_buf(),
+            was,
+            now: shards,
+        });
+    }
+    if was != Some(shards) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::write(&file, format!("{shards}\n")).map_err(io(&file))?;
+    }
+    Ok(())
+}
+
+/// Whether any `shard-*` queue directory under `dir` still holds an unacknowledged event.
+/// Reads them the way a shard would at start (recovery), so a drained queue whose last
+/// segment stays on disk does not count.
+fn holds_events(dir: &Path) -> std::io::Result<bool> {
+    for shard_dir in std::fs::read_dir(dir)? {
+        let shard_dir = shard_dir?.path();
+        let is_shard = shard_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("shard-"));
+        if !is_shard || !shard_dir.is_dir() {
+            continue;
+        }
+        let disk = strait_queue::mmap::MmapDisk::open(&shard_dir).map_err(std::io::Error::other)?;
+        let config = QueueConfig {
+            queue_count: u16::MAX,
+            persistent: true,
+            ..QueueConfig::default()
+        };
+        let (_, report) =
+            strait_queue::store::recover(config, &disk).map_err(std::io::Error::other)?;
+        if report.events > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A gateway sender's queues on this shard.

@@ -287,3 +287,40 @@ fn a_write_refused_by_a_full_queue_disk_leaves_the_store_unchanged() {
     drop(c);
     s.stop().unwrap();
 }
+
+#[test]
+fn a_restart_with_another_shard_count_is_refused_while_queues_hold_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "[[gateway-sender]]\nid = \"to-2\"\nremote-distributed-system-id = 2\nparallel = true\nenable-persistence = true\n\
+                 [[region]]\nname = \"orders\"\ntype = \"partition\"\ngateway-sender-ids = [\"to-2\"]\n";
+    let port = free_port();
+    let s = server::start(site(port, tmp.path(), extra)).unwrap();
+    let mut c = Client::connect(s.client_addr);
+    assert_eq!(c.call(&["SET", "k", "v"]), ok());
+    drop(c);
+    s.stop().unwrap();
+    let mut one_shard = site(port, tmp.path(), extra);
+    one_shard.server.shards = Some(1);
+    let err = server::start(one_shard).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            server::StartError::ShardCountChanged { was: 2, now: 1, .. }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("to-2") && text.contains("--shards 2"),
+        "{text}"
+    );
+    // The queues are untouched: the same shard count starts and still holds the event.
+    let s = server::start(site(port, tmp.path(), extra)).unwrap();
+    let mut c = Client::connect(s.client_addr);
+    let Reply::Bulk(Some(info)) = c.call(&["INFO"]) else {
+        panic!("INFO is a bulk string");
+    };
+    assert!(String::from_utf8_lossy(&info).contains("to-2:queued=1,"));
+    drop(c);
+    s.stop().unwrap();
+}
