@@ -7,7 +7,7 @@
 
 use crate::ids::{QueueId, Seq};
 use crate::mmap::MmapDisk;
-use crate::queue::{Action, AppendError, Durability, QueueConfig, SenderQueue};
+use crate::queue::{Action, AppendError, Durability, QueueConfig, SenderQueue, SyncPolicy};
 use crate::record::Event;
 use crate::store::{self, Disk, RecoveryError, RecoveryReport, StoreError};
 use futures_lite::future;
@@ -123,7 +123,8 @@ impl ShardQueue {
     ) -> Result<(ShardQueue, RecoveryReport), OpenError> {
         let opened = executor()
             .spawn_blocking(move || -> Result<_, OpenError> {
-                let disk = MmapDisk::open(&dir)?;
+                let syncs = config.persistent && config.sync != SyncPolicy::Never;
+                let disk = MmapDisk::open(&dir)?.sync_at_create(syncs);
                 let (queue, report) = store::recover(config, &disk)?;
                 Ok((disk, queue, report))
             })
@@ -290,7 +291,7 @@ async fn run(inner: Rc<Inner>, action: Action) {
                     if directory {
                         disk.sync_directory()?;
                     }
-                    segments.iter().try_for_each(|&id| disk.sync(id, None))
+                    disk.sync_each(&segments)
                 })
                 .await;
             if let Err(e) = &r {

@@ -95,6 +95,11 @@ pub trait Disk: Send + Sync {
     /// Makes a segment durable. `current` is the segment's bytes as the queue holds them, for
     /// disks that keep no file behind the buffer; file-backed disks ignore it.
     fn sync(&self, id: SegmentId, current: Option<&[u8]>) -> Result<(), StoreError>;
+    /// Makes every segment of `ids` durable (one group commit), and reports the first
+    /// failure. Disks whose syncs can overlap run them at once.
+    fn sync_each(&self, ids: &[SegmentId]) -> Result<(), StoreError> {
+        ids.iter().try_for_each(|&id| self.sync(id, None))
+    }
     /// Starts reading a segment into memory without waiting for it (a hint: errors are
     /// reported but change nothing).
     fn prefetch(&self, id: SegmentId) -> Result<(), StoreError>;

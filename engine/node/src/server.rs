@@ -618,7 +618,9 @@ async fn shard_main(
         connections: Cell::new(0),
     });
 
-    // Serve the other shards' requests; each task ends when that peer stops sending.
+    // Serve the other shards' requests; each task ends when that peer stops sending. Every
+    // request runs in a task of its own: a batch of writes waits for its group commit, and
+    // the batches behind it must join that commit rather than queue for the next one.
     let mut servers = Vec::new();
     for (rx, tx) in requests_in.into_iter().zip(responses_out) {
         let (Some(rx), Some(tx)) = (rx, tx) else {
@@ -626,19 +628,27 @@ async fn shard_main(
         };
         let shard = shard.clone();
         servers.push(glommio::spawn_local(async move {
+            let tx = Rc::new(tx);
+            let running = glommio::sync::Gate::new();
             while let Some(req) = rx.recv().await {
-                let replies = shard.execute(req.ops).await;
-                if tx
-                    .send(Response {
-                        id: req.id,
-                        replies,
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
+                let (shard, tx) = (shard.clone(), tx.clone());
+                let spawned = running.spawn(async move {
+                    let replies = shard.execute(req.ops).await;
+                    // A closed channel means the peer is stopping and no longer waits.
+                    let _ = tx
+                        .send(Response {
+                            id: req.id,
+                            replies,
+                        })
+                        .await;
+                });
+                // Spawning fails only through a closed gate, and the gate closes below.
+                if let Ok(task) = spawned {
+                    task.detach();
                 }
             }
+            // Wait for the requests still running (the gate is only closed here).
+            let _ = running.close().await;
         }));
     }
     for rx in responses_in.into_iter().flatten() {
