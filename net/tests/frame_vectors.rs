@@ -131,7 +131,7 @@ fn the_committed_frames_decode_to_their_fields() {
             ),
         ]
     );
-    assert_eq!(&batch.records[..], &read("records-v1.bin")[..RECORDS_LEN]);
+    assert_eq!(batch.records, &read("records-v1.bin")[..RECORDS_LEN]);
 
     let (Frame::Ack(ack), 214, 63) = next() else {
         panic!("frame 2 is not the 63-byte ack")
