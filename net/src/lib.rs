@@ -1,11 +1,18 @@
 //! # strait-net: Strait's wire protocols
 //!
-//! So far the RESP2 client protocol, in [`resp`], and the locator protocol's messages and
-//! routes, in [`locator`]; gateway frames come later. Everything here is pure: bytes in, values
-//! or bytes out, no I/O, no state between calls, no panics on any input.
+//! The WAN link between sites, in [`wire`]; the RESP2 client protocol, in [`resp`]; the
+//! locator protocol's messages and routes, in [`locator`]. Everything here is pure: bytes in,
+//! values or bytes out, no I/O, no panics on any input; the connection state machines of
+//! [`wire`] keep state but take the time as an argument and return what to do.
 //!
 //! | item | what it is |
 //! |---|---|
+//! | [`wire::decode_frame`] → [`wire::Frame`] | a WAN frame at the front of a read buffer (Hello, HelloReply, Batch, Ack, Ping, Pong), borrowing from it; `None` until it is whole |
+//! | [`wire::Batch::records`] | a batch's records parsed in place, every CRC and the count checked |
+//! | [`wire::batch_prefix`], [`wire::Frame::encode`] | frame bytes; a batch's records are written after its prefix straight from the queue |
+//! | [`wire::SenderConn`] | a gateway sender's connection: handshake, window of `inflight_batches_max` batches, acks in order, ack and ping timeouts; runs on the dispatcher's shard |
+//! | [`wire::ReceiverConn`] | a gateway receiver's connection: hello checks (version, site), consecutive batch ids, acks, pongs, silence timeout; runs on the listener's shard |
+//! | [`wire::FrameError`], [`wire::SenderError`], [`wire::ReceiverError`] | what the peer got wrong, field by field |
 //! | [`parse_command`] → [`Parsed`] | the request at the front of a read buffer: a [`Command`], a [`Parsed::Skip`] of an empty one, or [`Parsed::Incomplete`] |
 //! | [`Command`], [`Arg`] | a request's arguments, as ranges into the read buffer (copied only for quoted inline words) |
 //! | [`Limits`] | every size a peer can declare: bulk bytes, array length, inline line bytes; redis's defaults |
@@ -48,6 +55,7 @@
 
 pub mod locator;
 pub mod resp;
+pub mod wire;
 
 pub use resp::{
     Arg, Command, Limits, Parsed, Reply, RespError, encode_array_header, encode_bulk,
