@@ -14,13 +14,19 @@
 //! | [`version::EntryVersion`] | an entry's stamp: timestamp, site, write count | inside each entry |
 //! | [`version::local_write_tag`], [`version::resolve_remote`] | Geode's WAN conflict rule (geode-wan.md §4.1, §4.2) | called by `RegionStore` |
 //! | [`loop_rule::should_forward`], [`loop_rule::recipients_after_forward`] | Geode's loop prevention (geode-wan.md §3) | called by the senders |
+//! | [`apply::apply_record`], [`apply::ApplyOutcome`] | apply of one record from another site: dedupe, then the conflict rule; applied, duplicate, rejected or dead letter ([`apply::DeadLetterReason`]) | called by the receiver on the shard owning the record's bucket |
+//! | [`apply::forward_targets`] | which local senders forward an applied remote event, and its new recipient set | called by the receiver |
+//! | [`region::RegionStore::last_applied`] | the dedupe table: per (origin site, member, stream), the highest stream sequence number processed, kept beside the entries | inside each `RegionStore` |
+//! | [`deadletter::encode_entry`], [`deadletter::scan`], [`deadletter::DeadLetterLog`] | the dead-letter log format (docs/formats.md): entries, torn tail, corruption; list and replay | the node's dead-letter files |
 //! | [`locator::Directory`] | a locator's directory: per site, its locators and its servers ([`locator::ServerInfo`]: client address, receiver endpoints, load, last heard); register, heartbeat, expiry, least-loaded | owned by the locator's control-plane thread, never a shard |
 //!
 //! A client write goes: the node finds the key's bucket and its shard in the `BucketTable` →
 //! that shard's `RegionStore::put_local` stamps it and returns a `WriteOutcome` → each sender
 //! of the region for which `should_forward` holds queues the event with the recipients from
-//! `recipients_after_forward`. At the other site the receiver calls `apply_remote`, which
-//! applies the event or rejects it by the conflict rule.
+//! `recipients_after_forward`. At the other site the receiver calls `apply_record`: a
+//! duplicate by the store's dedupe table is dropped, otherwise `apply_remote` applies the
+//! event or rejects it by the conflict rule; a store refusal is written to the dead-letter
+//! log, and an applied event goes on to the senders `forward_targets` names.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -54,7 +60,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod bucket;
+pub mod deadletter;
 pub mod locator;
 pub mod loop_rule;
 pub mod region;

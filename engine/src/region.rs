@@ -14,6 +14,13 @@
 //! cursor stays valid however the store changes between calls, every site and shard agrees on
 //! it, and a bucket's entries are contiguous. Only a write that adds a position (a new key)
 //! touches the ordered set; updates and reads cost one hash lookup.
+//!
+//! The store also keeps the WAN dedupe table: per stream of events from another site (origin
+//! site, origin member, stream), the highest stream sequence number it has processed
+//! ([`RegionStore::last_applied`]). It lives beside the entries so that it lives and dies with
+//! the data it protects: a store rebuilt empty also forgets which events it has seen.
+//! [`RegionStore::apply_remote_event`] checks it, applies through the conflict rule and
+//! records the event, in one call; [`crate::apply`] is its caller.
 
 use crate::bucket::{BUCKETS_MAX, TOTAL_BUCKETS_DEFAULT, bucket_of_hash, key_hash};
 use crate::version::{EntryVersion, Resolution, local_write_tag, resolve_remote};
@@ -21,7 +28,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use strait_queue::ids::{SiteId, VersionTag};
+use strait_queue::ids::{EventId, SiteId, VersionTag};
 use strait_queue::record::{KEY_BYTES_MAX, Op, VALUE_BYTES_MAX};
 
 /// Longest region name, in bytes.
@@ -41,6 +48,13 @@ pub const ENTRIES_MAX: usize = 1 << 24;
 /// brings the key back at this site only. A longer TTL tolerates longer WAN delays (a queue
 /// backlog, a partition) and costs memory for every destroyed key.
 pub const TOMBSTONE_TTL_US: u64 = 600_000_000;
+/// Most event streams one region's dedupe table holds on one shard: a stream is one origin
+/// member's bucket (parallel sender) or dispatcher (serial sender), so this is room for 16
+/// members of other sites each sending all of [`BUCKETS_MAX`] (4096) buckets, in about 2 MiB
+/// (16 bytes and a control byte per stream, at the map's load factor). Past it, an event of a stream the table does not hold is refused
+/// ([`StoreError::StreamsFull`], dead-lettered as "store full") rather than applied without
+/// being recorded: forgetting a stream would let its duplicates through.
+pub const STREAMS_MAX: usize = 1 << 16;
 /// Most tombstones one [`RegionStore::gc`] call drops, bounding the work of one call.
 pub const TOMBSTONE_GC_BATCH_MAX: usize = 1024;
 /// Most entries one [`RegionStore::scan`] call visits (Redis's `COUNT`, clamped to this).
@@ -222,18 +236,45 @@ pub enum StoreError {
     Full { entries_max: usize },
     #[error("a version-only update names a key this site does not hold")]
     NoEntryToStamp,
+    #[error(
+        "the region's dedupe table holds {streams_max} event streams on this shard, its limit; no stream can be added"
+    )]
+    StreamsFull { streams_max: usize },
+}
+
+/// What [`RegionStore::apply_remote_event`] did with an event from another site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RemoteApply {
+    /// The event's stream sequence number is at or below the highest this store has processed
+    /// for its stream: the event was seen before. Nothing changed.
+    Duplicate { last_applied: u64 },
+    /// The conflict rule judged the event (applied or rejected); either way the stream's
+    /// high-water mark now covers it.
+    Resolved(Resolution),
 }
 
 /// The entries at one position, sorted by key: one almost always (two keys share a position
 /// only when bucket and CRC-32 both collide), so one is held inline.
 type Group = SmallVec<[(Bytes, Entry); 1]>;
 
-/// Hashes a position for the store's map. A position's low half is already a CRC-32 of the
-/// key; one multiplication by a 64-bit odd constant (Fibonacci hashing) spreads it over the
-/// high bits too, which the map's control bytes are taken from. No key outside the store's own
-/// positions reaches it, so a keyed hash buys nothing here.
+/// Hashes a position, or a packed stream key, for the store's maps. A position's low half is
+/// already a CRC-32 of the key, a stream key is three small ids side by side; one
+/// multiplication by a 64-bit odd constant (Fibonacci hashing) spreads either over the high
+/// bits too, which the map's control bytes are taken from. Positions come from the store's
+/// own hashing and stream keys from the trusted peer sites, both bounded in number
+/// ([`ENTRIES_MAX`], [`STREAMS_MAX`]), so a keyed hash buys nothing here.
 #[derive(Clone, Copy, Debug, Default)]
 struct PositionHasher(u64);
+
+type FastMap<V> = HashMap<u64, V, BuildHasherDefault<PositionHasher>>;
+
+/// A stream's key in the dedupe table: origin site (bits 48..56), origin member (bits
+/// 32..48) and stream (bits 0..32), packed without loss.
+fn stream_key(id: &EventId) -> u64 {
+    (u64::from(id.origin_site.0) << 48)
+        | (u64::from(id.origin_member.0) << 32)
+        | u64::from(id.stream.0)
+}
 
 impl Hasher for PositionHasher {
     fn finish(&self) -> u64 {
@@ -258,7 +299,7 @@ pub struct RegionStore {
     entries_max: usize,
     /// Position → the entries at that position, sorted by key (almost always one, held
     /// inline).
-    groups: HashMap<u64, Group, BuildHasherDefault<PositionHasher>>,
+    groups: FastMap<Group>,
     /// Every position in `groups`, in order: what SCAN walks.
     positions: BTreeSet<u64>,
     /// Entries, tombstones included.
@@ -266,6 +307,8 @@ pub struct RegionStore {
     live: usize,
     /// (version timestamp, position, key) of every tombstone, oldest first.
     tombstones: BTreeSet<(u64, u64, Bytes)>,
+    /// The dedupe table: [`stream_key`] → the highest stream sequence number processed.
+    streams: FastMap<u64>,
 }
 
 impl RegionStore {
@@ -288,6 +331,7 @@ impl RegionStore {
             entries: 0,
             live: 0,
             tombstones: BTreeSet::new(),
+            streams: FastMap::default(),
         })
     }
 
@@ -304,6 +348,17 @@ impl RegionStore {
     /// Tombstones held.
     pub fn tombstones(&self) -> usize {
         self.tombstones.len()
+    }
+
+    /// Event streams in the dedupe table (at most [`STREAMS_MAX`]).
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The highest stream sequence number processed (applied or rejected by the conflict
+    /// rule) from the stream `id` belongs to; `None` if none was. `id.seq` is not looked at.
+    pub fn last_applied(&self, id: &EventId) -> Option<u64> {
+        self.streams.get(&stream_key(id)).copied()
     }
 
     /// The value of `key`, unless it is absent or destroyed.
@@ -356,7 +411,7 @@ impl RegionStore {
         now_us: u64,
         local_site: SiteId,
     ) -> Result<WriteOutcome, StoreError> {
-        check_sizes(key, &value)?;
+        check_sizes(key.len(), value.len())?;
         let pos = self.position(key);
         let existing = self.find(pos, key);
         let op = match existing.map(|e| &e.value) {
@@ -412,9 +467,88 @@ impl RegionStore {
         value: Bytes,
         tag: VersionTag,
     ) -> Result<Resolution, StoreError> {
-        check_sizes(key, &value)?;
-        if !op.has_value() && !value.is_empty() {
-            return Err(StoreError::UnexpectedValue(op, value.len()));
+        let len = value.len();
+        self.resolve_and_write(op, key, len, move || value, tag)
+    }
+
+    /// Applies event `id` from another site, unless the store has processed it before: a
+    /// `stream_seq` at or below [`RegionStore::last_applied`] for its stream is a
+    /// [`RemoteApply::Duplicate`] and changes nothing. Otherwise the write goes through
+    /// [`RegionStore::apply_remote`] and, whether the conflict rule applies or rejects it, the
+    /// stream's high-water mark becomes `id.seq`. A refused write (`Err`) records nothing, so
+    /// the event is not taken for seen when it comes again. A stream the table does not hold
+    /// yet is refused with [`StoreError::StreamsFull`] once it holds [`STREAMS_MAX`].
+    ///
+    /// "Highest processed" is an exact dedupe because each path delivers a stream in order
+    /// (docs/wan.md, "Receiver side"). `value` is copied only if the write is applied.
+    pub fn apply_remote_event(
+        &mut self,
+        id: &EventId,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        tag: VersionTag,
+    ) -> Result<RemoteApply, StoreError> {
+        let last = self.last_applied(id);
+        if let Some(last_applied) = last
+            && id.seq <= last_applied
+        {
+            return Ok(RemoteApply::Duplicate { last_applied });
+        }
+        self.resolve_and_record(id, last, op, key, value, tag)
+            .map(RemoteApply::Resolved)
+    }
+
+    /// Applies event `id` through the conflict rule without the duplicate check, and raises
+    /// its stream's high-water mark to `id.seq` if it was lower. For the replay of a
+    /// dead-lettered event: later events of its stream were processed since, so the check
+    /// would call it a duplicate, yet it never was applied. Replaying an event twice is
+    /// harmless: the second copy carries the same version tag and value as the stored one.
+    pub fn replay_remote_event(
+        &mut self,
+        id: &EventId,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        tag: VersionTag,
+    ) -> Result<Resolution, StoreError> {
+        let last = self.last_applied(id);
+        self.resolve_and_record(id, last, op, key, value, tag)
+    }
+
+    fn resolve_and_record(
+        &mut self,
+        id: &EventId,
+        last: Option<u64>,
+        op: Op,
+        key: &[u8],
+        value: &[u8],
+        tag: VersionTag,
+    ) -> Result<Resolution, StoreError> {
+        if last.is_none() && self.streams.len() >= STREAMS_MAX {
+            return Err(StoreError::StreamsFull {
+                streams_max: STREAMS_MAX,
+            });
+        }
+        let resolution =
+            self.resolve_and_write(op, key, value.len(), || Bytes::copy_from_slice(value), tag)?;
+        let high = last.map_or(id.seq, |last| last.max(id.seq));
+        self.streams.insert(stream_key(id), high);
+        Ok(resolution)
+    }
+
+    /// [`RegionStore::apply_remote`] with the value made only once the write is let in.
+    fn resolve_and_write(
+        &mut self,
+        op: Op,
+        key: &[u8],
+        value_len: usize,
+        value: impl FnOnce() -> Bytes,
+        tag: VersionTag,
+    ) -> Result<Resolution, StoreError> {
+        check_sizes(key.len(), value_len)?;
+        if !op.has_value() && value_len != 0 {
+            return Err(StoreError::UnexpectedValue(op, value_len));
         }
         let pos = self.position(key);
         let existing = self.find(pos, key);
@@ -423,7 +557,7 @@ impl RegionStore {
             return Ok(resolution);
         }
         let new_value = match (op, existing) {
-            (Op::Create | Op::Update, _) => EntryValue::Live(value),
+            (Op::Create | Op::Update, _) => EntryValue::Live(value()),
             (Op::Destroy, _) => EntryValue::Tombstone,
             (Op::VersionOnly, Some(e)) => e.value.clone(),
             (Op::VersionOnly, None) => return Err(StoreError::NoEntryToStamp),
@@ -554,12 +688,12 @@ impl RegionStore {
     }
 }
 
-fn check_sizes(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-    if key.len() > KEY_BYTES_MAX {
-        return Err(StoreError::KeyTooLong(key.len()));
+fn check_sizes(key_len: usize, value_len: usize) -> Result<(), StoreError> {
+    if key_len > KEY_BYTES_MAX {
+        return Err(StoreError::KeyTooLong(key_len));
     }
-    if value.len() > VALUE_BYTES_MAX {
-        return Err(StoreError::ValueTooLong(value.len()));
+    if value_len > VALUE_BYTES_MAX {
+        return Err(StoreError::ValueTooLong(value_len));
     }
     Ok(())
 }
@@ -1004,6 +1138,107 @@ mod tests {
                 "k{i} was there throughout"
             );
         }
+    }
+
+    fn event(site: u8, member: u16, stream: u32, seq: u64) -> EventId {
+        EventId {
+            origin_site: SiteId(site),
+            origin_member: strait_queue::ids::MemberId(member),
+            stream: strait_queue::ids::StreamId(stream),
+            seq,
+        }
+    }
+
+    #[test]
+    fn remote_events_are_recorded_per_stream_and_seen_once() {
+        let mut s = store();
+        let e1 = event(2, 7, 3, 1);
+        assert_eq!(s.last_applied(&e1), None);
+        let r = s.apply_remote_event(&e1, Op::Create, b"k", b"a", tag(100, LDN));
+        assert_eq!(
+            r,
+            Ok(RemoteApply::Resolved(Resolution::Apply {
+                rule: ApplyRule::NewEntry
+            }))
+        );
+        assert_eq!(s.last_applied(&event(2, 7, 3, 99)), Some(1));
+        let again = s.apply_remote_event(&e1, Op::Create, b"k", b"b", tag(200, LDN));
+        assert_eq!(again, Ok(RemoteApply::Duplicate { last_applied: 1 }));
+        assert_eq!(s.get(b"k"), Some(&val("a")), "a duplicate changes nothing");
+        // Other members, streams and sites are streams of their own.
+        for other in [event(2, 8, 3, 1), event(2, 7, 4, 1), event(3, 7, 3, 1)] {
+            assert_eq!(s.last_applied(&other), None);
+        }
+        // A lost conflict still advances the mark.
+        let older = s.apply_remote_event(&event(2, 7, 3, 2), Op::Update, b"k", b"c", tag(50, LDN));
+        assert!(matches!(
+            older,
+            Ok(RemoteApply::Resolved(Resolution::Reject { .. }))
+        ));
+        assert_eq!(s.last_applied(&e1), Some(2));
+        assert_eq!(s.streams(), 1);
+    }
+
+    #[test]
+    fn a_refused_event_is_not_recorded() {
+        let mut s = store();
+        let e = event(2, 1, 1, 5);
+        let r = s.apply_remote_event(&e, Op::VersionOnly, b"k", b"", tag(1, LDN));
+        assert_eq!(r, Err(StoreError::NoEntryToStamp));
+        assert_eq!((s.last_applied(&e), s.streams()), (None, 0));
+    }
+
+    #[test]
+    fn replay_skips_the_duplicate_check_and_never_lowers_the_mark() {
+        let mut s = store();
+        s.apply_remote_event(&event(2, 1, 1, 9), Op::Create, b"a", b"1", tag(9, LDN))
+            .unwrap();
+        let late = event(2, 1, 1, 4);
+        assert_eq!(
+            s.apply_remote_event(&late, Op::Create, b"b", b"2", tag(4, LDN)),
+            Ok(RemoteApply::Duplicate { last_applied: 9 })
+        );
+        assert!(
+            s.replay_remote_event(&late, Op::Create, b"b", b"2", tag(4, LDN))
+                .unwrap()
+                .is_apply()
+        );
+        assert_eq!(s.get(b"b"), Some(&val("2")));
+        assert_eq!(s.last_applied(&late), Some(9));
+        s.replay_remote_event(&event(2, 1, 1, 12), Op::Create, b"c", b"3", tag(12, LDN))
+            .unwrap();
+        assert_eq!(s.last_applied(&late), Some(12));
+    }
+
+    #[test]
+    fn the_dedupe_table_refuses_new_streams_past_its_limit() {
+        let mut s = store();
+        let limit = u32::try_from(STREAMS_MAX).unwrap();
+        for stream in 0..limit {
+            let e = event(2, 1, stream, 1);
+            s.apply_remote_event(&e, Op::Destroy, b"k", b"", tag(1, LDN))
+                .unwrap();
+        }
+        assert_eq!(s.streams(), STREAMS_MAX);
+        let full = StoreError::StreamsFull {
+            streams_max: STREAMS_MAX,
+        };
+        let new_stream = event(2, 1, limit, 1);
+        assert_eq!(
+            s.apply_remote_event(&new_stream, Op::Create, b"x", b"v", tag(5, LDN)),
+            Err(full)
+        );
+        assert_eq!(s.get(b"x"), None, "refused before it is applied");
+        // Known streams go on, duplicates are still caught.
+        let next = event(2, 1, 0, 2);
+        assert!(matches!(
+            s.apply_remote_event(&next, Op::Create, b"x", b"v", tag(5, LDN)),
+            Ok(RemoteApply::Resolved(_))
+        ));
+        assert_eq!(
+            s.apply_remote_event(&next, Op::Create, b"x", b"v", tag(5, LDN)),
+            Ok(RemoteApply::Duplicate { last_applied: 2 })
+        );
     }
 
     #[derive(Clone, Debug)]
