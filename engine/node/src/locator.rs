@@ -1234,7 +1234,8 @@ mod tests {
                 },
                 Vec::new(),
                 1_000,
-            ),
+            )
+            .with_locator_name(MemberName("loc".into())),
         }
     }
 
@@ -1365,6 +1366,70 @@ mod tests {
         assert_eq!(st.distributed_system_id, Some(1));
         assert_eq!(st.address.port, 10334);
         assert_eq!(st.servers, 1);
+    }
+
+    #[test]
+    fn an_exchange_is_merged_and_answered_with_the_whole_map() {
+        let mut s = service();
+        let with_receiver = r#"{"name":"a","client":{"host":"127.0.0.1","port":40404},"receivers":[{"host":"ny","port":5000,"buckets":[1]}]}"#;
+        assert_eq!(call(&mut s, 0, "POST", "/v1/servers", with_receiver).0, 200);
+        let request = r#"{"distributed_system_id":2,"locator":{"name":"ldn","address":{"host":"ldn","port":10334},"age_ms":0},
+            "sites":[{"distributed_system_id":2,"locators":[{"name":"ldn","address":{"host":"ldn","port":10334},"age_ms":0}],
+                      "servers":[{"name":"l1","receivers":[{"host":"ldn-r","port":5001,"buckets":[]}],"age_ms":5}]}]}"#;
+        let (status, text) = call(&mut s, 100, "POST", "/v1/exchange", request);
+        assert_eq!(status, 200, "{text}");
+        let reply: SitesReply = serde_json::from_str(&text).unwrap();
+        assert_eq!(reply.distributed_system_id, Some(1));
+        assert_eq!(reply.sites.len(), 2);
+        assert_eq!(reply.sites[0].locators[0].name, "loc");
+        assert_eq!(reply.sites[0].servers[0].receivers[0].port, 5000);
+        assert_eq!(reply.sites[1].servers[0].age_ms, 5);
+        let (_, text) = call(&mut s, 130, "GET", "/v1/sites", "");
+        let sites: SitesReply = serde_json::from_str(&text).unwrap();
+        assert_eq!(sites.sites[1].servers[0].age_ms, 35);
+        let (status, text) = call(&mut s, 130, "GET", "/v1/sites/2/receivers", "");
+        assert_eq!(status, 200, "{text}");
+        let r: ReceiversReply = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (r.receivers[0].host.as_str(), r.locators[0].host.as_str()),
+            ("ldn-r", "ldn")
+        );
+        let (status, text) = call(&mut s, 130, "GET", "/v1/sites/9/receivers", "");
+        assert_eq!(status, 404);
+        let e: ErrorReply = serde_json::from_str(&text).unwrap();
+        assert_eq!(e.error, ErrorKind::SiteUnknown);
+        assert!(
+            e.message.contains("site 9") && e.message.contains("loc@127.0.0.1:10334"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn bad_exchanges_are_refused() {
+        let mut s = service();
+        let twice = r#"{"distributed_system_id":2,"locator":{"name":"l","address":{"host":"h","port":1},"age_ms":0},
+            "sites":[{"distributed_system_id":2,"locators":[],"servers":[]},{"distributed_system_id":2,"locators":[],"servers":[]}]}"#;
+        let zero = r#"{"distributed_system_id":0,"locator":{"name":"l","address":{"host":"h","port":1},"age_ms":0},"sites":[]}"#;
+        for (body, words) in [
+            (twice, "appears twice"),
+            (zero, "site id 0"),
+            ("{}", "ExchangeRequest"),
+        ] {
+            let (status, text) = call(&mut s, 0, "POST", "/v1/exchange", body);
+            assert_eq!(status, 400, "{text}");
+            assert!(text.contains(words), "{text}");
+        }
+        assert!(s.directory.remote_sites().is_empty());
+    }
+
+    #[test]
+    fn exchanged_maps_age_while_they_wait() {
+        let mut views = site_views(&service().directory.export(0));
+        add_age(&mut views, 40);
+        assert_eq!(views[0].locators[0].age_ms, 40);
+        add_age(&mut views, u64::MAX);
+        assert_eq!(views[0].locators[0].age_ms, u64::MAX);
     }
 
     #[test]
