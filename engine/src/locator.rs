@@ -8,8 +8,14 @@
 //! new client should use, whose load is counted up in advance, as Geode's
 //! `LocatorLoadSnapshot` does).
 //!
-//! The directory is keyed by site so that the exchange with remote sites' locators (geode-wan.md
-//! §2.2) adds entries next to the local one instead of a second structure.
+//! Discovery between sites (geode-wan.md §2.2, `docs/wan.md`): beside the local site, the
+//! directory holds what it knows of remote sites ([`RemoteSite`]: their locators and their
+//! servers' gateway-receiver endpoints). [`Directory::export`] is the [`SiteMap`] a locator
+//! sends to, and answers, another site's locator; [`Directory::handle_exchange`] merges one it
+//! receives. Knowledge spreads transitively. Each entry carries how long ago its own site last
+//! vouched for it as a relative age (clocks differ between machines), so relaying never makes an
+//! entry younger: the freshest report wins, and [`Directory::poll_aged_out`] drops an entry its
+//! own site has not vouched for within the remote-entry timeout, wherever the report came from.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,6 +49,15 @@ const _: () = assert!(
 const _: () = assert!(MEMBER_TIMEOUT_MS_MIN / HEARTBEATS_PER_TIMEOUT_MIN >= 100);
 const _: () = assert!(MEMBER_TIMEOUT_MS_MIN <= MEMBER_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(MEMBER_TIMEOUT_MS_DEFAULT <= MEMBER_TIMEOUT_MS_MAX);
+
+/// A remote entry (locator or server) its own site has not vouched for within this long is
+/// dropped: six exchange intervals, so a few lost exchanges never drop a live site.
+pub const REMOTE_ENTRY_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Most locators one remote site's entry holds.
+pub const LOCATORS_PER_SITE_MAX: usize = 64;
+/// The name a directory gives its own locator until [`Directory::with_locator_name`].
+pub const LOCATOR_NAME_DEFAULT: &str = "locator";
+const _: () = assert!(REMOTE_ENTRY_TIMEOUT_MS_DEFAULT >= MEMBER_TIMEOUT_MS_DEFAULT);
 
 /// The directory's key for a site whose locator has no `distributed-system-id` (real ids are
 /// 1–255).
@@ -140,6 +155,94 @@ pub enum DirectoryError {
     TooManyReceivers { count: usize },
     #[error("the directory already holds {SERVERS_PER_SITE_MAX} servers for this site")]
     Full,
+    #[error("site id {0} is invalid: a distributed-system-id is 1 to 255")]
+    InvalidSite(SiteId),
+    #[error(
+        "site {site} reports {count} locators, more than the {LOCATORS_PER_SITE_MAX} a site may have"
+    )]
+    TooManyLocators { site: SiteId, count: usize },
+    #[error(
+        "site {site} reports {count} servers, more than the {SERVERS_PER_SITE_MAX} a site may have"
+    )]
+    TooManyServers { site: SiteId, count: usize },
+    #[error(
+        "this locator has no distributed-system-id: it takes no part in the exchange between sites"
+    )]
+    NoSite,
+}
+
+/// A remote site's locator, as last reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteLocator {
+    /// Its advertised address (`hostname-for-clients`, else bind address, else host name).
+    pub address: Address,
+    /// When its own site last vouched for it, in this directory's ms (now minus the reported
+    /// age when the report arrived).
+    pub vouched_ms: u64,
+}
+
+/// A remote site's server, as last reported: only servers with gateway receivers are exchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteServer {
+    pub receivers: Vec<ReceiverEndpoint>,
+    /// When its own site last vouched for it, in this directory's ms.
+    pub vouched_ms: u64,
+}
+
+/// What the directory knows of another site, keyed by member name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteSite {
+    pub locators: BTreeMap<MemberName, RemoteLocator>,
+    pub servers: BTreeMap<MemberName, RemoteServer>,
+}
+
+/// One locator in a [`SiteMap`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocatorReport {
+    pub name: MemberName,
+    pub address: Address,
+    /// How long ago its own site vouched for it, when the map was made.
+    pub age_ms: u64,
+}
+
+/// One server and its gateway-receiver endpoints in a [`SiteMap`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerReport {
+    pub name: MemberName,
+    pub receivers: Vec<ReceiverEndpoint>,
+    /// How long ago its own site vouched for it, when the map was made.
+    pub age_ms: u64,
+}
+
+/// One site in a [`SiteMap`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SiteReport {
+    pub locators: Vec<LocatorReport>,
+    pub servers: Vec<ServerReport>,
+}
+
+/// What one locator knows of every site, as exchanged between sites: site → its locators and
+/// its servers' receiver endpoints, each with an age.
+pub type SiteMap = BTreeMap<SiteId, SiteReport>;
+
+/// What merging a [`SiteMap`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Merged {
+    /// Sites the directory did not know before.
+    pub new_sites: Vec<SiteId>,
+    /// Locators or servers added, or moved to another address (a fresher report of the same
+    /// addresses is not a change).
+    pub changed: usize,
+}
+
+/// What [`Directory::poll_aged_out`] dropped from one remote site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgedOut {
+    pub site: SiteId,
+    pub locators: Vec<(MemberName, Address)>,
+    pub servers: Vec<MemberName>,
+    /// Nothing is left of the site: it is unknown now.
+    pub site_gone: bool,
 }
 
 /// A locator's directory.
@@ -149,6 +252,9 @@ pub struct Directory {
     remote_locators: Vec<Address>,
     member_timeout_ms: u64,
     sites: BTreeMap<SiteId, SiteEntry>,
+    locator_name: MemberName,
+    remote_entry_timeout_ms: u64,
+    remote: BTreeMap<SiteId, RemoteSite>,
 }
 
 impl Directory {
@@ -175,7 +281,31 @@ impl Directory {
             member_timeout_ms: member_timeout_ms
                 .clamp(MEMBER_TIMEOUT_MS_MIN, MEMBER_TIMEOUT_MS_MAX),
             sites,
+            locator_name: MemberName(LOCATOR_NAME_DEFAULT.into()),
+            remote_entry_timeout_ms: REMOTE_ENTRY_TIMEOUT_MS_DEFAULT,
+            remote: BTreeMap::new(),
         }
+    }
+
+    /// The name this directory's locator goes by in other sites' maps (its member name).
+    pub fn with_locator_name(mut self, name: MemberName) -> Directory {
+        self.locator_name = name;
+        self
+    }
+
+    /// How long a remote entry lives without its own site vouching for it (default
+    /// [`REMOTE_ENTRY_TIMEOUT_MS_DEFAULT`]; at least 1 ms).
+    pub fn with_remote_entry_timeout_ms(mut self, ms: u64) -> Directory {
+        self.remote_entry_timeout_ms = ms.max(1);
+        self
+    }
+
+    pub fn remote_entry_timeout_ms(&self) -> u64 {
+        self.remote_entry_timeout_ms
+    }
+
+    pub fn locator_name(&self) -> &MemberName {
+        &self.locator_name
     }
 
     /// The site's `distributed-system-id`.
@@ -205,7 +335,7 @@ impl Directory {
             .unwrap_or(&EMPTY_SITE)
     }
 
-    /// Any site's entry (only the local one, until the exchange with remote locators).
+    /// The local site's entry (remote sites are [`Directory::remote_site`]).
     pub fn site_entry(&self, site: SiteId) -> Option<&SiteEntry> {
         self.sites.get(&site)
     }
@@ -298,6 +428,293 @@ impl Directory {
         entry.info.load = entry.info.load.saturating_add(1);
         Some(entry.info.clone())
     }
+
+    /// What another site's entry holds, if this directory knows the site.
+    pub fn remote_site(&self, site: SiteId) -> Option<&RemoteSite> {
+        self.remote.get(&site)
+    }
+
+    /// Every remote site this directory knows, by id.
+    pub fn remote_sites(&self) -> &BTreeMap<SiteId, RemoteSite> {
+        &self.remote
+    }
+
+    /// Whether `site` is this directory's own site.
+    fn is_own(&self, site: SiteId) -> bool {
+        site == self.site.unwrap_or(SITE_UNSET)
+    }
+
+    /// The locators to exchange with: the `remote-locators` setting, then every locator learned
+    /// of other sites, each address once, never this locator itself.
+    pub fn exchange_targets(&self) -> Vec<Address> {
+        let own = &self.local().locators;
+        let mut out: Vec<Address> = Vec::new();
+        let learned = self
+            .remote
+            .values()
+            .flat_map(|s| s.locators.values().map(|l| &l.address));
+        for a in self.remote_locators.iter().chain(learned) {
+            if !own.contains(a) && !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// The map this locator sends and answers with: its own site fresh (its own locator and
+    /// every local server with receiver endpoints, age 0), then every remote entry with its age.
+    /// Entries already past the remote-entry timeout are left out.
+    pub fn export(&self, now_ms: u64) -> SiteMap {
+        let mut map = SiteMap::new();
+        let Some(site) = self.site else {
+            return map;
+        };
+        let own = SiteReport {
+            locators: self
+                .local()
+                .locators
+                .iter()
+                .map(|a| LocatorReport {
+                    name: self.locator_name.clone(),
+                    address: a.clone(),
+                    age_ms: 0,
+                })
+                .collect(),
+            servers: self
+                .local()
+                .servers
+                .values()
+                .filter(|e| !e.info.receivers.is_empty())
+                .map(|e| ServerReport {
+                    name: e.info.name.clone(),
+                    receivers: e.info.receivers.clone(),
+                    age_ms: 0,
+                })
+                .collect(),
+        };
+        map.insert(site, own);
+        let timeout = self.remote_entry_timeout_ms;
+        for (id, remote) in &self.remote {
+            let age = |vouched: u64| now_ms.saturating_sub(vouched);
+            let report = SiteReport {
+                locators: remote
+                    .locators
+                    .iter()
+                    .filter(|(_, l)| age(l.vouched_ms) <= timeout)
+                    .map(|(name, l)| LocatorReport {
+                        name: name.clone(),
+                        address: l.address.clone(),
+                        age_ms: age(l.vouched_ms),
+                    })
+                    .collect(),
+                servers: remote
+                    .servers
+                    .iter()
+                    .filter(|(_, s)| age(s.vouched_ms) <= timeout)
+                    .map(|(name, s)| ServerReport {
+                        name: name.clone(),
+                        receivers: s.receivers.clone(),
+                        age_ms: age(s.vouched_ms),
+                    })
+                    .collect(),
+            };
+            if !report.locators.is_empty() || !report.servers.is_empty() {
+                map.insert(*id, report);
+            }
+        }
+        map
+    }
+
+    /// Merges the map a locator of site `from` sent (or answered with). Entries about this
+    /// directory's own site are ignored: only its own servers and locator speak for it. For every
+    /// other entry the freshest report wins, so an older relayed report never overwrites a newer
+    /// one, and a fresher report of a changed address replaces the old address. Reports older
+    /// than the remote-entry timeout are ignored. A map that breaks the limits (a site id of 0,
+    /// an invalid name or address, too many entries) is refused whole: nothing is merged.
+    pub fn handle_exchange(
+        &mut self,
+        now_ms: u64,
+        from: SiteId,
+        map: &SiteMap,
+    ) -> Result<Merged, DirectoryError> {
+        if self.site.is_none() {
+            return Err(DirectoryError::NoSite);
+        }
+        validate_map(from, map)?;
+        let timeout = self.remote_entry_timeout_ms;
+        let mut merged = Merged::default();
+        for (&id, report) in map {
+            if self.is_own(id) {
+                continue;
+            }
+            let fresh = |age: u64| age <= timeout;
+            if !report
+                .locators
+                .iter()
+                .map(|l| l.age_ms)
+                .chain(report.servers.iter().map(|s| s.age_ms))
+                .any(fresh)
+            {
+                continue;
+            }
+            if !self.remote.contains_key(&id) {
+                merged.new_sites.push(id);
+            }
+            let site = self.remote.entry(id).or_default();
+            for l in report.locators.iter().filter(|l| fresh(l.age_ms)) {
+                let vouched_ms = now_ms.saturating_sub(l.age_ms);
+                match site.locators.get_mut(&l.name) {
+                    Some(old) if old.vouched_ms >= vouched_ms => {}
+                    Some(old) => {
+                        if old.address != l.address {
+                            merged.changed += 1;
+                            old.address = l.address.clone();
+                        }
+                        old.vouched_ms = vouched_ms;
+                    }
+                    None => {
+                        merged.changed += 1;
+                        site.locators.insert(
+                            l.name.clone(),
+                            RemoteLocator {
+                                address: l.address.clone(),
+                                vouched_ms,
+                            },
+                        );
+                    }
+                }
+            }
+            for s in report.servers.iter().filter(|s| fresh(s.age_ms)) {
+                let vouched_ms = now_ms.saturating_sub(s.age_ms);
+                match site.servers.get_mut(&s.name) {
+                    Some(old) if old.vouched_ms >= vouched_ms => {}
+                    Some(old) => {
+                        if old.receivers != s.receivers {
+                            merged.changed += 1;
+                            old.receivers = s.receivers.clone();
+                        }
+                        old.vouched_ms = vouched_ms;
+                    }
+                    None => {
+                        merged.changed += 1;
+                        site.servers.insert(
+                            s.name.clone(),
+                            RemoteServer {
+                                receivers: s.receivers.clone(),
+                                vouched_ms,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Drops the remote locators and servers their own site has not vouched for within the
+    /// remote-entry timeout (one vouched for exactly that long ago stays), and the sites left
+    /// empty; returns what went, by site.
+    pub fn poll_aged_out(&mut self, now_ms: u64) -> Vec<AgedOut> {
+        let timeout = self.remote_entry_timeout_ms;
+        let stale = |vouched: u64| now_ms.saturating_sub(vouched) > timeout;
+        let mut out = Vec::new();
+        for (&site, remote) in &mut self.remote {
+            let locators: Vec<(MemberName, Address)> = remote
+                .locators
+                .iter()
+                .filter(|(_, l)| stale(l.vouched_ms))
+                .map(|(n, l)| (n.clone(), l.address.clone()))
+                .collect();
+            let servers: Vec<MemberName> = remote
+                .servers
+                .iter()
+                .filter(|(_, s)| stale(s.vouched_ms))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if locators.is_empty() && servers.is_empty() {
+                continue;
+            }
+            for (n, _) in &locators {
+                remote.locators.remove(n);
+            }
+            for n in &servers {
+                remote.servers.remove(n);
+            }
+            out.push(AgedOut {
+                site,
+                locators,
+                servers,
+                site_gone: remote.locators.is_empty() && remote.servers.is_empty(),
+            });
+        }
+        self.remote
+            .retain(|_, r| !r.locators.is_empty() || !r.servers.is_empty());
+        out
+    }
+
+    /// The gateway-receiver endpoints of `site`'s servers (ordered by server name), or `None`
+    /// when the directory does not know the site. The own site answers with its local servers'.
+    pub fn receivers_of(&self, site: SiteId) -> Option<Vec<ReceiverEndpoint>> {
+        if self.is_own(site) {
+            return Some(
+                self.local()
+                    .servers
+                    .values()
+                    .flat_map(|e| e.info.receivers.iter().cloned())
+                    .collect(),
+            );
+        }
+        self.remote.get(&site).map(|r| {
+            r.servers
+                .values()
+                .flat_map(|s| s.receivers.iter().cloned())
+                .collect()
+        })
+    }
+
+    /// The locators of `site` (ordered by name), or `None` when the directory does not know it.
+    pub fn locators_of(&self, site: SiteId) -> Option<Vec<Address>> {
+        if self.is_own(site) {
+            return Some(self.local().locators.clone());
+        }
+        self.remote
+            .get(&site)
+            .map(|r| r.locators.values().map(|l| l.address.clone()).collect())
+    }
+}
+
+fn validate_map(from: SiteId, map: &SiteMap) -> Result<(), DirectoryError> {
+    if from == SITE_UNSET {
+        return Err(DirectoryError::InvalidSite(from));
+    }
+    for (&site, report) in map {
+        if site == SITE_UNSET {
+            return Err(DirectoryError::InvalidSite(site));
+        }
+        if report.locators.len() > LOCATORS_PER_SITE_MAX {
+            return Err(DirectoryError::TooManyLocators {
+                site,
+                count: report.locators.len(),
+            });
+        }
+        if report.servers.len() > SERVERS_PER_SITE_MAX {
+            return Err(DirectoryError::TooManyServers {
+                site,
+                count: report.servers.len(),
+            });
+        }
+        for l in &report.locators {
+            validate_name(&l.name)?;
+            if !valid_address(&l.address) {
+                return Err(DirectoryError::InvalidAddress(l.address.to_string()));
+            }
+        }
+        for s in &report.servers {
+            validate_name(&s.name)?;
+            validate_receivers(&s.receivers)?;
+        }
+    }
+    Ok(())
 }
 
 static EMPTY_SITE: SiteEntry = SiteEntry {
@@ -312,8 +729,8 @@ fn valid_address(a: &Address) -> bool {
         && a.port != 0
 }
 
-fn validate(info: &ServerInfo) -> Result<(), DirectoryError> {
-    let name = &info.name.0;
+fn validate_name(name: &MemberName) -> Result<(), DirectoryError> {
+    let name = &name.0;
     if name.is_empty()
         || name.len() > MEMBER_NAME_BYTES_MAX
         || name.contains('/')
@@ -321,17 +738,27 @@ fn validate(info: &ServerInfo) -> Result<(), DirectoryError> {
     {
         return Err(DirectoryError::InvalidName(name.clone()));
     }
-    if info.receivers.len() > RECEIVERS_PER_SERVER_MAX {
+    Ok(())
+}
+
+fn validate_receivers(receivers: &[ReceiverEndpoint]) -> Result<(), DirectoryError> {
+    if receivers.len() > RECEIVERS_PER_SERVER_MAX {
         return Err(DirectoryError::TooManyReceivers {
-            count: info.receivers.len(),
+            count: receivers.len(),
         });
     }
-    for a in std::iter::once(&info.client).chain(info.receivers.iter().map(|r| &r.address)) {
-        if !valid_address(a) {
-            return Err(DirectoryError::InvalidAddress(a.to_string()));
-        }
+    match receivers.iter().find(|r| !valid_address(&r.address)) {
+        Some(r) => Err(DirectoryError::InvalidAddress(r.address.to_string())),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+fn validate(info: &ServerInfo) -> Result<(), DirectoryError> {
+    validate_name(&info.name)?;
+    if !valid_address(&info.client) {
+        return Err(DirectoryError::InvalidAddress(info.client.to_string()));
+    }
+    validate_receivers(&info.receivers)
 }
 
 #[cfg(test)]
@@ -603,5 +1030,281 @@ mod tests {
         let mut d = dir();
         d.handle_register(0, server("a", 1, u32::MAX)).unwrap();
         assert_eq!(d.least_loaded().unwrap().load, u32::MAX);
+    }
+
+    // Discovery between sites.
+
+    const REMOTE_TIMEOUT: u64 = 500;
+
+    fn site_dir(site: u8, remote: &[u16]) -> Directory {
+        Directory::new(
+            Some(SiteId(site)),
+            addr("127.0.0.1", 10_000 + u16::from(site)),
+            remote.iter().map(|&p| addr("127.0.0.1", p)).collect(),
+            TIMEOUT,
+        )
+        .with_locator_name(MemberName(format!("loc-{site}")))
+        .with_remote_entry_timeout_ms(REMOTE_TIMEOUT)
+    }
+
+    fn receiver(port: u16) -> ReceiverEndpoint {
+        ReceiverEndpoint {
+            address: addr("127.0.0.1", port),
+            buckets: vec![BucketId(0), BucketId(1)],
+        }
+    }
+
+    fn with_receiver(name: &str, port: u16) -> ServerInfo {
+        let mut s = server(name, 40_000 + port, 0);
+        s.receivers.push(receiver(port));
+        s
+    }
+
+    /// `a` calls `b` at `now`: `b` merges `a`'s map and answers with its own, which `a` merges.
+    fn exchange(now: u64, a: &mut Directory, b: &mut Directory) -> (Merged, Merged) {
+        let at_b = b
+            .handle_exchange(now, a.site().unwrap(), &a.export(now))
+            .unwrap();
+        let at_a = a
+            .handle_exchange(now, b.site().unwrap(), &b.export(now))
+            .unwrap();
+        (at_b, at_a)
+    }
+
+    /// Calls every target a directory has, as a locator's exchange round does.
+    fn round(now: u64, dirs: &mut [Directory]) {
+        for i in 0..dirs.len() {
+            for target in dirs[i].exchange_targets() {
+                let Some(j) = dirs.iter().position(|d| d.local().locators[0] == target) else {
+                    continue;
+                };
+                let (left, right) = dirs.split_at_mut(i.max(j));
+                let (a, b) = if i < j {
+                    (&mut left[i], &mut right[0])
+                } else {
+                    (&mut right[0], &mut left[j])
+                };
+                exchange(now, a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn three_sites_each_knowing_one_other_converge() {
+        // 1 knows 2, 2 knows 3, 3 knows nobody.
+        let mut dirs = vec![
+            site_dir(1, &[10_002]),
+            site_dir(2, &[10_003]),
+            site_dir(3, &[]),
+        ];
+        dirs[2]
+            .handle_register(0, with_receiver("s3", 5003))
+            .unwrap();
+        let mut rounds = 0;
+        while !dirs.iter().all(|d| {
+            (1..=3).all(|s| d.locators_of(SiteId(s)).is_some_and(|l| l.len() == 1))
+                && d.receivers_of(SiteId(3)) == Some(vec![receiver(5003)])
+        }) {
+            rounds += 1;
+            assert!(rounds <= 3, "no convergence after 3 rounds");
+            round(rounds * 10, &mut dirs);
+        }
+        assert_eq!(
+            dirs[0].locators_of(SiteId(3)),
+            Some(vec![addr("127.0.0.1", 10_003)])
+        );
+        // Site 1 now calls 3 directly, having learned of it.
+        assert_eq!(
+            dirs[0].exchange_targets(),
+            vec![addr("127.0.0.1", 10_002), addr("127.0.0.1", 10_003)]
+        );
+        assert_eq!(dirs[0].receivers_of(SiteId(9)), None);
+        assert_eq!(dirs[0].locators_of(SiteId(9)), None);
+    }
+
+    #[test]
+    fn an_exchange_reports_what_changed() {
+        let (mut a, mut b) = (site_dir(1, &[10_002]), site_dir(2, &[]));
+        let (at_b, at_a) = exchange(0, &mut a, &mut b);
+        assert_eq!(
+            (at_b.new_sites, at_b.changed, at_a.new_sites, at_a.changed),
+            (vec![SiteId(1)], 1, vec![SiteId(2)], 1)
+        );
+        // The same again only refreshes.
+        let (at_b, at_a) = exchange(10, &mut a, &mut b);
+        assert_eq!((at_b, at_a), (Merged::default(), Merged::default()));
+        assert_eq!(
+            a.remote_site(SiteId(2)).unwrap().locators[&MemberName("loc-2".into())].vouched_ms,
+            10
+        );
+    }
+
+    #[test]
+    fn remote_entries_age_out_even_while_relayed() {
+        let (mut a, mut b, mut c) = (site_dir(1, &[]), site_dir(2, &[]), site_dir(3, &[]));
+        c.handle_register(0, with_receiver("s3", 5003)).unwrap();
+        exchange(0, &mut b, &mut c);
+        exchange(0, &mut a, &mut b);
+        assert!(a.receivers_of(SiteId(3)).is_some());
+        // Site 3 falls silent; 1 and 2 keep relaying what they know of it to each other.
+        let mut now = 0;
+        while now < REMOTE_TIMEOUT {
+            now += 100;
+            exchange(now, &mut a, &mut b);
+            assert!(a.poll_aged_out(now).is_empty() && b.poll_aged_out(now).is_empty());
+            let age = a.export(now)[&SiteId(3)].servers[0].age_ms;
+            assert_eq!(age, now, "relaying never makes an entry younger");
+        }
+        exchange(now + 1, &mut a, &mut b);
+        let gone = a.poll_aged_out(now + 1);
+        assert_eq!(
+            gone,
+            vec![AgedOut {
+                site: SiteId(3),
+                locators: vec![(MemberName("loc-3".into()), addr("127.0.0.1", 10_003))],
+                servers: vec![MemberName("s3".into())],
+                site_gone: true,
+            }]
+        );
+        assert_eq!(a.receivers_of(SiteId(3)), None);
+        assert!(!a.exchange_targets().contains(&addr("127.0.0.1", 10_003)));
+        // Site 2 still sees 1, refreshed by the exchanges.
+        assert!(a.locators_of(SiteId(2)).is_some());
+        // A report already older than the timeout is not taken in.
+        let mut stale = SiteMap::new();
+        stale.insert(
+            SiteId(3),
+            SiteReport {
+                locators: vec![LocatorReport {
+                    name: MemberName("loc-3".into()),
+                    address: addr("127.0.0.1", 10_003),
+                    age_ms: REMOTE_TIMEOUT + 1,
+                }],
+                servers: Vec::new(),
+            },
+        );
+        assert_eq!(
+            a.handle_exchange(now, SiteId(2), &stale),
+            Ok(Merged::default())
+        );
+        assert_eq!(a.locators_of(SiteId(3)), None);
+    }
+
+    #[test]
+    fn a_fresher_report_of_a_changed_address_replaces_the_old_one_an_older_does_not() {
+        let (mut a, mut b) = (site_dir(1, &[]), site_dir(2, &[]));
+        b.handle_register(0, with_receiver("s2", 5002)).unwrap();
+        exchange(0, &mut a, &mut b);
+        // s2 restarts with another receiver port.
+        b.handle_register(50, with_receiver("s2", 5012)).unwrap();
+        let older = b.export(50);
+        let (_, at_a) = exchange(100, &mut a, &mut b);
+        assert_eq!(at_a.changed, 1);
+        assert_eq!(a.receivers_of(SiteId(2)), Some(vec![receiver(5012)]));
+        // The map sent at 50 arrives late, relayed with the old age: it loses.
+        let mut late = older.clone();
+        late.get_mut(&SiteId(2)).unwrap().servers[0].receivers = vec![receiver(5002)];
+        late.get_mut(&SiteId(2)).unwrap().servers[0].age_ms = 60;
+        assert_eq!(
+            a.handle_exchange(100, SiteId(3), &late),
+            Ok(Merged::default())
+        );
+        assert_eq!(a.receivers_of(SiteId(2)), Some(vec![receiver(5012)]));
+        // A locator that moved: the same name at a new address.
+        let mut moved = older;
+        let l = &mut moved.get_mut(&SiteId(2)).unwrap().locators[0];
+        l.address = addr("10.0.0.2", 10_334);
+        l.age_ms = 0;
+        assert_eq!(
+            a.handle_exchange(200, SiteId(2), &moved).unwrap().changed,
+            1
+        );
+        assert_eq!(
+            a.locators_of(SiteId(2)),
+            Some(vec![addr("10.0.0.2", 10_334)])
+        );
+    }
+
+    #[test]
+    fn the_own_site_is_never_overwritten_by_relayed_reports() {
+        let mut a = site_dir(1, &[]);
+        a.handle_register(0, with_receiver("s1", 5001)).unwrap();
+        let mut forged = SiteMap::new();
+        forged.insert(
+            SiteId(1),
+            SiteReport {
+                locators: vec![LocatorReport {
+                    name: MemberName("loc-1".into()),
+                    address: addr("evil", 1),
+                    age_ms: 0,
+                }],
+                servers: vec![ServerReport {
+                    name: MemberName("s1".into()),
+                    receivers: vec![receiver(6666)],
+                    age_ms: 0,
+                }],
+            },
+        );
+        assert_eq!(
+            a.handle_exchange(5, SiteId(2), &forged),
+            Ok(Merged::default())
+        );
+        assert_eq!(
+            a.locators_of(SiteId(1)),
+            Some(vec![addr("127.0.0.1", 10_001)])
+        );
+        assert_eq!(a.receivers_of(SiteId(1)), Some(vec![receiver(5001)]));
+        assert!(a.remote_sites().is_empty());
+        let own = &a.export(5)[&SiteId(1)];
+        assert_eq!(own.locators[0].name, MemberName("loc-1".into()));
+        assert_eq!(own.servers[0].receivers, vec![receiver(5001)]);
+    }
+
+    #[test]
+    fn only_servers_with_receivers_are_exported() {
+        let mut a = site_dir(1, &[]);
+        a.handle_register(0, server("plain", 1, 0)).unwrap();
+        assert!(a.export(0)[&SiteId(1)].servers.is_empty());
+        assert_eq!(a.receivers_of(SiteId(1)), Some(Vec::new()));
+    }
+
+    #[test]
+    fn invalid_maps_are_refused_whole() {
+        let mut a = site_dir(1, &[]);
+        let good = site_dir(2, &[]).export(0);
+        assert_eq!(
+            a.handle_exchange(0, SITE_UNSET, &good),
+            Err(DirectoryError::InvalidSite(SITE_UNSET))
+        );
+        let mut bad = good.clone();
+        bad.get_mut(&SiteId(2)).unwrap().locators[0].address.port = 0;
+        bad.insert(SiteId(3), site_dir(3, &[]).export(0)[&SiteId(3)].clone());
+        assert!(matches!(
+            a.handle_exchange(0, SiteId(2), &bad),
+            Err(DirectoryError::InvalidAddress(_))
+        ));
+        assert!(a.remote_sites().is_empty());
+        let mut bad = good.clone();
+        bad.insert(SITE_UNSET, SiteReport::default());
+        assert!(a.handle_exchange(0, SiteId(2), &bad).is_err());
+        let mut bad = good.clone();
+        bad.get_mut(&SiteId(2)).unwrap().locators = vec![
+            LocatorReport {
+                name: MemberName("l".into()),
+                address: addr("h", 1),
+                age_ms: 0
+            };
+            LOCATORS_PER_SITE_MAX + 1
+        ];
+        assert!(matches!(
+            a.handle_exchange(0, SiteId(2), &bad),
+            Err(DirectoryError::TooManyLocators { .. })
+        ));
+        let mut unset = Directory::new(None, addr("l", 1), Vec::new(), TIMEOUT);
+        assert_eq!(
+            unset.handle_exchange(0, SiteId(2), &good),
+            Err(DirectoryError::NoSite)
+        );
+        assert!(unset.export(0).is_empty());
     }
 }

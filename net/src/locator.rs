@@ -9,18 +9,43 @@
 //! | `GET /v1/servers` | none | [`ServersReply`] |
 //! | `GET /v1/servers/least-loaded` | none | [`ServerView`]; 404 [`ErrorKind::NoServers`] |
 //! | `GET /v1/status` | none | [`StatusReply`] |
+//! | `POST /v1/exchange` | [`ExchangeRequest`] | [`SitesReply`]: the receiving locator's map |
+//! | `GET /v1/sites` | none | [`SitesReply`] |
+//! | `GET /v1/sites/{id}/receivers` | none | [`ReceiversReply`]; 404 [`ErrorKind::SiteUnknown`] |
 //!
 //! Every refusal is an [`ErrorReply`] with the status of its [`ErrorKind`]. [`route`] maps a
 //! method and a path to a [`Route`]; member names in paths are percent-encoded with
-//! [`encode_segment`]. The exchange with remote sites' locators (issue 4) adds its messages
-//! here.
+//! [`encode_segment`].
+//!
+//! The exchange between sites: a locator with a `distributed-system-id` posts an
+//! [`ExchangeRequest`] (its site, itself, its whole map of sites) to every locator of another
+//! site it knows, and merges the [`SitesReply`] it gets back. Ages in a map are relative
+//! (milliseconds since the entry's own site vouched for it, when the map was sent), because
+//! the two machines' clocks differ.
 
 use serde::{Deserialize, Serialize};
 
 /// Largest request body a locator reads; a larger one is refused with 413.
 pub const BODY_BYTES_MAX: usize = 64 << 10;
+/// Largest `POST /v1/exchange` body: a map of many sites, each with many receivers.
+pub const EXCHANGE_BODY_BYTES_MAX: usize = 4 << 20;
 /// The path of the server collection.
 pub const SERVERS_PATH: &str = "/v1/servers";
+/// The path of the exchange between sites' locators.
+pub const EXCHANGE_PATH: &str = "/v1/exchange";
+/// The path of the map of sites.
+pub const SITES_PATH: &str = "/v1/sites";
+const _: () = assert!(BODY_BYTES_MAX <= EXCHANGE_BODY_BYTES_MAX);
+
+/// The largest body a request to `target` may have.
+pub fn body_bytes_max(target: &str) -> usize {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if path.trim_end_matches('/') == EXCHANGE_PATH {
+        EXCHANGE_BODY_BYTES_MAX
+    } else {
+        BODY_BYTES_MAX
+    }
+}
 
 /// A host name or address and a port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +139,78 @@ pub struct StatusReply {
     pub servers: usize,
 }
 
+/// A locator in a site map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteLocator {
+    /// Its member name, unique within its site; a new address under the same name replaces
+    /// the old one.
+    pub name: String,
+    /// Its advertised address: `hostname-for-clients`, else its bind address, else the host
+    /// name.
+    pub address: Endpoint,
+    /// Milliseconds since its own site vouched for it, when the map was made (0: the sender
+    /// is, or serves, that site).
+    pub age_ms: u64,
+}
+
+/// A server with gateway receivers in a site map (servers without receivers are left out).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteServer {
+    /// Its member name, unique within its site.
+    pub name: String,
+    /// Its receivers' endpoints (`hostname-for-senders`, else bind address) and buckets.
+    pub receivers: Vec<ReceiverEndpoint>,
+    /// Milliseconds since its own site vouched for it, when the map was made.
+    pub age_ms: u64,
+}
+
+/// One site in a site map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteView {
+    pub distributed_system_id: u8,
+    /// Ordered by name.
+    pub locators: Vec<SiteLocator>,
+    /// Ordered by name.
+    pub servers: Vec<SiteServer>,
+}
+
+/// `POST /v1/exchange`: a locator of another site sends what it knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeRequest {
+    /// The sender's site.
+    pub distributed_system_id: u8,
+    /// The sending locator: its member name and advertised address.
+    pub locator: SiteLocator,
+    /// Everything the sender knows, its own site first-hand (age 0) and others relayed.
+    pub sites: Vec<SiteView>,
+}
+
+/// `GET /v1/sites`, and the reply to `POST /v1/exchange`: everything a locator knows of every
+/// site, its own included, ordered by site id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitesReply {
+    /// The answering locator's site.
+    pub distributed_system_id: Option<u8>,
+    pub sites: Vec<SiteView>,
+}
+
+/// `GET /v1/sites/{id}/receivers`: where a sender reaches site `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiversReply {
+    pub distributed_system_id: u8,
+    /// The site's locators' advertised addresses, ordered by name.
+    pub locators: Vec<Endpoint>,
+    /// Every gateway-receiver endpoint of the site's servers, ordered by server name; empty
+    /// when the site is known but none of its servers runs a receiver yet.
+    pub receivers: Vec<ReceiverEndpoint>,
+}
+
 /// What went wrong, and so the HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -132,6 +229,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The directory holds as many servers as it may: 503.
     DirectoryFull,
+    /// `GET /v1/sites/{id}/receivers` for a site this locator does not know (yet): 404.
+    SiteUnknown,
 }
 
 impl ErrorKind {
@@ -139,7 +238,10 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::BadRequest => 400,
-            ErrorKind::UnknownServer | ErrorKind::NoServers | ErrorKind::NotFound => 404,
+            ErrorKind::UnknownServer
+            | ErrorKind::NoServers
+            | ErrorKind::NotFound
+            | ErrorKind::SiteUnknown => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::DirectoryFull => 503,
@@ -173,6 +275,9 @@ pub enum Route {
     Servers,
     LeastLoaded,
     Status,
+    Exchange,
+    Sites,
+    SiteReceivers { site: u8 },
 }
 
 /// The endpoint of `method` on `target` (a path, with or without a query, which is ignored).
@@ -205,6 +310,20 @@ pub fn route(method: &str, target: &str) -> Result<Route, ErrorReply> {
         ["", "v1", "servers", name, "heartbeat"] => {
             let name = decode_segment(name)?;
             allowed(method == "PUT", Route::Heartbeat { name }, "PUT")
+        }
+        ["", "v1", "exchange"] => allowed(method == "POST", Route::Exchange, "POST"),
+        ["", "v1", "sites"] => allowed(method == "GET", Route::Sites, "GET"),
+        ["", "v1", "sites", id, "receivers"] => {
+            let site = match id.parse::<u8>() {
+                Ok(site) if site != 0 => site,
+                _ => {
+                    return Err(ErrorReply::new(
+                        ErrorKind::BadRequest,
+                        format!("`{id}` is not a distributed-system-id (1 to 255)"),
+                    ));
+                }
+            };
+            allowed(method == "GET", Route::SiteReceivers { site }, "GET")
         }
         _ => Err(ErrorReply::new(
             ErrorKind::NotFound,
@@ -295,6 +414,38 @@ mod tests {
                 name: "ny-1".into()
             })
         );
+    }
+
+    #[test]
+    fn exchange_routes_and_limits() {
+        assert_eq!(route("POST", "/v1/exchange"), Ok(Route::Exchange));
+        assert_eq!(route("GET", "/v1/sites"), Ok(Route::Sites));
+        assert_eq!(
+            route("GET", "/v1/sites/3/receivers"),
+            Ok(Route::SiteReceivers { site: 3 })
+        );
+        assert_eq!(
+            route("GET", "/v1/exchange").unwrap_err().error,
+            ErrorKind::MethodNotAllowed
+        );
+        for bad in ["0", "256", "x", "-1"] {
+            let e = route("GET", &format!("/v1/sites/{bad}/receivers")).unwrap_err();
+            assert_eq!(e.error, ErrorKind::BadRequest, "{bad}");
+            assert!(e.message.contains("distributed-system-id"), "{}", e.message);
+        }
+        assert_eq!(ErrorKind::SiteUnknown.status(), 404);
+        assert_eq!(
+            serde_json::to_string(&ErrorKind::SiteUnknown).unwrap(),
+            r#""site-unknown""#
+        );
+        assert_eq!(body_bytes_max("/v1/exchange"), EXCHANGE_BODY_BYTES_MAX);
+        assert_eq!(body_bytes_max("/v1/servers"), BODY_BYTES_MAX);
+        let r: ExchangeRequest = parse_body(
+            br#"{"distributed_system_id":2,"locator":{"name":"l","address":{"host":"h","port":1},"age_ms":0},
+                 "sites":[{"distributed_system_id":2,"locators":[],"servers":[{"name":"s","receivers":[{"host":"h","port":5000}],"age_ms":7}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.sites[0].servers[0].age_ms, 7);
     }
 
     #[test]

@@ -7,23 +7,35 @@
 //! shell and handed to the directory in milliseconds. A lock file keeps a second locator off
 //! the same directory. [`LocatorClient`] is the other side, used by the servers' registration
 //! agent.
+//!
+//! Discovery between sites: a locator with a `distributed-system-id` exchanges its map of sites
+//! (`POST /v1/exchange`) at start and every [`LocatorConfig::exchange_interval_ms`] with every
+//! locator of another site it knows. The calls run on a second plain thread, the exchanger, so
+//! that a slow or unreachable remote locator never holds up the control thread; the control
+//! thread hands it the map and the targets and merges the replies. A gateway sender finds a
+//! remote site's receivers through its local locator with [`RemoteSiteLookup`].
 
 use crate::config::HostPort;
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use strait_engine::locator::{
-    Address, Directory, DirectoryError, MEMBER_TIMEOUT_MS_DEFAULT, MEMBER_TIMEOUT_MS_MAX,
-    MEMBER_TIMEOUT_MS_MIN, MemberName, ReceiverEndpoint, Registered, ServerEntry, ServerInfo,
+    Address, AgedOut, Directory, DirectoryError, LocatorReport, MEMBER_TIMEOUT_MS_DEFAULT,
+    MEMBER_TIMEOUT_MS_MAX, MEMBER_TIMEOUT_MS_MIN, MemberName, Merged,
+    REMOTE_ENTRY_TIMEOUT_MS_DEFAULT, ReceiverEndpoint, Registered, ServerEntry, ServerInfo,
+    ServerReport, SiteMap, SiteReport,
 };
 use strait_net::locator::{
-    self as proto, BODY_BYTES_MAX, Endpoint, ErrorKind, ErrorReply, HeartbeatReply,
-    HeartbeatRequest, RegisterReply, RegisterRequest, Route, ServerView, ServersReply, StatusReply,
+    self as proto, Endpoint, ErrorKind, ErrorReply, ExchangeRequest, HeartbeatReply,
+    HeartbeatRequest, ReceiversReply, RegisterReply, RegisterRequest, Route, ServerView,
+    ServersReply, SiteLocator, SiteServer, SiteView, SitesReply, StatusReply,
 };
 use strait_queue::ids::{BucketId, SiteId};
 
@@ -35,6 +47,15 @@ pub const LOCATOR_POLL_MS: u64 = 50;
 pub const LOCK_FILE: &str = "locator.lock";
 /// Largest reply [`LocatorClient`] reads: a directory of thousands of servers fits.
 pub const REPLY_BYTES_MAX: u64 = 16 << 20;
+/// How often a locator exchanges its map with every remote locator it knows (Geode's
+/// `WANLocator.PING_INTERVAL`).
+pub const LOCATOR_EXCHANGE_INTERVAL_MS: u64 = 10_000;
+/// How long one exchange call to a remote locator may take; an unreachable one is tried again
+/// at the next interval.
+pub const EXCHANGE_CALL_TIMEOUT_MS: u64 = 2_000;
+/// How often [`RemoteSiteLookup`] repeats its warning while a remote site stays unknown.
+pub const SITE_UNKNOWN_WARN_INTERVAL_MS: u64 = 10_000;
+const _: () = assert!(LOCATOR_EXCHANGE_INTERVAL_MS * 3 <= REMOTE_ENTRY_TIMEOUT_MS_DEFAULT);
 
 /// A locator's settings; [`LocatorConfig::new`] gives Geode's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,12 +68,18 @@ pub struct LocatorConfig {
     pub port: u16,
     /// The site's `distributed-system-id`, 1–255.
     pub distributed_system_id: Option<SiteId>,
-    /// Locators of other sites (stored and reported; the exchange is issue 4).
+    /// Locators of other sites to exchange with; one is enough, the rest is learned.
     pub remote_locators: Vec<HostPort>,
-    /// The host name this locator advertises; default: the bind address, else the host name.
+    /// The host name this locator advertises to servers, clients and other sites; default:
+    /// the bind address, else the host name.
     pub hostname_for_clients: Option<String>,
     /// A server silent for longer than this is dropped.
     pub member_timeout_ms: u64,
+    /// How often to exchange with remote locators (default [`LOCATOR_EXCHANGE_INTERVAL_MS`]).
+    pub exchange_interval_ms: u64,
+    /// A remote site's locator or server that its own site has not vouched for within this
+    /// long is dropped (default [`REMOTE_ENTRY_TIMEOUT_MS_DEFAULT`]).
+    pub remote_entry_timeout_ms: u64,
     /// Working directory: the lock file.
     pub directory: PathBuf,
 }
@@ -68,6 +95,8 @@ impl LocatorConfig {
             remote_locators: Vec::new(),
             hostname_for_clients: None,
             member_timeout_ms: MEMBER_TIMEOUT_MS_DEFAULT,
+            exchange_interval_ms: LOCATOR_EXCHANGE_INTERVAL_MS,
+            remote_entry_timeout_ms: REMOTE_ENTRY_TIMEOUT_MS_DEFAULT,
             directory: directory.into(),
         }
     }
@@ -148,6 +177,16 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
             ),
         });
     }
+    if config.exchange_interval_ms == 0 || config.remote_entry_timeout_ms == 0 {
+        return Err(LocatorError::Config {
+            key: if config.exchange_interval_ms == 0 {
+                "exchange-interval"
+            } else {
+                "remote-entry-timeout"
+            },
+            reason: "0 ms is out of range (at least 1 ms)".into(),
+        });
+    }
     if config.distributed_system_id == Some(SiteId(0)) {
         return Err(LocatorError::Config {
             key: "distributed-system-id",
@@ -191,16 +230,40 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
             advertised,
             remote,
             config.member_timeout_ms,
-        ),
+        )
+        .with_locator_name(MemberName(config.name.clone()))
+        .with_remote_entry_timeout_ms(config.remote_entry_timeout_ms),
     };
+    if service.directory.site().is_none() && !service.directory.remote_locators().is_empty() {
+        eprintln!(
+            "locator {}: remote-locators is set but distributed-system-id is not: no exchange with other sites",
+            config.name
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let (jobs, job_rx) = mpsc::sync_channel::<ExchangeJob>(1);
+    let (result_tx, results) = mpsc::channel::<ExchangeResult>();
+    let exchanger_stop = stop.clone();
+    let exchanger = std::thread::Builder::new()
+        .name(format!("locator-exchange-{}", config.name))
+        .spawn(move || run_exchanger(&job_rx, &result_tx, started, &exchanger_stop))
+        .map_err(LocatorError::Thread)?;
+    let mut exchange = Exchange {
+        jobs,
+        results,
+        exchanger: Some(exchanger),
+        busy: false,
+        interval_ms: config.exchange_interval_ms,
+        next_ms: 0,
+        unreachable: BTreeSet::new(),
+    };
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name(format!("locator-{}", config.name))
         .spawn(move || {
             // Held for as long as the locator runs.
             let _lock = lock;
-            let started = Instant::now();
             let now_ms = || started.elapsed().as_millis() as u64;
             let json =
                 tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).ok();
@@ -230,7 +293,9 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
                         service.directory.member_timeout_ms()
                     );
                 }
+                exchange.step(&mut service, now_ms());
             }
+            exchange.finish(&service.name);
         })
         .map_err(LocatorError::Thread)?;
     Ok(LocatorHandle { addr, stop, thread })
@@ -256,21 +321,362 @@ fn lock_directory(dir: &std::path::Path) -> Result<File, LocatorError> {
     }
 }
 
-/// A request body, at most [`BODY_BYTES_MAX`] bytes.
+/// A request body, at most [`proto::body_bytes_max`] bytes for its path.
 fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ErrorReply> {
+    let max = proto::body_bytes_max(request.url());
     let mut body = Vec::new();
     request
         .as_reader()
-        .take(BODY_BYTES_MAX as u64 + 1)
+        .take(max as u64 + 1)
         .read_to_end(&mut body)
         .map_err(|e| ErrorReply::new(ErrorKind::BadRequest, format!("reading the body: {e}")))?;
-    if body.len() > BODY_BYTES_MAX {
+    if body.len() > max {
         return Err(ErrorReply::new(
             ErrorKind::PayloadTooLarge,
-            format!("the body is larger than {BODY_BYTES_MAX} bytes"),
+            format!("the body is larger than {max} bytes"),
         ));
     }
     Ok(body)
+}
+
+/// One exchange round for the exchanger thread: the map as it was at `made_ms`, and whom to
+/// send it to.
+struct ExchangeJob {
+    targets: Vec<Address>,
+    request: ExchangeRequest,
+    made_ms: u64,
+}
+
+/// What the exchanger reports back to the control thread.
+enum ExchangeResult {
+    Reply {
+        target: Address,
+        /// When the request left, in the locator's ms: the reply's ages count from then, so
+        /// the round trip only ever makes entries older.
+        sent_ms: u64,
+        reply: SitesReply,
+    },
+    Failed {
+        target: Address,
+        error: ClientError,
+    },
+    /// The round is over; the next may start.
+    Done,
+}
+
+/// The exchanger: sends each job's map to each target in turn and reports every outcome.
+/// Ends when the control thread drops its end of the job channel, or at stop.
+fn run_exchanger(
+    jobs: &mpsc::Receiver<ExchangeJob>,
+    results: &mpsc::Sender<ExchangeResult>,
+    started: Instant,
+    stop: &AtomicBool,
+) {
+    let timeout = Duration::from_millis(EXCHANGE_CALL_TIMEOUT_MS);
+    for job in jobs {
+        for target in job.targets {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let sent_ms = started.elapsed().as_millis() as u64;
+            // The map has waited since it was made: its entries are that much older now.
+            let mut request = job.request.clone();
+            add_age(&mut request.sites, sent_ms.saturating_sub(job.made_ms));
+            let client = LocatorClient::new(&host_port(&target), timeout);
+            let result = match client.exchange(&request) {
+                Ok(reply) => ExchangeResult::Reply {
+                    target,
+                    sent_ms,
+                    reply,
+                },
+                Err(error) => ExchangeResult::Failed { target, error },
+            };
+            if results.send(result).is_err() {
+                return;
+            }
+        }
+        if results.send(ExchangeResult::Done).is_err() {
+            return;
+        }
+    }
+}
+
+fn add_age(sites: &mut [SiteView], ms: u64) {
+    for site in sites {
+        for l in &mut site.locators {
+            l.age_ms = l.age_ms.saturating_add(ms);
+        }
+        for s in &mut site.servers {
+            s.age_ms = s.age_ms.saturating_add(ms);
+        }
+    }
+}
+
+/// The control thread's side of the exchange: when the next round is due, whether the
+/// exchanger is still busy with the last one, and which remote locators did not answer.
+struct Exchange {
+    jobs: mpsc::SyncSender<ExchangeJob>,
+    results: mpsc::Receiver<ExchangeResult>,
+    exchanger: Option<JoinHandle<()>>,
+    busy: bool,
+    interval_ms: u64,
+    next_ms: u64,
+    /// Warned about once each; cleared when they answer again.
+    unreachable: BTreeSet<Address>,
+}
+
+impl Exchange {
+    /// Merges what the exchanger reported, ages out remote entries, and starts a round when
+    /// one is due and the last is over.
+    fn step(&mut self, service: &mut Service, now_ms: u64) {
+        while let Ok(result) = self.results.try_recv() {
+            match result {
+                ExchangeResult::Reply {
+                    target,
+                    sent_ms,
+                    reply,
+                } => self.merge_reply(service, &target, sent_ms, reply),
+                ExchangeResult::Failed { target, error } => {
+                    if self.unreachable.insert(target.clone()) {
+                        eprintln!(
+                            "locator {}: warning: remote locator {target} did not take the exchange: {error}; retrying every {} ms",
+                            service.name, self.interval_ms
+                        );
+                    }
+                }
+                ExchangeResult::Done => self.busy = false,
+            }
+        }
+        for gone in service.directory.poll_aged_out(now_ms) {
+            log_aged_out(service, &gone);
+        }
+        let Some(site) = service.directory.site() else {
+            return;
+        };
+        if self.busy || now_ms < self.next_ms {
+            return;
+        }
+        self.next_ms = now_ms.saturating_add(self.interval_ms);
+        let targets = service.directory.exchange_targets();
+        if targets.is_empty() {
+            return;
+        }
+        let job = ExchangeJob {
+            targets,
+            request: ExchangeRequest {
+                distributed_system_id: site.0,
+                locator: SiteLocator {
+                    name: service.name.clone(),
+                    address: service.address.clone(),
+                    age_ms: 0,
+                },
+                sites: site_views(&service.directory.export(now_ms)),
+            },
+            made_ms: now_ms,
+        };
+        // The exchanger is idle (not busy), so the one-slot channel has room; if the
+        // exchanger has gone, nothing is exchanged any more and the locator serves on.
+        self.busy = self.jobs.try_send(job).is_ok();
+    }
+
+    fn merge_reply(
+        &mut self,
+        service: &mut Service,
+        target: &Address,
+        sent_ms: u64,
+        reply: SitesReply,
+    ) {
+        let local = service.address_text();
+        let result = match reply.distributed_system_id {
+            Some(from) => site_map(reply.sites).and_then(|map| {
+                service
+                    .directory
+                    .handle_exchange(sent_ms, SiteId(from), &map)
+                    .map_err(directory_error)
+            }),
+            None => Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                "it has no distributed-system-id",
+            )),
+        };
+        match result {
+            Ok(merged) => {
+                if self.unreachable.remove(target) {
+                    eprintln!(
+                        "locator {}: remote locator {target} is reachable again",
+                        service.name
+                    );
+                }
+                if merged.changed > 0 {
+                    eprintln!(
+                        "Locator discovery task exchanged locator information {local} with {target}: {}",
+                        describe(&merged, &service.directory)
+                    );
+                }
+            }
+            Err(e) => {
+                if self.unreachable.insert(target.clone()) {
+                    eprintln!(
+                        "locator {}: warning: remote locator {target} answered the exchange with a map this locator refuses: {}; retrying every {} ms",
+                        service.name, e.message, self.interval_ms
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops the exchanger: it finishes the call under way (bounded by
+    /// [`EXCHANGE_CALL_TIMEOUT_MS`]) and sees the stop flag or the closed channel.
+    fn finish(mut self, name: &str) {
+        let exchanger = self.exchanger.take();
+        drop(self);
+        if let Some(t) = exchanger
+            && t.join().is_err()
+        {
+            eprintln!("locator {name}: the exchange thread panicked");
+        }
+    }
+}
+
+fn describe(merged: &Merged, directory: &Directory) -> String {
+    let sites: Vec<String> = directory
+        .remote_sites()
+        .iter()
+        .map(|(id, r)| {
+            let locators: Vec<String> =
+                r.locators.values().map(|l| l.address.to_string()).collect();
+            format!(
+                "site {id}: locators [{}], {} server(s) with receivers",
+                locators.join(", "),
+                r.servers.len()
+            )
+        })
+        .collect();
+    let new: Vec<String> = merged.new_sites.iter().map(|s| s.to_string()).collect();
+    format!(
+        "{} entries added or moved, new sites [{}]; now knows {}",
+        merged.changed,
+        new.join(", "),
+        sites.join("; ")
+    )
+}
+
+fn log_aged_out(service: &Service, gone: &AgedOut) {
+    let locators: Vec<String> = gone
+        .locators
+        .iter()
+        .map(|(n, a)| format!("{n} at {a}"))
+        .collect();
+    let servers: Vec<String> = gone.servers.iter().map(|n| n.to_string()).collect();
+    eprintln!(
+        "locator {}: site {}: dropped locators [{}] and servers [{}]: not vouched for by their site within {} ms{}",
+        service.name,
+        gone.site,
+        locators.join(", "),
+        servers.join(", "),
+        service.directory.remote_entry_timeout_ms(),
+        if gone.site_gone {
+            "; the site is unknown now"
+        } else {
+            ""
+        }
+    );
+}
+
+fn host_port(a: &Address) -> HostPort {
+    HostPort {
+        host: a.host.clone(),
+        port: a.port,
+    }
+}
+
+fn address(e: &Endpoint) -> Address {
+    Address {
+        host: e.host.clone(),
+        port: e.port,
+    }
+}
+
+fn receiver_view(r: &ReceiverEndpoint) -> proto::ReceiverEndpoint {
+    proto::ReceiverEndpoint {
+        host: r.address.host.clone(),
+        port: r.address.port,
+        buckets: r.buckets.iter().map(|b| b.0).collect(),
+    }
+}
+
+fn receiver(r: proto::ReceiverEndpoint) -> ReceiverEndpoint {
+    ReceiverEndpoint {
+        address: Address {
+            host: r.host,
+            port: r.port,
+        },
+        buckets: r.buckets.into_iter().map(BucketId).collect(),
+    }
+}
+
+/// The directory's map in the protocol's terms, ordered by site id.
+fn site_views(map: &SiteMap) -> Vec<SiteView> {
+    map.iter()
+        .map(|(id, r)| SiteView {
+            distributed_system_id: id.0,
+            locators: r
+                .locators
+                .iter()
+                .map(|l| SiteLocator {
+                    name: l.name.0.clone(),
+                    address: endpoint(&l.address),
+                    age_ms: l.age_ms,
+                })
+                .collect(),
+            servers: r
+                .servers
+                .iter()
+                .map(|s| SiteServer {
+                    name: s.name.0.clone(),
+                    receivers: s.receivers.iter().map(receiver_view).collect(),
+                    age_ms: s.age_ms,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// A map received in the protocol's terms; a site listed twice is refused.
+fn site_map(views: Vec<SiteView>) -> Result<SiteMap, ErrorReply> {
+    let mut map = SiteMap::new();
+    for v in views {
+        let report = SiteReport {
+            locators: v
+                .locators
+                .into_iter()
+                .map(|l| LocatorReport {
+                    name: MemberName(l.name),
+                    address: address(&l.address),
+                    age_ms: l.age_ms,
+                })
+                .collect(),
+            servers: v
+                .servers
+                .into_iter()
+                .map(|s| ServerReport {
+                    name: MemberName(s.name),
+                    receivers: s.receivers.into_iter().map(receiver).collect(),
+                    age_ms: s.age_ms,
+                })
+                .collect(),
+        };
+        if map
+            .insert(SiteId(v.distributed_system_id), report)
+            .is_some()
+        {
+            return Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                format!("site {} appears twice in the map", v.distributed_system_id),
+            ));
+        }
+    }
+    Ok(map)
 }
 
 /// The directory and who serves it: requests in, status and JSON out.
@@ -303,16 +709,7 @@ fn view(now_ms: u64, e: &ServerEntry) -> ServerView {
     ServerView {
         name: e.info.name.0.clone(),
         client: endpoint(&e.info.client),
-        receivers: e
-            .info
-            .receivers
-            .iter()
-            .map(|r| proto::ReceiverEndpoint {
-                host: r.address.host.clone(),
-                port: r.address.port,
-                buckets: r.buckets.iter().map(|b| b.0).collect(),
-            })
-            .collect(),
+        receivers: e.info.receivers.iter().map(receiver_view).collect(),
         load: e.info.load,
         last_heard_ms_ago: now_ms.saturating_sub(e.last_heard_ms),
     }
@@ -324,12 +721,21 @@ fn directory_error(e: DirectoryError) -> ErrorReply {
         DirectoryError::Full => ErrorKind::DirectoryFull,
         DirectoryError::InvalidName(_)
         | DirectoryError::InvalidAddress(_)
-        | DirectoryError::TooManyReceivers { .. } => ErrorKind::BadRequest,
+        | DirectoryError::TooManyReceivers { .. }
+        | DirectoryError::InvalidSite(_)
+        | DirectoryError::TooManyLocators { .. }
+        | DirectoryError::TooManyServers { .. }
+        | DirectoryError::NoSite => ErrorKind::BadRequest,
     };
     ErrorReply::new(kind, e.to_string())
 }
 
 impl Service {
+    /// This locator as log lines name it: `name@host:port`.
+    fn address_text(&self) -> String {
+        format!("{}@{}", self.name, address(&self.address))
+    }
+
     fn handle(
         &mut self,
         now_ms: u64,
@@ -359,21 +765,8 @@ impl Service {
                 let r: RegisterRequest = proto::parse_body(&body)?;
                 let info = ServerInfo {
                     name: MemberName(r.name),
-                    client: Address {
-                        host: r.client.host,
-                        port: r.client.port,
-                    },
-                    receivers: r
-                        .receivers
-                        .into_iter()
-                        .map(|e| ReceiverEndpoint {
-                            address: Address {
-                                host: e.host,
-                                port: e.port,
-                            },
-                            buckets: e.buckets.into_iter().map(BucketId).collect(),
-                        })
-                        .collect(),
+                    client: address(&r.client),
+                    receivers: r.receivers.into_iter().map(receiver).collect(),
                     load: r.load,
                 };
                 let (name, client) = (info.name.clone(), info.client.clone());
@@ -454,6 +847,49 @@ impl Service {
                     ),
                 )
             }
+            Route::Exchange => {
+                let r: ExchangeRequest = proto::parse_body(&body)?;
+                let map = site_map(r.sites)?;
+                let merged = self
+                    .directory
+                    .handle_exchange(now_ms, SiteId(r.distributed_system_id), &map)
+                    .map_err(directory_error)?;
+                if merged.changed > 0 {
+                    eprintln!(
+                        "Locator discovery task exchanged locator information {} with {}@{} of site {}: {}",
+                        self.address_text(),
+                        r.locator.name,
+                        address(&r.locator.address),
+                        r.distributed_system_id,
+                        describe(&merged, &self.directory)
+                    );
+                }
+                to_json(200, &self.sites(now_ms))
+            }
+            Route::Sites => to_json(200, &self.sites(now_ms)),
+            Route::SiteReceivers { site } => {
+                let id = SiteId(site);
+                let (Some(receivers), Some(locators)) = (
+                    self.directory.receivers_of(id),
+                    self.directory.locators_of(id),
+                ) else {
+                    return Err(ErrorReply::new(
+                        ErrorKind::SiteUnknown,
+                        format!(
+                            "site {site} is not known to locator {}: none of its locators has been reached or relayed yet (check remote-locators and distributed-system-id on both sites)",
+                            self.address_text()
+                        ),
+                    ));
+                };
+                to_json(
+                    200,
+                    &ReceiversReply {
+                        distributed_system_id: site,
+                        locators: locators.iter().map(endpoint).collect(),
+                        receivers: receivers.iter().map(receiver_view).collect(),
+                    },
+                )
+            }
             Route::Status => {
                 let local = self.directory.local();
                 to_json(
@@ -475,6 +911,16 @@ impl Service {
                 )
             }
         })
+    }
+}
+
+impl Service {
+    /// Everything this locator knows of every site, as it would send it.
+    fn sites(&self, now_ms: u64) -> SitesReply {
+        SitesReply {
+            distributed_system_id: self.directory.site().map(|s| s.0),
+            sites: site_views(&self.directory.export(now_ms)),
+        }
     }
 }
 
@@ -527,7 +973,7 @@ impl LocatorClient {
 
     pub fn register(&self, request: &RegisterRequest) -> Result<RegisterReply, ClientError> {
         let body = self.encode(request)?;
-        self.parse(self.exchange("POST", proto::SERVERS_PATH, Some(body))?)
+        self.parse(self.call("POST", proto::SERVERS_PATH, Some(body))?)
     }
 
     /// Reports `load`; [`ClientError::Refused`] with [`ErrorKind::UnknownServer`] means the
@@ -539,27 +985,46 @@ impl LocatorClient {
             proto::SERVERS_PATH,
             proto::encode_segment(name)
         );
-        self.parse(self.exchange("PUT", &path, Some(body))?)
+        self.parse(self.call("PUT", &path, Some(body))?)
     }
 
     pub fn deregister(&self, name: &str) -> Result<(), ClientError> {
         let path = format!("{}/{}", proto::SERVERS_PATH, proto::encode_segment(name));
-        self.exchange("DELETE", &path, None).map(drop)
+        self.call("DELETE", &path, None).map(drop)
     }
 
     /// The site's directory.
     pub fn servers(&self) -> Result<ServersReply, ClientError> {
-        self.parse(self.exchange("GET", proto::SERVERS_PATH, None)?)
+        self.parse(self.call("GET", proto::SERVERS_PATH, None)?)
     }
 
     /// The server a new client should use (its load is counted up by one).
     pub fn least_loaded(&self) -> Result<ServerView, ClientError> {
         let path = format!("{}/least-loaded", proto::SERVERS_PATH);
-        self.parse(self.exchange("GET", &path, None)?)
+        self.parse(self.call("GET", &path, None)?)
     }
 
     pub fn status(&self) -> Result<StatusReply, ClientError> {
-        self.parse(self.exchange("GET", "/v1/status", None)?)
+        self.parse(self.call("GET", "/v1/status", None)?)
+    }
+
+    /// Sends this locator's map to a locator of another site; the reply is that locator's map.
+    pub fn exchange(&self, request: &ExchangeRequest) -> Result<SitesReply, ClientError> {
+        let body = self.encode(request)?;
+        self.parse(self.call("POST", proto::EXCHANGE_PATH, Some(body))?)
+    }
+
+    /// Everything the locator knows of every site.
+    pub fn sites(&self) -> Result<SitesReply, ClientError> {
+        self.parse(self.call("GET", proto::SITES_PATH, None)?)
+    }
+
+    /// Where senders reach `site`: its locators and its gateway receivers.
+    /// [`ClientError::Refused`] with [`ErrorKind::SiteUnknown`] means the locator does not
+    /// know the site (yet).
+    pub fn receivers_of(&self, site: SiteId) -> Result<ReceiversReply, ClientError> {
+        let path = format!("{}/{}/receivers", proto::SITES_PATH, site.0);
+        self.parse(self.call("GET", &path, None)?)
     }
 
     fn encode<T: serde::Serialize>(&self, value: &T) -> Result<String, ClientError> {
@@ -577,12 +1042,7 @@ impl LocatorClient {
     }
 
     /// The body of a 2xx reply; any other status is a refusal.
-    fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<String, ClientError> {
+    fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base);
         let sent = match (method, body) {
             ("POST", Some(b)) => self
@@ -625,6 +1085,136 @@ impl LocatorClient {
     }
 }
 
+/// Why [`RemoteSiteLookup::lookup`] found no receiver; every case is retried by the sender.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// No local locator knows the site: no locator of it was reached or relayed (Geode's
+    /// warning, with the same meaning).
+    #[error(
+        "Remote locator host port information for remote site {site} is not available in local locator {locators}; retrying every {retry_ms} ms"
+    )]
+    SiteUnknown {
+        site: SiteId,
+        /// The local locators asked, `host:port`, comma-separated.
+        locators: String,
+        retry_ms: u64,
+    },
+    /// A local locator knows the site, but none of its servers runs a gateway receiver yet.
+    #[error(
+        "remote site {site} is known to local locator {locator} but has no gateway receiver yet; retrying every {retry_ms} ms"
+    )]
+    NoReceivers {
+        site: SiteId,
+        locator: String,
+        retry_ms: u64,
+    },
+    /// No local locator answered (or none is configured).
+    #[error(
+        "no local locator answered for remote site {site} ({reasons}); retrying every {retry_ms} ms"
+    )]
+    Unreachable {
+        site: SiteId,
+        reasons: String,
+        retry_ms: u64,
+    },
+}
+
+/// A gateway sender's way to a remote site's receivers: asks its local locators in turn
+/// (`GET /v1/sites/{id}/receivers`) on every call, and logs a warning while the site stays
+/// unknown, at most once per [`SITE_UNKNOWN_WARN_INTERVAL_MS`]. Blocking: for a plain thread,
+/// never a shard.
+#[derive(Debug)]
+pub struct RemoteSiteLookup {
+    site: SiteId,
+    locators: Vec<(HostPort, LocatorClient)>,
+    retry_ms: u64,
+    last_warned: Option<Instant>,
+}
+
+impl RemoteSiteLookup {
+    /// A lookup of `remote_site` through `local_locators`, each call bounded by
+    /// [`EXCHANGE_CALL_TIMEOUT_MS`]; `retry_ms` is how often the sender will call again (it is
+    /// named in the error).
+    pub fn new(
+        local_locators: &[HostPort],
+        remote_site: SiteId,
+        retry_ms: u64,
+    ) -> RemoteSiteLookup {
+        let timeout = Duration::from_millis(EXCHANGE_CALL_TIMEOUT_MS);
+        RemoteSiteLookup {
+            site: remote_site,
+            locators: local_locators
+                .iter()
+                .map(|l| (l.clone(), LocatorClient::new(l, timeout)))
+                .collect(),
+            retry_ms,
+            last_warned: None,
+        }
+    }
+
+    /// The remote site's receiver endpoints, from the first local locator that has any. On
+    /// failure the error says why and that the sender retries; it is also logged as a warning
+    /// when none was logged within [`SITE_UNKNOWN_WARN_INTERVAL_MS`] before `now`.
+    pub fn lookup(&mut self, now: Instant) -> Result<Vec<ReceiverEndpoint>, LookupError> {
+        let result = self.ask();
+        match &result {
+            Ok(_) => self.last_warned = None,
+            Err(e) => {
+                let due = self.last_warned.is_none_or(|at| {
+                    now.saturating_duration_since(at)
+                        >= Duration::from_millis(SITE_UNKNOWN_WARN_INTERVAL_MS)
+                });
+                if due {
+                    eprintln!("gateway sender to site {}: warning: {e}", self.site);
+                    self.last_warned = Some(now);
+                }
+            }
+        }
+        result
+    }
+
+    fn ask(&self) -> Result<Vec<ReceiverEndpoint>, LookupError> {
+        let (mut unknown, mut empty, mut failures) = (Vec::new(), None, Vec::new());
+        for (at, client) in &self.locators {
+            match client.receivers_of(self.site) {
+                Ok(reply) if !reply.receivers.is_empty() => {
+                    return Ok(reply.receivers.into_iter().map(receiver).collect());
+                }
+                Ok(_) => empty = empty.or(Some(at.to_string())),
+                Err(ClientError::Refused { reply, .. })
+                    if reply.error == ErrorKind::SiteUnknown =>
+                {
+                    unknown.push(at.to_string())
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        let (site, retry_ms) = (self.site, self.retry_ms);
+        if let Some(locator) = empty {
+            return Err(LookupError::NoReceivers {
+                site,
+                locator,
+                retry_ms,
+            });
+        }
+        if !unknown.is_empty() {
+            return Err(LookupError::SiteUnknown {
+                site,
+                locators: unknown.join(", "),
+                retry_ms,
+            });
+        }
+        if failures.is_empty() {
+            failures.push("no local locator is configured".into());
+        }
+        Err(LookupError::Unreachable {
+            site,
+            reasons: failures.join("; "),
+            retry_ms,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,7 +1234,8 @@ mod tests {
                 },
                 Vec::new(),
                 1_000,
-            ),
+            )
+            .with_locator_name(MemberName("loc".into())),
         }
     }
 
@@ -775,6 +1366,70 @@ mod tests {
         assert_eq!(st.distributed_system_id, Some(1));
         assert_eq!(st.address.port, 10334);
         assert_eq!(st.servers, 1);
+    }
+
+    #[test]
+    fn an_exchange_is_merged_and_answered_with_the_whole_map() {
+        let mut s = service();
+        let with_receiver = r#"{"name":"a","client":{"host":"127.0.0.1","port":40404},"receivers":[{"host":"ny","port":5000,"buckets":[1]}]}"#;
+        assert_eq!(call(&mut s, 0, "POST", "/v1/servers", with_receiver).0, 200);
+        let request = r#"{"distributed_system_id":2,"locator":{"name":"ldn","address":{"host":"ldn","port":10334},"age_ms":0},
+            "sites":[{"distributed_system_id":2,"locators":[{"name":"ldn","address":{"host":"ldn","port":10334},"age_ms":0}],
+                      "servers":[{"name":"l1","receivers":[{"host":"ldn-r","port":5001,"buckets":[]}],"age_ms":5}]}]}"#;
+        let (status, text) = call(&mut s, 100, "POST", "/v1/exchange", request);
+        assert_eq!(status, 200, "{text}");
+        let reply: SitesReply = serde_json::from_str(&text).unwrap();
+        assert_eq!(reply.distributed_system_id, Some(1));
+        assert_eq!(reply.sites.len(), 2);
+        assert_eq!(reply.sites[0].locators[0].name, "loc");
+        assert_eq!(reply.sites[0].servers[0].receivers[0].port, 5000);
+        assert_eq!(reply.sites[1].servers[0].age_ms, 5);
+        let (_, text) = call(&mut s, 130, "GET", "/v1/sites", "");
+        let sites: SitesReply = serde_json::from_str(&text).unwrap();
+        assert_eq!(sites.sites[1].servers[0].age_ms, 35);
+        let (status, text) = call(&mut s, 130, "GET", "/v1/sites/2/receivers", "");
+        assert_eq!(status, 200, "{text}");
+        let r: ReceiversReply = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (r.receivers[0].host.as_str(), r.locators[0].host.as_str()),
+            ("ldn-r", "ldn")
+        );
+        let (status, text) = call(&mut s, 130, "GET", "/v1/sites/9/receivers", "");
+        assert_eq!(status, 404);
+        let e: ErrorReply = serde_json::from_str(&text).unwrap();
+        assert_eq!(e.error, ErrorKind::SiteUnknown);
+        assert!(
+            e.message.contains("site 9") && e.message.contains("loc@127.0.0.1:10334"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn bad_exchanges_are_refused() {
+        let mut s = service();
+        let twice = r#"{"distributed_system_id":2,"locator":{"name":"l","address":{"host":"h","port":1},"age_ms":0},
+            "sites":[{"distributed_system_id":2,"locators":[],"servers":[]},{"distributed_system_id":2,"locators":[],"servers":[]}]}"#;
+        let zero = r#"{"distributed_system_id":0,"locator":{"name":"l","address":{"host":"h","port":1},"age_ms":0},"sites":[]}"#;
+        for (body, words) in [
+            (twice, "appears twice"),
+            (zero, "site id 0"),
+            ("{}", "ExchangeRequest"),
+        ] {
+            let (status, text) = call(&mut s, 0, "POST", "/v1/exchange", body);
+            assert_eq!(status, 400, "{text}");
+            assert!(text.contains(words), "{text}");
+        }
+        assert!(s.directory.remote_sites().is_empty());
+    }
+
+    #[test]
+    fn exchanged_maps_age_while_they_wait() {
+        let mut views = site_views(&service().directory.export(0));
+        add_age(&mut views, 40);
+        assert_eq!(views[0].locators[0].age_ms, 40);
+        add_age(&mut views, u64::MAX);
+        assert_eq!(views[0].locators[0].age_ms, u64::MAX);
     }
 
     #[test]

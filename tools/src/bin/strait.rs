@@ -91,10 +91,12 @@ struct LocatorArgs {
     /// The site's distributed-system-id.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=255))]
     distributed_system_id: Option<u8>,
-    /// Locators of other sites, `host[port]` or `host:port`, comma-separated.
+    /// Locators of other sites to exchange the map of sites with, `host[port]` or `host:port`,
+    /// comma-separated; one is enough, the rest is learned.
     #[arg(long, value_delimiter = ',')]
     remote_locators: Vec<String>,
-    /// The host name this locator advertises (default: the bind address, else the host name).
+    /// The host name this locator advertises to servers, clients and other sites (default: the
+    /// bind address, else the host name).
     #[arg(long)]
     hostname_for_clients: Option<String>,
     /// Milliseconds of silence after which a server is dropped.
