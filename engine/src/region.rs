@@ -387,7 +387,7 @@ impl RegionStore {
         let existing = self.find(self.position(key), key);
         let op = match (value, existing.map(|e| &e.value)) {
             (Some(value), found) => {
-                check_sizes(key, value)?;
+                check_sizes(key.len(), value.len())?;
                 if found.is_none() {
                     self.check_room()?;
                 }
