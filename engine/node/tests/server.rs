@@ -251,7 +251,11 @@ fn a_write_refused_by_a_full_queue_disk_leaves_the_store_unchanged() {
         "type = \"partition\"\n",
         "type = \"partition\"\ngateway-sender-ids = [\"to-2\"]\n",
     );
-    let s = server::start(site(free_port(), tmp.path(), &extra)).unwrap();
+    // One shard: with two, each has its own segments on the disk, and one may still have
+    // room when the other is refused.
+    let mut config = site(free_port(), tmp.path(), &extra);
+    config.server.shards = Some(1);
+    let s = server::start(config).unwrap();
     let mut c = Client::connect(s.client_addr);
     assert_eq!(c.call(&["SET", "k", "old"]), ok());
     assert_eq!(c.call(&["DEL", "gone"]), Reply::Integer(0));
