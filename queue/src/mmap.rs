@@ -143,8 +143,8 @@ impl MmapDisk {
     }
 
     /// Makes `create` fdatasync each new segment before handing it over, so that group
-    /// commits of it need one device flush in all (`sync_each`). For queues that fdatasync
-    /// (persistent, with `every-batch` or `interval`); others would only pay for writing the
+    /// commits of it need one device flush in all (`sync_each`). For persistent queues under
+    /// `every-batch`, which commit many times a second; others would only pay for writing the
     /// zeros out sooner.
     pub fn sync_at_create(mut self, yes: bool) -> MmapDisk {
         self.sync_at_create = yes;
