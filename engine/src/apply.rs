@@ -32,10 +32,11 @@
 use crate::loop_rule::{SITES_MAX, recipients_after_forward, should_forward};
 use crate::region::{RegionStore, RemoteApply, StoreError};
 use crate::version::{ApplyRule, RejectReason, Resolution};
+use bytes::Bytes;
 use smallvec::SmallVec;
 use std::fmt;
 use strait_queue::ids::{RegionId, SiteId};
-use strait_queue::record::Record;
+use strait_queue::record::{Op, Record};
 
 /// Why an event was written to the dead-letter log instead of being applied. The code is the
 /// byte an ack and a dead-letter log entry carry.
@@ -197,6 +198,42 @@ pub fn replay_record(
         record.value(),
         record.version(),
     ))
+}
+
+/// Restores one record of a persistent region's log into `store` at start: a write made at
+/// this site (origin and version site are `local_site`) is made again with its own timestamp,
+/// which gives it the version it had (the same existing entry, the same clock reading); a
+/// write received from another site goes through the dedupe check and the conflict rule again,
+/// which restores its stream's high-water mark too. Records are restored in the order they
+/// were logged. `Ok(false)`: the record changed nothing (a second copy, a destroy of an
+/// absent key).
+pub fn restore_logged(
+    store: &mut RegionStore,
+    record: &Record<'_>,
+    local_site: SiteId,
+) -> Result<bool, StoreError> {
+    let id = record.event_id();
+    let tag = record.version();
+    if id.origin_site == local_site && tag.site == local_site {
+        return match record.op() {
+            Op::Create | Op::Update => store
+                .put_local(
+                    record.key(),
+                    Bytes::copy_from_slice(record.value()),
+                    tag.timestamp_us,
+                    local_site,
+                )
+                .map(|_| true),
+            Op::Destroy => Ok(store
+                .destroy_local(record.key(), tag.timestamp_us, local_site)
+                .is_some()),
+            Op::VersionOnly => Ok(false),
+        };
+    }
+    match store.apply_remote_event(&id, record.op(), record.key(), record.value(), tag)? {
+        RemoteApply::Duplicate { .. } => Ok(false),
+        RemoteApply::Resolved(r) => Ok(r.is_apply()),
+    }
 }
 
 /// One gateway sender of a region at this site, as the node numbers them.
