@@ -163,6 +163,10 @@ pub struct RegionDef {
     pub kind: RegionType,
     pub total_num_buckets: u16,
     pub gateway_sender_ids: Vec<String>,
+    /// Every write the region applies, local or from another site, is logged to disk
+    /// (`<directory>/regions/<name>/shard-<i>/`) before it is acknowledged, and restored at
+    /// start (Geode's `PARTITION_PERSISTENT` and `REPLICATE_PERSISTENT` data policies).
+    pub persistent: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -236,6 +240,8 @@ struct RawRegion {
     total_num_buckets: Option<i64>,
     #[serde(default)]
     gateway_sender_ids: Vec<String>,
+    #[serde(default)]
+    persistent: bool,
 }
 
 #[derive(Deserialize)]
@@ -617,6 +623,7 @@ impl Validator<'_> {
                 kind: r.kind,
                 total_num_buckets: buckets,
                 gateway_sender_ids: r.gateway_sender_ids,
+                persistent: r.persistent,
             });
         }
 

@@ -27,5 +27,6 @@
 pub mod command;
 pub mod config;
 pub mod locator;
+pub mod region_log;
 pub mod registration;
 pub mod server;
