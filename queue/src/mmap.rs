@@ -24,7 +24,6 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// An open segment file.
@@ -32,15 +31,18 @@ use std::sync::{Arc, Mutex};
 struct SegmentFile {
     file: File,
     /// The file's blocks and size are durable: writes into it change no metadata, so writing
-    /// its pages back and flushing the disk's cache makes them durable.
-    layout_durable: AtomicBool,
+    /// its pages back and flushing the disk's cache makes them durable. Only segments made by
+    /// `create` with `sync_at_create`: a segment found at recovery may have come back with
+    /// holes (a crash before its zeros were written back), where a write allocates a block,
+    /// so it is always fdatasynced whole.
+    layout_durable: bool,
 }
 
 impl SegmentFile {
     fn new(file: File, layout_durable: bool) -> SegmentFile {
         SegmentFile {
             file,
-            layout_durable: AtomicBool::new(layout_durable),
+            layout_durable,
         }
     }
 }
@@ -293,13 +295,10 @@ impl Disk for MmapDisk {
         let file = self.files().get(&id).cloned();
         match file {
             // fdatasync also writes back pages dirtied through a shared mapping.
-            Some(f) => {
-                f.file
-                    .sync_data()
-                    .map_err(|e| StoreError::new(StoreOp::Sync, self.path(id).display(), &e))?;
-                f.layout_durable.store(true, Ordering::Release);
-                Ok(())
-            }
+            Some(f) => f
+                .file
+                .sync_data()
+                .map_err(|e| StoreError::new(StoreOp::Sync, self.path(id).display(), &e)),
             None => Ok(()),
         }
     }
@@ -312,7 +311,7 @@ impl Disk for MmapDisk {
     /// fdatasync one segment, whose flush makes all of them durable. That is complete only for
     /// files whose blocks and size are already durable, so that the commit changes no
     /// metadata: every segment made by `create` is (it is fdatasynced there); a segment found
-    /// at recovery gets a full fdatasync at its first commit.
+    /// at recovery gets a full fdatasync at every commit (it may have come back with holes).
     fn sync_each(&self, ids: &[SegmentId]) -> Result<(), StoreError> {
         let files: Vec<(SegmentId, Arc<SegmentFile>)> = {
             let map = self.files();
@@ -326,18 +325,17 @@ impl Disk for MmapDisk {
         // Start every write-back first, so the disk has them all in flight together, then
         // wait for each.
         for (id, f) in &files {
-            if f.layout_durable.load(Ordering::Acquire) {
+            if f.layout_durable {
                 write_back(&f.file, WriteBack::Start).map_err(|e| fail(*id, &e))?;
             }
         }
         let mut last = None;
         for (id, f) in &files {
-            if f.layout_durable.load(Ordering::Acquire) {
+            if f.layout_durable {
                 write_back(&f.file, WriteBack::Wait).map_err(|e| fail(*id, &e))?;
                 last = Some((*id, f));
             } else {
                 f.file.sync_data().map_err(|e| fail(*id, &e))?;
-                f.layout_durable.store(true, Ordering::Release);
             }
         }
         match last {
