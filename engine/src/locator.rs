@@ -817,7 +817,7 @@ fn validate_receivers(receivers: &[ReceiverEndpoint]) -> Result<(), DirectoryErr
     Ok(())
 }
 
-const _: () = assert!(BUCKETS_MAX % 64 == 0);
+const _: () = assert!(BUCKETS_MAX.is_multiple_of(64));
 
 /// At most [`BUCKETS_MAX`] bucket ids, each below it, none twice.
 fn validate_buckets(r: &ReceiverEndpoint) -> Result<(), DirectoryError> {
