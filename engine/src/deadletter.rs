@@ -7,10 +7,12 @@
 //! crash: the shell truncates the file at the tail's offset) is told apart from damage in the
 //! middle (kept for the operator).
 //!
-//! [`scan`] reads a log; [`DeadLetterLog::replay`] applies its entries through a caller's
-//! function (the shell's [`crate::apply::replay_record`] on the right store) and splits them
-//! into the ones that no longer need keeping and the ones still dead-lettered;
-//! [`Replay::kept_log`] gives the bytes of the entries to keep.
+//! [`scan`] reads a log up to the first bytes that are not an entry; [`DeadLetterLog::read`]
+//! reads all of it, on past every damaged range. [`DeadLetterLog::replay`] applies its entries
+//! through a caller's function (the shell's [`crate::apply::replay_record`] on the right
+//! store) and splits them into the ones that no longer need keeping and the ones still
+//! dead-lettered; [`Replay::kept_log`] gives the bytes to keep: the kept entries and every
+//! damaged range, as they were.
 
 use crate::apply::{ApplyOutcome, DeadLetterReason};
 use strait_queue::ids::SiteId;
@@ -276,12 +278,27 @@ fn read_entry(log: &[u8], at: usize) -> Result<DeadLetter<'_>, EntryError> {
     })
 }
 
-/// A log as read: its entries and what follows them. The model that listing and replaying
-/// (`strait dead-letters list|replay`) work on; the shell reads the file and writes back
-/// [`Replay::kept_log`].
+/// Bytes in the middle of a log that are not an entry: damage, kept for the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damaged<'a> {
+    /// Where the damage starts in the log.
+    pub offset: usize,
+    /// Why the bytes at `offset` are not an entry.
+    pub error: EntryError,
+    /// The damaged bytes: up to the next whole entry, or to the end of the log.
+    pub bytes: &'a [u8],
+}
+
+/// A log as read: its entries, the damaged ranges between them, and what follows the last
+/// entry. The model that listing and replaying (`strait dead-letters list|replay`) work on;
+/// the shell reads the file and writes back [`Replay::kept_log`].
 #[derive(Clone, Debug)]
 pub struct DeadLetterLog<'a> {
+    /// Every whole entry, in log order, those after damage included.
     pub entries: Vec<DeadLetter<'a>>,
+    /// Every range of [`Tail::Corrupt`] bytes, in log order (a corrupt tail included).
+    pub damaged: Vec<Damaged<'a>>,
+    /// What follows the last whole entry.
     pub tail: Tail,
 }
 
@@ -293,13 +310,41 @@ pub struct Replay<'a> {
     pub replayed: Vec<(DeadLetter<'a>, ApplyOutcome)>,
     /// The entries still dead-lettered, with the new cause.
     pub kept: Vec<(DeadLetter<'a>, ApplyOutcome)>,
+    /// The log's damaged ranges, kept as they were.
+    pub damaged: Vec<Damaged<'a>>,
 }
 
 impl<'a> DeadLetterLog<'a> {
-    /// Scans `log` ([`scan`]).
+    /// Scans all of `log`: at damage ([`Tail::Corrupt`]) it notes the damaged range and reads
+    /// on from the next whole entry ([`scan_from`]).
     pub fn read(log: &'a [u8]) -> DeadLetterLog<'a> {
-        let (entries, tail) = scan(log);
-        DeadLetterLog { entries, tail }
+        let (mut entries, mut tail) = scan(log);
+        let mut damaged = Vec::new();
+        while let Tail::Corrupt {
+            offset,
+            error,
+            resume,
+        } = &tail
+        {
+            let end = resume.unwrap_or(log.len());
+            damaged.push(Damaged {
+                offset: *offset,
+                error: error.clone(),
+                bytes: log.get(*offset..end).unwrap_or_default(),
+            });
+            // `resume` lies past `offset`, so every round reads further on.
+            let Some(resume) = *resume else {
+                break;
+            };
+            let (more, next) = scan_from(log, resume);
+            entries.extend(more);
+            tail = next;
+        }
+        DeadLetterLog {
+            entries,
+            damaged,
+            tail,
+        }
     }
 
     /// How many entries were dead-lettered for `reason`.
@@ -315,19 +360,30 @@ impl<'a> DeadLetterLog<'a> {
             .iter()
             .map(|entry| (*entry, apply(entry)))
             .partition(|(_, outcome)| !matches!(outcome, ApplyOutcome::DeadLetter(_)));
-        Replay { replayed, kept }
+        Replay {
+            replayed,
+            kept,
+            damaged: self.damaged.clone(),
+        }
     }
 }
 
 impl Replay<'_> {
-    /// The log to write back: the kept entries, in order, with their bytes as they were (their
-    /// first time and reason).
+    /// The log to write back: the kept entries (their first time and reason) and the damaged
+    /// ranges, in log order, with their bytes as they were. Only a torn tail is left out.
     pub fn kept_log(&self) -> Vec<u8> {
-        let mut log = Vec::new();
-        for (entry, _) in &self.kept {
-            log.extend_from_slice(entry.bytes);
-        }
-        log
+        let mut pieces: Vec<(usize, &[u8])> = self
+            .kept
+            .iter()
+            .map(|(entry, _)| (entry.offset, entry.bytes))
+            .chain(self.damaged.iter().map(|d| (d.offset, d.bytes)))
+            .collect();
+        pieces.sort_unstable_by_key(|&(offset, _)| offset);
+        pieces
+            .into_iter()
+            .flat_map(|(_, bytes)| bytes)
+            .copied()
+            .collect()
     }
 }
 

@@ -17,6 +17,7 @@
 //! entry younger: the freshest report wins, and [`Directory::poll_aged_out`] drops an entry its
 //! own site has not vouched for within the remote-entry timeout, wherever the report came from.
 
+use crate::bucket::BUCKETS_MAX;
 use std::collections::BTreeMap;
 use std::fmt;
 use strait_queue::ids::{BucketId, SiteId};
@@ -43,6 +44,10 @@ pub const RECEIVERS_PER_SERVER_MAX: usize = 16;
 pub const MEMBER_NAME_BYTES_MAX: usize = 255;
 /// Longest host name, in bytes (DNS's limit).
 pub const HOST_BYTES_MAX: usize = 253;
+/// Member names a locator refuses because its HTTP paths could not carry them: `.` and `..`
+/// are rewritten by URL normalisation, and `least-loaded` is the route
+/// `GET /v1/servers/least-loaded`.
+pub const RESERVED_MEMBER_NAMES: [&str; 3] = [".", "..", "least-loaded"];
 const _: () = assert!(
     HEARTBEAT_INTERVAL_MS_DEFAULT * HEARTBEATS_PER_TIMEOUT_MIN <= MEMBER_TIMEOUT_MS_DEFAULT
 );
@@ -51,7 +56,9 @@ const _: () = assert!(MEMBER_TIMEOUT_MS_MIN <= MEMBER_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(MEMBER_TIMEOUT_MS_DEFAULT <= MEMBER_TIMEOUT_MS_MAX);
 
 /// A remote entry (locator or server) its own site has not vouched for within this long is
-/// dropped: six exchange intervals, so a few lost exchanges never drop a live site.
+/// dropped: six exchange intervals, so a few lost exchanges never drop a live site. The merged
+/// state of one remote site is held to [`LOCATORS_PER_SITE_MAX`] locators and
+/// [`SERVERS_PER_SITE_MAX`] servers: beyond them, the oldest are evicted.
 pub const REMOTE_ENTRY_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Most locators one remote site's entry holds.
 pub const LOCATORS_PER_SITE_MAX: usize = 64;
@@ -142,7 +149,7 @@ pub enum DirectoryError {
     )]
     UnknownServer(MemberName),
     #[error(
-        "member name `{0}` is invalid: 1 to {MEMBER_NAME_BYTES_MAX} bytes, no control characters, no '/'"
+        "member name `{0}` is invalid: 1 to {MEMBER_NAME_BYTES_MAX} bytes, no control characters, no '/', not `.`, `..` or `least-loaded`"
     )]
     InvalidName(String),
     #[error(
@@ -153,6 +160,10 @@ pub enum DirectoryError {
         "{count} receiver endpoints is more than the {RECEIVERS_PER_SERVER_MAX} a server may advertise"
     )]
     TooManyReceivers { count: usize },
+    #[error(
+        "receiver endpoint {endpoint}: field `buckets` is invalid: {reason} (at most {BUCKETS_MAX} distinct bucket ids, each below {BUCKETS_MAX})"
+    )]
+    InvalidBuckets { endpoint: String, reason: String },
     #[error("the directory already holds {SERVERS_PER_SITE_MAX} servers for this site")]
     Full,
     #[error("site id {0} is invalid: a distributed-system-id is 1 to 255")]
@@ -177,16 +188,18 @@ pub struct RemoteLocator {
     /// Its advertised address (`hostname-for-clients`, else bind address, else host name).
     pub address: Address,
     /// When its own site last vouched for it, in this directory's ms (now minus the reported
-    /// age when the report arrived).
-    pub vouched_ms: u64,
+    /// age when the report arrived). Negative when that was before the shell's clock started:
+    /// a report older than the locator keeps its whole age.
+    pub vouched_ms: i64,
 }
 
 /// A remote site's server, as last reported: only servers with gateway receivers are exchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteServer {
     pub receivers: Vec<ReceiverEndpoint>,
-    /// When its own site last vouched for it, in this directory's ms.
-    pub vouched_ms: u64,
+    /// When its own site last vouched for it, in this directory's ms (may be negative, as
+    /// [`RemoteLocator::vouched_ms`]).
+    pub vouched_ms: i64,
 }
 
 /// What the directory knows of another site, keyed by member name.
@@ -233,6 +246,9 @@ pub struct Merged {
     /// Locators or servers added, or moved to another address (a fresher report of the same
     /// addresses is not a change).
     pub changed: usize,
+    /// Locators or servers evicted, the oldest first, because a site held more than
+    /// [`LOCATORS_PER_SITE_MAX`] or [`SERVERS_PER_SITE_MAX`].
+    pub evicted: usize,
 }
 
 /// What [`Directory::poll_aged_out`] dropped from one remote site.
@@ -495,7 +511,7 @@ impl Directory {
         map.insert(site, own);
         let timeout = self.remote_entry_timeout_ms;
         for (id, remote) in &self.remote {
-            let age = |vouched: u64| now_ms.saturating_sub(vouched);
+            let age = |vouched: i64| age_at(now_ms, vouched);
             let report = SiteReport {
                 locators: remote
                     .locators
@@ -529,7 +545,9 @@ impl Directory {
     /// directory's own site are ignored: only its own servers and locator speak for it. For every
     /// other entry the freshest report wins, so an older relayed report never overwrites a newer
     /// one, and a fresher report of a changed address replaces the old address. Reports older
-    /// than the remote-entry timeout are ignored. A map that breaks the limits (a site id of 0,
+    /// than the remote-entry timeout are ignored; a report older than `now_ms` keeps its whole
+    /// age. A site left with more than [`LOCATORS_PER_SITE_MAX`] locators or
+    /// [`SERVERS_PER_SITE_MAX`] servers loses its oldest ([`Merged::evicted`]). A map that breaks the limits (a site id of 0,
     /// an invalid name or address, too many entries) is refused whole: nothing is merged.
     pub fn handle_exchange(
         &mut self,
@@ -562,7 +580,7 @@ impl Directory {
             }
             let site = self.remote.entry(id).or_default();
             for l in report.locators.iter().filter(|l| fresh(l.age_ms)) {
-                let vouched_ms = now_ms.saturating_sub(l.age_ms);
+                let vouched_ms = vouched_at(now_ms, l.age_ms);
                 match site.locators.get_mut(&l.name) {
                     Some(old) if old.vouched_ms >= vouched_ms => {}
                     Some(old) => {
@@ -585,7 +603,7 @@ impl Directory {
                 }
             }
             for s in report.servers.iter().filter(|s| fresh(s.age_ms)) {
-                let vouched_ms = now_ms.saturating_sub(s.age_ms);
+                let vouched_ms = vouched_at(now_ms, s.age_ms);
                 match site.servers.get_mut(&s.name) {
                     Some(old) if old.vouched_ms >= vouched_ms => {}
                     Some(old) => {
@@ -607,6 +625,10 @@ impl Directory {
                     }
                 }
             }
+            merged.evicted +=
+                evict_oldest(&mut site.locators, LOCATORS_PER_SITE_MAX, |l| l.vouched_ms);
+            merged.evicted +=
+                evict_oldest(&mut site.servers, SERVERS_PER_SITE_MAX, |s| s.vouched_ms);
         }
         Ok(merged)
     }
@@ -616,7 +638,7 @@ impl Directory {
     /// empty; returns what went, by site.
     pub fn poll_aged_out(&mut self, now_ms: u64) -> Vec<AgedOut> {
         let timeout = self.remote_entry_timeout_ms;
-        let stale = |vouched: u64| now_ms.saturating_sub(vouched) > timeout;
+        let stale = |vouched: i64| age_at(now_ms, vouched) > timeout;
         let mut out = Vec::new();
         for (&site, remote) in &mut self.remote {
             let locators: Vec<(MemberName, Address)> = remote
@@ -683,6 +705,44 @@ impl Directory {
     }
 }
 
+/// A time in this directory's ms as a signed number (the shell's clock never nears `i64::MAX`).
+fn signed_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// When an entry `age_ms` old at `now_ms` was vouched for: before the clock started when the
+/// age is larger than `now_ms`.
+fn vouched_at(now_ms: u64, age_ms: u64) -> i64 {
+    signed_ms(now_ms).saturating_sub(signed_ms(age_ms))
+}
+
+/// How old at `now_ms` an entry vouched for at `vouched_ms` is (0 for a time after `now_ms`).
+fn age_at(now_ms: u64, vouched_ms: i64) -> u64 {
+    u64::try_from(signed_ms(now_ms).saturating_sub(vouched_ms)).unwrap_or(0)
+}
+
+/// Removes the entries with the oldest `vouched` (the last by name among equals goes first)
+/// until at most `max` are left; returns how many went.
+fn evict_oldest<V>(
+    entries: &mut BTreeMap<MemberName, V>,
+    max: usize,
+    vouched: impl Fn(&V) -> i64,
+) -> usize {
+    let over = entries.len().saturating_sub(max);
+    if over == 0 {
+        return 0;
+    }
+    let mut by_age: Vec<(i64, std::cmp::Reverse<MemberName>)> = entries
+        .iter()
+        .map(|(name, v)| (vouched(v), std::cmp::Reverse(name.clone())))
+        .collect();
+    by_age.sort_unstable();
+    for (_, std::cmp::Reverse(name)) in by_age.into_iter().take(over) {
+        entries.remove(&name);
+    }
+    over
+}
+
 fn validate_map(from: SiteId, map: &SiteMap) -> Result<(), DirectoryError> {
     if from == SITE_UNSET {
         return Err(DirectoryError::InvalidSite(from));
@@ -734,6 +794,7 @@ fn validate_name(name: &MemberName) -> Result<(), DirectoryError> {
     if name.is_empty()
         || name.len() > MEMBER_NAME_BYTES_MAX
         || name.contains('/')
+        || RESERVED_MEMBER_NAMES.contains(&name.as_str())
         || name.chars().any(char::is_control)
     {
         return Err(DirectoryError::InvalidName(name.clone()));
@@ -747,10 +808,38 @@ fn validate_receivers(receivers: &[ReceiverEndpoint]) -> Result<(), DirectoryErr
             count: receivers.len(),
         });
     }
-    match receivers.iter().find(|r| !valid_address(&r.address)) {
-        Some(r) => Err(DirectoryError::InvalidAddress(r.address.to_string())),
-        None => Ok(()),
+    for r in receivers {
+        if !valid_address(&r.address) {
+            return Err(DirectoryError::InvalidAddress(r.address.to_string()));
+        }
+        validate_buckets(r)?;
     }
+    Ok(())
+}
+
+const _: () = assert!(BUCKETS_MAX.is_multiple_of(64));
+
+/// At most [`BUCKETS_MAX`] bucket ids, each below it, none twice.
+fn validate_buckets(r: &ReceiverEndpoint) -> Result<(), DirectoryError> {
+    let invalid = |reason: String| DirectoryError::InvalidBuckets {
+        endpoint: r.address.to_string(),
+        reason,
+    };
+    if r.buckets.len() > usize::from(BUCKETS_MAX) {
+        return Err(invalid(format!("{} entries", r.buckets.len())));
+    }
+    let mut seen = [0u64; BUCKETS_MAX as usize / 64];
+    for b in &r.buckets {
+        let (word, bit) = (usize::from(b.0 / 64), 1u64 << (b.0 % 64));
+        let Some(slot) = seen.get_mut(word) else {
+            return Err(invalid(format!("bucket {} is out of range", b.0)));
+        };
+        if *slot & bit != 0 {
+            return Err(invalid(format!("bucket {} appears twice", b.0)));
+        }
+        *slot |= bit;
+    }
+    Ok(())
 }
 
 fn validate(info: &ServerInfo) -> Result<(), DirectoryError> {
@@ -866,6 +955,62 @@ mod tests {
             d.handle_register(7, with_receiver),
             Ok(Registered::Replaced { .. })
         ));
+    }
+
+    #[test]
+    fn names_the_locator_paths_cannot_carry_are_refused() {
+        let mut d = dir();
+        for bad in [".", "..", "least-loaded", "/", "a/"] {
+            let err = d.handle_register(0, server(bad, 1, 0)).unwrap_err();
+            assert_eq!(err, DirectoryError::InvalidName(bad.into()));
+            assert!(err.to_string().contains("least-loaded"), "{err}");
+        }
+        for good in ["...", ".a", "least-loaded-2", "Least-Loaded"] {
+            assert!(d.handle_register(0, server(good, 1, 0)).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn receiver_buckets_are_bounded_in_range_and_distinct() {
+        let mut d = dir();
+        let with_buckets = |buckets: Vec<u16>| {
+            let mut s = server("a", 1, 0);
+            s.receivers.push(ReceiverEndpoint {
+                address: addr("r", 5000),
+                buckets: buckets.into_iter().map(BucketId).collect(),
+            });
+            s
+        };
+        for (buckets, words) in [
+            (vec![1, 2, 1], "bucket 1 appears twice"),
+            (vec![0, BUCKETS_MAX], "bucket 4096 is out of range"),
+            (vec![u16::MAX], "bucket 65535 is out of range"),
+            ((0..=BUCKETS_MAX).collect(), "4097 entries"),
+        ] {
+            let err = d.handle_register(0, with_buckets(buckets)).unwrap_err();
+            assert!(
+                matches!(&err, DirectoryError::InvalidBuckets { endpoint, .. } if endpoint == "r:5000"),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(words) && text.contains("`buckets`"), "{text}");
+        }
+        assert!(d.local().servers.is_empty());
+        let all = with_buckets((0..BUCKETS_MAX).rev().collect());
+        assert_eq!(d.handle_register(0, all), Ok(Registered::New));
+        // The same limits hold for a relayed map.
+        let mut a = site_dir(1, &[]);
+        let mut map = site_dir(2, &[]).export(0);
+        map.get_mut(&SiteId(2)).unwrap().servers.push(ServerReport {
+            name: MemberName("s2".into()),
+            receivers: with_buckets(vec![7, 7]).receivers,
+            age_ms: 0,
+        });
+        assert!(matches!(
+            a.handle_exchange(0, SiteId(2), &map),
+            Err(DirectoryError::InvalidBuckets { .. })
+        ));
+        assert!(a.remote_sites().is_empty());
     }
 
     #[test]
@@ -1188,6 +1333,100 @@ mod tests {
             Ok(Merged::default())
         );
         assert_eq!(a.locators_of(SiteId(3)), None);
+    }
+
+    #[test]
+    fn a_report_older_than_the_locator_keeps_its_whole_age() {
+        let timeout = 60_000;
+        let mut a = site_dir(1, &[]).with_remote_entry_timeout_ms(timeout);
+        let report = |age_ms: u64| {
+            let mut map = SiteMap::new();
+            map.insert(
+                SiteId(3),
+                SiteReport {
+                    locators: vec![LocatorReport {
+                        name: MemberName("loc-3".into()),
+                        address: addr("127.0.0.1", 10_003),
+                        age_ms,
+                    }],
+                    servers: vec![ServerReport {
+                        name: MemberName("s3".into()),
+                        receivers: vec![receiver(5003)],
+                        age_ms,
+                    }],
+                },
+            );
+            map
+        };
+        // A locator up for one second hears of an entry last vouched for 55 s ago.
+        a.handle_exchange(1_000, SiteId(2), &report(55_000))
+            .unwrap();
+        let out = a.export(1_000);
+        assert_eq!(out[&SiteId(3)].locators[0].age_ms, 55_000);
+        assert_eq!(out[&SiteId(3)].servers[0].age_ms, 55_000);
+        assert_eq!(a.export(2_000)[&SiteId(3)].servers[0].age_ms, 56_000);
+        // So it ages out when its own site's silence passes the timeout, not 55 s later.
+        assert!(a.poll_aged_out(1_000 + timeout - 55_000).is_empty());
+        assert_eq!(a.poll_aged_out(1_000 + timeout - 55_000 + 1).len(), 1);
+        assert_eq!(a.locators_of(SiteId(3)), None);
+        // A report already past the timeout is not merged at all.
+        assert_eq!(
+            a.handle_exchange(1_000, SiteId(2), &report(timeout + 1)),
+            Ok(Merged::default())
+        );
+        assert!(a.remote_sites().is_empty());
+    }
+
+    #[test]
+    fn a_remote_site_keeps_at_most_its_caps_the_oldest_evicted() {
+        let mut a = site_dir(1, &[]);
+        let map = |prefix: &str, count: usize, age_ms: u64| {
+            let mut map = SiteMap::new();
+            map.insert(
+                SiteId(3),
+                SiteReport {
+                    locators: (0..count.min(LOCATORS_PER_SITE_MAX))
+                        .map(|i| LocatorReport {
+                            name: MemberName(format!("{prefix}-loc-{i}")),
+                            address: addr("127.0.0.1", 1 + i as u16),
+                            age_ms,
+                        })
+                        .collect(),
+                    servers: (0..count)
+                        .map(|i| ServerReport {
+                            name: MemberName(format!("{prefix}-s-{i}")),
+                            receivers: vec![receiver(5000)],
+                            age_ms,
+                        })
+                        .collect(),
+                },
+            );
+            map
+        };
+        let first = a
+            .handle_exchange(100, SiteId(2), &map("old", SERVERS_PER_SITE_MAX, 10))
+            .unwrap();
+        assert_eq!(first.evicted, 0);
+        // Another relay names as many other members, more freshly: the old ones go.
+        let second = a
+            .handle_exchange(100, SiteId(4), &map("new", SERVERS_PER_SITE_MAX, 0))
+            .unwrap();
+        assert_eq!(second.evicted, LOCATORS_PER_SITE_MAX + SERVERS_PER_SITE_MAX);
+        let site = a.remote_site(SiteId(3)).unwrap();
+        assert_eq!(
+            (site.locators.len(), site.servers.len()),
+            (LOCATORS_PER_SITE_MAX, SERVERS_PER_SITE_MAX)
+        );
+        assert!(site.locators.keys().all(|n| n.0.starts_with("new-")));
+        assert!(site.servers.keys().all(|n| n.0.starts_with("new-")));
+        // A few older newcomers are the ones evicted; the fresher holders stay.
+        let third = a
+            .handle_exchange(100, SiteId(2), &map("late", 3, 50))
+            .unwrap();
+        assert_eq!((third.changed, third.evicted), (6, 6));
+        let site = a.remote_site(SiteId(3)).unwrap();
+        assert!(site.servers.keys().all(|n| n.0.starts_with("new-")));
+        assert!(site.locators.keys().all(|n| n.0.starts_with("new-")));
     }
 
     #[test]

@@ -432,6 +432,73 @@ fn a_flipped_byte_is_corruption_at_its_entry() {
     }
 }
 
+/// Keeps (as still dead-lettered) the entries at the offsets in `keep`; replays the others.
+fn replay_keeping(parsed: &DeadLetterLog<'_>, keep: &[usize]) -> Vec<u8> {
+    parsed
+        .replay(|e| {
+            if keep.contains(&e.offset) {
+                ApplyOutcome::DeadLetter(DeadLetterCause::UnknownRegion {
+                    region: RegionId(9),
+                })
+            } else {
+                ApplyOutcome::Duplicate(Duplicate::Seen { last_applied: 0 })
+            }
+        })
+        .kept_log()
+}
+
+#[test]
+fn replay_keeps_a_corrupt_middle_entry_and_every_entry_after_it() {
+    let (log, starts) = dead_letter_log();
+    let mut bad = log.clone();
+    bad[starts[1] + ENTRY_HEADER_BYTES] ^= 0x41;
+    let parsed = DeadLetterLog::read(&bad);
+    let offsets: Vec<usize> = parsed.entries.iter().map(|e| e.offset).collect();
+    assert_eq!(
+        offsets,
+        [starts[0], starts[2]],
+        "the entry after the damage is read"
+    );
+    assert_eq!(parsed.tail, Tail::Clean);
+    assert_eq!(parsed.damaged.len(), 1);
+    assert_eq!(parsed.damaged[0].offset, starts[1]);
+    assert!(matches!(
+        parsed.damaged[0].error,
+        EntryError::BodyCrc { .. }
+    ));
+    assert_eq!(parsed.damaged[0].bytes, &bad[starts[1]..starts[2]]);
+    // Nothing replays: the log is written back byte for byte.
+    assert_eq!(replay_keeping(&parsed, &offsets), bad);
+    // The first replays: the damage and the last entry stay.
+    assert_eq!(replay_keeping(&parsed, &[starts[2]]), &bad[starts[1]..]);
+    // Everything replays: only the damage stays.
+    assert_eq!(replay_keeping(&parsed, &[]), &bad[starts[1]..starts[2]]);
+}
+
+#[test]
+fn replay_keeps_a_corrupt_last_entry_but_not_a_torn_tail() {
+    let (log, starts) = dead_letter_log();
+    let mut bad = log.clone();
+    let last = starts[2] + ENTRY_HEADER_BYTES;
+    bad[last] ^= 0x41;
+    let parsed = DeadLetterLog::read(&bad);
+    assert_eq!(parsed.entries.len(), 2);
+    assert!(matches!(
+        parsed.tail,
+        Tail::Corrupt { offset, resume: None, .. } if offset == starts[2]
+    ));
+    assert_eq!(replay_keeping(&parsed, &[]), &bad[starts[2]..]);
+    // A torn tail is a cut write, not the operator's data: it is left out.
+    let torn = &log[..log.len() - 3];
+    let parsed = DeadLetterLog::read(torn);
+    assert!(parsed.damaged.is_empty());
+    assert!(matches!(parsed.tail, Tail::Torn { .. }));
+    assert_eq!(
+        replay_keeping(&parsed, &[starts[0], starts[1]]),
+        &log[..starts[2]]
+    );
+}
+
 #[test]
 fn garbage_never_panics_the_scan() {
     let (log, _) = dead_letter_log();

@@ -845,6 +845,61 @@ fn a_receiver_refuses_a_first_frame_that_is_not_a_hello() {
     ));
 }
 
+/// What a receiver of site 2 answers a Hello from site 1 with `regions`: the refusal, if any.
+fn hello_refusal(regions: &[RegionEntry<'_>]) -> Option<(RefuseReason, String)> {
+    let hello = encode(&Frame::Hello(Hello {
+        sender_site: SiteId(1),
+        receiver_site: SiteId(2),
+        member: "ny-1",
+        sender_id: "to-london",
+        regions: Regions::List(regions),
+    }));
+    let mut receiver = ReceiverConn::new(ReceiverConfig::new(SiteId(2), "ln-1"), 0);
+    assert_eq!(receiver.handle_bytes(&hello, 0).consumed, hello.len());
+    let Some(ReceiverEvent::Transmit(reply)) = receiver.poll_event() else {
+        panic!("no reply")
+    };
+    let Some((Frame::HelloReply(r), _)) = decode_frame(&reply).unwrap() else {
+        panic!("not a hello reply")
+    };
+    let refusal = r.refusal.map(|f| (f.reason, f.text.to_owned()));
+    assert_eq!(receiver.is_closed(), refusal.is_some());
+    refusal
+}
+
+#[test]
+fn a_receiver_refuses_a_hello_with_a_bad_region_table() {
+    let region = |id: u16, total_num_buckets: u32, name: &'static str| RegionEntry {
+        id: RegionId(id),
+        total_num_buckets,
+        name,
+    };
+    assert_eq!(hello_refusal(REGIONS), None);
+    assert_eq!(
+        hello_refusal(&[region(1, receiver::BUCKETS_MAX, "a")]),
+        None
+    );
+    for (regions, words) in [
+        (vec![region(1, 0, "a")], "total_num_buckets 0"),
+        (
+            vec![region(1, receiver::BUCKETS_MAX + 1, "a")],
+            "total_num_buckets 4097",
+        ),
+        (
+            vec![region(1, 113, "a"), region(1, 113, "b")],
+            "region id 1 appears twice",
+        ),
+        (
+            vec![region(1, 113, "a"), region(2, 7, "a")],
+            "region name a appears twice",
+        ),
+    ] {
+        let (reason, text) = hello_refusal(&regions).expect("refused");
+        assert_eq!(reason, RefuseReason::MalformedHello, "{text}");
+        assert!(text.contains(words), "{text}");
+    }
+}
+
 #[test]
 fn a_full_window_stops_sends_until_acks_free_it() {
     let mut link = Link::ny_to_london();

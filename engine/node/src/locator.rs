@@ -1,9 +1,11 @@
 //! The locator: the site's directory ([`strait_engine::locator::Directory`]) behind HTTP/1.1 +
 //! JSON (`strait_net::locator`, `docs/locator.md`) on the locator port.
 //!
-//! It is control plane: one plain thread owns the directory and serves requests one at a time
-//! (tiny_http accepts and parses headers on its own threads), expires silent servers every
-//! [`LOCATOR_POLL_MS`], and never runs on a glommio shard. Time is an `Instant` read by this
+//! It is control plane: one plain thread, the control thread, owns the directory and answers
+//! requests one at a time, expires silent servers every [`LOCATOR_POLL_MS`], and never runs on
+//! a glommio shard. It never touches a socket: tiny_http accepts and parses headers on its own
+//! threads, and [`HTTP_WORKERS`] workers read each body, hand the request to the control
+//! thread and write its answer, so a client that stalls mid-request holds one worker only. Time is an `Instant` read by this
 //! shell and handed to the directory in milliseconds. A lock file keeps a second locator off
 //! the same directory. [`LocatorClient`] is the other side, used by the servers' registration
 //! agent.
@@ -43,10 +45,16 @@ pub use crate::config::LOCATOR_PORT_DEFAULT;
 
 /// How long the locator thread waits for a request before it checks for expiry and stop.
 pub const LOCATOR_POLL_MS: u64 = 50;
+/// Threads that take requests off the locator port, read their bodies and write the replies,
+/// so that a slow or stalled client never holds the control thread.
+pub const HTTP_WORKERS: usize = 4;
+/// How long a stopping locator waits for its HTTP workers to finish.
+pub const HTTP_WORKERS_STOP_MS: u64 = 1_000;
 /// The lock file in a locator's directory.
 pub const LOCK_FILE: &str = "locator.lock";
-/// Largest reply [`LocatorClient`] reads: a directory of thousands of servers fits.
-pub const REPLY_BYTES_MAX: u64 = 16 << 20;
+/// Largest reply [`LocatorClient`] reads: the largest exchange body a locator takes, so a map
+/// one locator answers with is a map it could also have been sent.
+pub const REPLY_BYTES_MAX: u64 = proto::EXCHANGE_BODY_BYTES_MAX as u64;
 /// How often a locator exchanges its map with every remote locator it knows (Geode's
 /// `WANLocator.PING_INTERVAL`).
 pub const LOCATOR_EXCHANGE_INTERVAL_MS: u64 = 10_000;
@@ -56,6 +64,9 @@ pub const EXCHANGE_CALL_TIMEOUT_MS: u64 = 2_000;
 /// How often [`RemoteSiteLookup`] repeats its warning while a remote site stays unknown.
 pub const SITE_UNKNOWN_WARN_INTERVAL_MS: u64 = 10_000;
 const _: () = assert!(LOCATOR_EXCHANGE_INTERVAL_MS * 3 <= REMOTE_ENTRY_TIMEOUT_MS_DEFAULT);
+// The node is the one crate that sees both: a Hello's bucket limit is the engine's.
+const _: () =
+    assert!(strait_net::wire::receiver::BUCKETS_MAX == strait_engine::bucket::BUCKETS_MAX as u32);
 
 /// A locator's settings; [`LocatorConfig::new`] gives Geode's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +269,28 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
         next_ms: 0,
         unreachable: BTreeSet::new(),
     };
+    let server = Arc::new(server);
+    let (call_tx, calls) = mpsc::sync_channel::<Call>(HTTP_WORKERS);
+    let mut workers = Vec::with_capacity(HTTP_WORKERS);
+    for i in 0..HTTP_WORKERS {
+        let (server, call_tx, worker_stop, name) = (
+            server.clone(),
+            call_tx.clone(),
+            stop.clone(),
+            config.name.clone(),
+        );
+        let worker = std::thread::Builder::new()
+            .name(format!("locator-http-{}-{i}", config.name))
+            .spawn(move || run_http_worker(&server, &call_tx, &worker_stop, &name));
+        match worker {
+            Ok(w) => workers.push(w),
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                return Err(LocatorError::Thread(e));
+            }
+        }
+    }
+    drop((server, call_tx));
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name(format!("locator-{}", config.name))
@@ -265,25 +298,20 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
             // Held for as long as the locator runs.
             let _lock = lock;
             let now_ms = || started.elapsed().as_millis() as u64;
-            let json =
-                tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).ok();
             while !thread_stop.load(Ordering::SeqCst) {
-                match server.recv_timeout(Duration::from_millis(LOCATOR_POLL_MS)) {
-                    Ok(Some(mut request)) => {
-                        let body = read_body(&mut request);
-                        let method = request.method().as_str().to_string();
-                        let (status, text) = service.handle(now_ms(), &method, request.url(), body);
-                        let mut response = tiny_http::Response::from_string(text)
-                            .with_status_code(tiny_http::StatusCode(status));
-                        if let Some(h) = &json {
-                            response.add_header(h.clone());
-                        }
-                        // A client that went away is its own problem.
-                        let _ = request.respond(response);
+                match calls.recv_timeout(Duration::from_millis(LOCATOR_POLL_MS)) {
+                    Ok(call) => {
+                        let reply = service.handle(now_ms(), &call.method, &call.target, call.body);
+                        // A worker that gave up on its client is its own problem.
+                        let _ = call.reply.send(reply);
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        eprintln!("locator {}: accepting a request failed: {e}", service.name)
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        eprintln!(
+                            "locator {}: every HTTP worker has stopped; stopping",
+                            service.name
+                        );
+                        thread_stop.store(true, Ordering::SeqCst);
                     }
                 }
                 for name in service.directory.poll_expired(now_ms()) {
@@ -295,10 +323,90 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
                 }
                 exchange.step(&mut service, now_ms());
             }
+            // Calls still queued are dropped: their workers see the closed reply channel.
+            drop(calls);
             exchange.finish(&service.name);
+            join_http_workers(&service.name, workers);
         })
-        .map_err(LocatorError::Thread)?;
+        .map_err(|e| {
+            // The workers and the exchanger see the flag and end.
+            stop.store(true, Ordering::SeqCst);
+            LocatorError::Thread(e)
+        })?;
     Ok(LocatorHandle { addr, stop, thread })
+}
+
+/// One request for the control thread: what a worker read off the socket, and where to send
+/// the status and JSON back.
+struct Call {
+    method: String,
+    target: String,
+    body: Result<Vec<u8>, ErrorReply>,
+    reply: mpsc::SyncSender<(u16, String)>,
+}
+
+/// An HTTP worker: takes a request, reads its body (bounded by [`proto::body_bytes_max`]),
+/// hands it to the control thread, waits for the answer and writes it. A client that stalls
+/// holds only its worker, never the control thread. Ends at stop, or when the control thread
+/// has gone.
+fn run_http_worker(
+    server: &tiny_http::Server,
+    calls: &mpsc::SyncSender<Call>,
+    stop: &AtomicBool,
+    name: &str,
+) {
+    let json = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).ok();
+    while !stop.load(Ordering::SeqCst) {
+        let mut request = match server.recv_timeout(Duration::from_millis(LOCATOR_POLL_MS)) {
+            Ok(Some(request)) => request,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("locator {name}: accepting a request failed: {e}");
+                continue;
+            }
+        };
+        let body = read_body(&mut request);
+        let (reply, answer) = mpsc::sync_channel(1);
+        let call = Call {
+            method: request.method().as_str().to_string(),
+            target: request.url().to_string(),
+            body,
+            reply,
+        };
+        // When the control thread has stopped, the dropped request is answered 500 by tiny_http.
+        if calls.send(call).is_err() {
+            return;
+        }
+        let Ok((status, text)) = answer.recv() else {
+            return;
+        };
+        let mut response =
+            tiny_http::Response::from_string(text).with_status_code(tiny_http::StatusCode(status));
+        if let Some(h) = &json {
+            response.add_header(h.clone());
+        }
+        // A client that went away is its own problem.
+        let _ = request.respond(response);
+    }
+}
+
+/// Waits up to [`HTTP_WORKERS_STOP_MS`] for the HTTP workers to see the stop. A worker still
+/// held by a client that stalls mid-request is left to end on its own (it holds the port until
+/// then) rather than hold up the stop.
+fn join_http_workers(name: &str, workers: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + Duration::from_millis(HTTP_WORKERS_STOP_MS);
+    while Instant::now() < deadline && !workers.iter().all(JoinHandle::is_finished) {
+        std::thread::sleep(Duration::from_millis(LOCATOR_POLL_MS / 5));
+    }
+    for worker in workers {
+        if !worker.is_finished() {
+            eprintln!(
+                "locator {name}: warning: an HTTP worker is still held by a client that stalls mid-request; it ends when that client sends or goes away"
+            );
+        } else if worker.join().is_err() {
+            eprintln!("locator {name}: an HTTP worker panicked");
+        }
+    }
 }
 
 fn lock_directory(dir: &std::path::Path) -> Result<File, LocatorError> {
@@ -554,8 +662,9 @@ fn describe(merged: &Merged, directory: &Directory) -> String {
         .collect();
     let new: Vec<String> = merged.new_sites.iter().map(|s| s.to_string()).collect();
     format!(
-        "{} entries added or moved, new sites [{}]; now knows {}",
+        "{} entries added or moved, {} evicted over a site's cap, new sites [{}]; now knows {}",
         merged.changed,
+        merged.evicted,
         new.join(", "),
         sites.join("; ")
     )
@@ -722,6 +831,7 @@ fn directory_error(e: DirectoryError) -> ErrorReply {
         DirectoryError::InvalidName(_)
         | DirectoryError::InvalidAddress(_)
         | DirectoryError::TooManyReceivers { .. }
+        | DirectoryError::InvalidBuckets { .. }
         | DirectoryError::InvalidSite(_)
         | DirectoryError::TooManyLocators { .. }
         | DirectoryError::TooManyServers { .. }
@@ -1330,6 +1440,20 @@ mod tests {
                 r#"{"name":"a","client":{"host":"h","port":0}}"#,
                 400,
                 "address",
+            ),
+            (
+                "POST",
+                "/v1/servers",
+                r#"{"name":"least-loaded","client":{"host":"h","port":1}}"#,
+                400,
+                "member name `least-loaded`",
+            ),
+            (
+                "POST",
+                "/v1/servers",
+                r#"{"name":"a","client":{"host":"h","port":1},"receivers":[{"host":"r","port":2,"buckets":[3,3]}]}"#,
+                400,
+                "field `buckets`",
             ),
             (
                 "PUT",

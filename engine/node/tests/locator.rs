@@ -1,12 +1,13 @@
 //! A locator and servers in one process, on loopback: registration, heartbeats carrying the
 //! connection count, least-loaded, deregistration at stop, registering again after a locator
-//! restart, a server that starts before its locator, the embedded locator, and refusals (bad
-//! JSON, a port in use, a directory in use).
+//! restart, a server that starts before its locator, the embedded locator, refusals (bad
+//! JSON, a port in use, a directory in use), and clients that stall mid-request.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use strait_net::locator::{ErrorKind, ErrorReply, ServerView};
+use strait_net::locator::{Endpoint, ErrorKind, ErrorReply, RegisterRequest, ServerView};
 use strait_node::config::HostPort;
 use strait_node::locator::{
     ClientError, LocatorClient, LocatorConfig, LocatorError, LocatorHandle, start_locator,
@@ -113,6 +114,48 @@ fn a_server_registers_reports_its_connections_and_deregisters_at_stop() {
     // The agent deregisters before stop returns.
     assert!(c.servers().unwrap().servers.is_empty());
     loc.stop().unwrap();
+}
+
+#[test]
+fn clients_that_stall_mid_body_do_not_hold_up_the_locator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loc = locator(tmp.path());
+    // One announces 5000 bytes and sends a few; one sends part of a chunk. Both stay open.
+    let mut by_length = TcpStream::connect(loc.addr).unwrap();
+    by_length
+        .write_all(b"POST /v1/servers HTTP/1.1\r\nHost: locator\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"name\":")
+        .unwrap();
+    let mut chunked = TcpStream::connect(loc.addr).unwrap();
+    chunked
+        .write_all(b"POST /v1/exchange HTTP/1.1\r\nHost: locator\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n{\"sites\":")
+        .unwrap();
+    let at = HostPort {
+        host: loc.addr.ip().to_string(),
+        port: loc.addr.port(),
+    };
+    let c = LocatorClient::new(&at, Duration::from_secs(2));
+    let started = Instant::now();
+    for i in 0..5 {
+        let name = format!("s{i}");
+        c.register(&RegisterRequest {
+            name: name.clone(),
+            client: Endpoint {
+                host: "127.0.0.1".into(),
+                port: 40_000 + i,
+            },
+            receivers: Vec::new(),
+            load: 0,
+        })
+        .unwrap_or_else(|e| panic!("registering {name} while two clients stall: {e}"));
+        let listed = c.servers().unwrap();
+        assert_eq!(listed.servers.len(), usize::from(i) + 1);
+    }
+    assert!(started.elapsed() < DEADLINE);
+    // Stopping does not wait for them either.
+    let stopping = Instant::now();
+    loc.stop().unwrap();
+    assert!(stopping.elapsed() < DEADLINE);
+    drop((by_length, chunked));
 }
 
 #[test]

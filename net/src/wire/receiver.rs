@@ -15,7 +15,7 @@
 //! [`ReceiverEvent::Closed`] it writes what is left to write and closes the socket.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use strait_queue::ids::SiteId;
 use strait_queue::record::Record;
@@ -25,6 +25,11 @@ use super::frame::{
     FrameKind, Hello, HelloReply, Refusal, RefuseReason,
 };
 use super::{BatchId, RegionSpec};
+
+/// The largest `total_num_buckets` a Hello's region may announce. It must equal
+/// `strait_engine::bucket::BUCKETS_MAX` (net does not depend on the engine; the node, which
+/// depends on both, asserts the two are equal at compile time).
+pub const BUCKETS_MAX: u32 = 4096;
 
 /// Default of [`ReceiverConfig::maximum_time_between_pings_ms`] (Geode's default).
 pub const MAXIMUM_TIME_BETWEEN_PINGS_MS_DEFAULT: u32 = 60_000;
@@ -397,6 +402,9 @@ impl ReceiverConn {
                 ),
             );
         }
+        if let Err(text) = check_regions(hello) {
+            return self.refuse(RefuseReason::MalformedHello, text);
+        }
         let mut out = Vec::new();
         let reply = Frame::HelloReply(HelloReply {
             receiver_site: own,
@@ -441,6 +449,33 @@ impl ReceiverConn {
         self.state = State::Closed;
         self.events.push_back(ReceiverEvent::Closed(error));
     }
+}
+
+/// Checks a Hello's region table: every `total_num_buckets` in 1..=[`BUCKETS_MAX`], no region
+/// id or name twice. The error names the field and the region.
+fn check_regions(hello: &Hello<'_>) -> Result<(), String> {
+    let (mut ids, mut names) = (BTreeSet::new(), BTreeSet::new());
+    for r in hello.regions.iter() {
+        if !(1..=BUCKETS_MAX).contains(&r.total_num_buckets) {
+            return Err(format!(
+                "sender {}: region {} (id {}) has total_num_buckets {}, out of range 1..={BUCKETS_MAX}",
+                hello.member, r.name, r.id.0, r.total_num_buckets
+            ));
+        }
+        if !ids.insert(r.id) {
+            return Err(format!(
+                "sender {}: region id {} appears twice in the region table",
+                hello.member, r.id.0
+            ));
+        }
+        if !names.insert(r.name) {
+            return Err(format!(
+                "sender {}: region name {} appears twice in the region table",
+                hello.member, r.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
