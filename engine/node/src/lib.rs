@@ -29,3 +29,4 @@ pub mod config;
 pub mod locator;
 pub mod registration;
 pub mod server;
+pub mod wan;
