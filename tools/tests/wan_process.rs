@@ -170,6 +170,8 @@ impl Site {
     /// Writes site.toml: region `orders` sent to each of `targets` by a parallel sender, and
     /// the regions of `extra` (no sender), and starts the server.
     fn start_server(&mut self, targets: &[u8], persistent: bool, receiver: bool, extra: &[&str]) {
+        // A fresh client port each start: sockets of a killed server can hold the old one.
+        self.client_port = free_port();
         let mut cfg = format!(
             "[server]\nname = \"server{id}\"\ndistributed-system-id = {id}\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nshards = 2\ndirectory = \"{dir}\"\nlocators = [\"127.0.0.1:{loc}\"]\n",
             id = self.id,
@@ -501,6 +503,8 @@ fn a_sender_whose_locators_lead_to_its_own_site_says_so() {
     // A second server of site 1 runs the receiver, registered with site 2's locator.
     let mut rogue = Site::new(tmp.path(), 1);
     rogue.locator_port = s2.locator_port;
+    rogue.dir = tmp.path().join("rogue");
+    std::fs::create_dir_all(&rogue.dir).unwrap();
     rogue.start_server(&[], false, true, &[]);
     s1.start_server(&[2], false, false, &[]);
     let line = s1
