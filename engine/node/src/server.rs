@@ -320,14 +320,13 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             load.clone(),
             receiver_ports.clone(),
         );
-        // One thread for the queues' file work, one per gateway sender (its dispatcher's
-        // locator lookups and name resolution block) and one for dead-letter files: a slow
-        // locator never delays a group commit.
-        let blocking_threads = 2 + config.senders.len();
+        // One blocking thread: the queue's file work (segment creation, syncs) relies on
+        // running in order (a needed segment is not raced by spares on a nearly full disk).
+        // Locator lookups and dead-letter writes share it (docs/wan.md, "Blocking pool").
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .preempt_timer(Duration::from_millis(5))
-            .blocking_thread_pool_placement(PoolPlacement::Unbound(blocking_threads))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 let shard = ShardId(i as u16);
                 let r = shard_main(

@@ -881,6 +881,13 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
     {
         locators.push(own.clone());
     }
+    if locators.is_empty() {
+        eprintln!(
+            "gateway sender `{}` (shard {}): no locator is configured (`locators` or `start-locator`), so the receivers of site {} cannot be found; the sender only queues",
+            def.id, shard.id.0, def.remote_distributed_system_id
+        );
+        return;
+    }
     let mut lookup = Some(RemoteSiteLookup::new(
         &locators,
         def.remote_distributed_system_id,
