@@ -23,20 +23,22 @@ use std::time::{Duration, Instant};
 
 /// Wakes every task waiting on it. A waiter that subscribed before a notification sees it.
 #[derive(Debug, Default)]
-struct Notify {
+pub struct Notify {
     generation: Cell<u64>,
     waiters: RefCell<Vec<Waker>>,
 }
 
 impl Notify {
-    fn notify(&self) {
+    /// Wakes every waiter.
+    pub fn notify(&self) {
         self.generation.set(self.generation.get() + 1);
         for w in self.waiters.borrow_mut().drain(..) {
             w.wake();
         }
     }
 
-    fn notified(&self) -> Notified<'_> {
+    /// Completes at the first notification after this call.
+    pub fn notified(&self) -> Notified<'_> {
         Notified {
             notify: self,
             seen: self.generation.get(),
@@ -44,7 +46,9 @@ impl Notify {
     }
 }
 
-struct Notified<'a> {
+/// The future of [`Notify::notified`].
+#[derive(Debug)]
+pub struct Notified<'a> {
     notify: &'a Notify,
     seen: u64,
 }
@@ -90,6 +94,8 @@ struct Inner {
     wake_driver: Notify,
     /// A segment became ready or a sync finished.
     progress: Notify,
+    /// An event was appended (what a dispatcher with nothing to send waits for).
+    appended: Notify,
     in_flight: Cell<u32>,
     closing: Cell<bool>,
     last_error: RefCell<Option<StoreError>>,
@@ -141,6 +147,7 @@ impl ShardQueue {
             disk,
             wake_driver: Notify::default(),
             progress: Notify::default(),
+            appended: Notify::default(),
             in_flight: Cell::new(0),
             closing: Cell::new(false),
             last_error: RefCell::new(None),
@@ -165,6 +172,9 @@ impl ShardQueue {
             let waiter = self.inner.progress.notified();
             let result = self.inner.queue.borrow_mut().append(q, event);
             self.inner.wake_driver.notify();
+            if result.is_ok() {
+                self.inner.appended.notify();
+            }
             match result {
                 Err(AppendError::WouldBlock) => waiter.await,
                 r => return r,
@@ -193,6 +203,24 @@ impl ShardQueue {
             }
             waiter.await;
         }
+    }
+
+    /// Appends now, without waiting for a segment or for durability: what a writer that
+    /// checked [`SenderQueue::check_room`] calls. Wakes the tasks waiting in
+    /// [`ShardQueue::appended`].
+    pub fn append_now(&self, q: QueueId, event: &Event<'_>) -> Result<Seq, AppendError> {
+        let result = self.with(|queue| queue.append(q, event));
+        if result.is_ok() {
+            self.inner.appended.notify();
+        }
+        result
+    }
+
+    /// Completes at the next append after this call (through [`ShardQueue::append_now`] or
+    /// [`ShardQueue::append_nowait`]): a dispatcher with nothing to send creates this before it
+    /// peeks, and awaits it once the queues are empty, so it misses no append.
+    pub fn appended(&self) -> impl Future<Output = ()> + '_ {
+        self.inner.appended.notified()
     }
 
     /// Runs `f` on the queue (peek, ack, reset, stats), then lets the driver see the change.

@@ -2,7 +2,7 @@
 //! with Redis's own error texts for the ones that are not right. Pure: no I/O, no state.
 
 /// Longest command name looked up (longer names are unknown commands).
-pub const COMMAND_NAME_BYTES_MAX: usize = 16;
+pub const COMMAND_NAME_BYTES_MAX: usize = 24;
 /// Most keys one multi-key command (MGET, MSET, DEL, EXISTS) may name.
 pub const MULTI_KEYS_MAX: usize = 1 << 16;
 /// Default and largest COUNT of a SCAN.
@@ -41,6 +41,17 @@ pub enum Command<'a> {
     /// HELLO [protover ...]: switch to RESP2 or RESP3 (AUTH and SETNAME are accepted and
     /// ignored: there is no authentication yet).
     Hello(Option<u64>),
+    /// STRAIT.DEADLETTERS LIST | REPLAY [region]: the gateway receiver's dead-letter logs.
+    DeadLetters(DeadLettersCommand),
+}
+
+/// What `STRAIT.DEADLETTERS` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeadLettersCommand {
+    /// Every region's count and entries.
+    List,
+    /// Apply every entry again (of one region, or of all), keep the ones still refused.
+    Replay(Option<String>),
 }
 
 /// Why a request is not a command this server runs; `Display` is the Redis error line.
@@ -163,6 +174,17 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
             Ok(Command::ClientNoop)
         }
         (b"command", _) => Ok(Command::CommandInfo),
+        (b"strait.deadletters", [sub, rest @ ..]) => {
+            match (sub.to_ascii_lowercase().as_slice(), rest) {
+                (b"list", []) => Ok(Command::DeadLetters(DeadLettersCommand::List)),
+                (b"replay", []) => Ok(Command::DeadLetters(DeadLettersCommand::Replay(None))),
+                (b"replay", [region]) => Ok(Command::DeadLetters(DeadLettersCommand::Replay(
+                    Some(String::from_utf8_lossy(region).into_owned()),
+                ))),
+                _ => Err(CommandError::Syntax),
+            }
+        }
+        (b"strait.deadletters", []) => Err(arity()),
         (b"hello", []) => Ok(Command::Hello(None)),
         (b"hello", [v, ..]) => integer(v)
             .map(|v| Command::Hello(Some(v)))

@@ -30,3 +30,4 @@ pub mod locator;
 pub mod region_log;
 pub mod registration;
 pub mod server;
+pub mod wan;

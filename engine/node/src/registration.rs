@@ -64,11 +64,13 @@ impl Registration {
 }
 
 /// Starts the embedded locator (if `start-locator` is set) and the agent (if there is any
-/// locator to register with). `load` is the server's open client connections; the agent
+/// locator to register with). `receivers` are the gateway receiver's endpoints (one per
+/// shard). `load` is the server's open client connections; the agent
 /// stops when `stop` is set.
 pub fn start(
     server: &ServerSettings,
     client_addr: SocketAddr,
+    receivers: Vec<strait_net::locator::ReceiverEndpoint>,
     load: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
 ) -> Result<Registration, RegistrationError> {
@@ -99,7 +101,7 @@ pub fn start(
             host: advertised_host(None, client_addr.ip()),
             port: client_addr.port(),
         },
-        receivers: Vec::new(),
+        receivers,
         load: 0,
     };
     let agent = std::thread::Builder::new()

@@ -8,7 +8,7 @@
 //! sender's queue on the owning shard before its reply, with the queue's durability.
 
 use crate::command::{self, Command, CommandError};
-use crate::config::{OrderPolicy, RegionType, SiteConfig};
+use crate::config::{RegionType, SiteConfig};
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use glommio::channels::local_channel;
@@ -80,11 +80,15 @@ pub enum StartError {
     },
     #[error(transparent)]
     Registration(#[from] crate::registration::RegistrationError),
+    #[error(transparent)]
+    ReceiverPorts(#[from] crate::wan::PortRangeError),
+    #[error("gateway receiver: cannot listen on {addr}: {reason}")]
+    ReceiverListen { addr: SocketAddr, reason: String },
 }
 
 /// One operation on the shard that owns its key.
 #[derive(Debug)]
-enum ShardOp {
+pub(crate) enum ShardOp {
     Get {
         region: u16,
         key: Bytes,
@@ -113,16 +117,27 @@ enum ShardOp {
         count: usize,
         pattern: Option<Bytes>,
     },
+    /// Records from another site (their local region index and bytes as received) whose
+    /// buckets this shard owns: apply (or, for a dead-letter replay, replay) and forward.
+    ApplyRemote {
+        replay: bool,
+        records: Vec<(u16, Bytes)>,
+    },
 }
 
 #[derive(Debug)]
-enum OpReply {
+pub(crate) enum OpReply {
     Value(Option<Bytes>),
     Done,
     Flag(bool),
     Count(u64),
     Stats(ShardStats),
-    Page { next: u64, keys: Vec<Bytes> },
+    Page {
+        next: u64,
+        keys: Vec<Bytes>,
+    },
+    /// The outcome of each record of an `ApplyRemote`, in order.
+    Applied(Vec<strait_engine::apply::ApplyOutcome>),
     Error(String),
 }
 
@@ -222,6 +237,18 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
     for def in config.senders.iter().filter(|d| d.enable_persistence) {
         check_shard_count(&def.id, &def.disk_dir, shards)?;
     }
+    let receiver_ports = match &config.receiver {
+        Some(def) => crate::wan::pick_receiver_ports(def, usize::from(shards))?,
+        None => Vec::new(),
+    };
+    let receivers = match (
+        &config.receiver,
+        crate::wan::wan_table(config.regions.iter().map(|r| r.total_num_buckets), shards),
+    ) {
+        (Some(def), Some(table)) => crate::wan::advertised_receivers(def, &receiver_ports, &table),
+        _ => Vec::new(),
+    };
+    let receiver_ports = Arc::new(receiver_ports);
     let mut regions = Vec::new();
     for r in &config.regions {
         let mut rc = RegionConfig::new(
@@ -285,13 +312,17 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             }
             _ => Placement::Unbound,
         };
-        let (config, regions, shard_stop, ready, load) = (
+        let (config, regions, shard_stop, ready, load, ports) = (
             config.clone(),
             regions.clone(),
             stop.clone(),
             ready_tx.clone(),
             load.clone(),
+            receiver_ports.clone(),
         );
+        // One blocking thread: the queue's file work (segment creation, syncs) relies on
+        // running in order (a needed segment is not raced by spares on a nearly full disk).
+        // Locator lookups and dead-letter writes share it (docs/wan.md, "Blocking pool").
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .preempt_timer(Duration::from_millis(5))
@@ -304,7 +335,7 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
                     regions,
                     w,
                     (shard_stop.clone(), load),
-                    addr,
+                    (addr, ports),
                     &ready,
                 )
                 .await;
@@ -338,16 +369,17 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             return Err(StartError::Shard { shard, reason });
         }
     }
-    let registration = match crate::registration::start(&config.server, addr, load, stop.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            stop.store(true, Ordering::SeqCst);
-            for h in handles {
-                let _ = h.join();
+    let registration =
+        match crate::registration::start(&config.server, addr, receivers, load, stop.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
-    };
+        };
     Ok(ServerHandle {
         stop,
         shards: handles,
@@ -425,41 +457,41 @@ fn holds_events(dir: &Path) -> std::io::Result<bool> {
 }
 
 /// A gateway sender's queues on this shard.
-struct SenderRt {
-    id: String,
+pub(crate) struct SenderRt {
+    pub(crate) id: String,
     parallel: bool,
     dispatchers: u16,
-    order: OrderPolicy,
-    queue: RefCell<Option<Rc<ShardQueue>>>,
+    pub(crate) queue: RefCell<Option<Rc<ShardQueue>>>,
 }
 
 impl SenderRt {
-    fn queue_id(&self, bucket: BucketId, key: &[u8]) -> QueueId {
+    pub(crate) fn queue_id(&self, bucket: BucketId) -> QueueId {
         if self.parallel {
             return QueueId(bucket.0);
         }
+        // Every order policy maps a bucket to one dispatcher, so each event stream (region,
+        // bucket) stays in order on every path, which the receiver's dedupe relies on
+        // (docs/wan.md "Per-stream order"); a key's order follows from its bucket's.
         let d = u32::from(self.dispatchers.max(1));
-        QueueId(match self.order {
-            OrderPolicy::Partition => (u32::from(bucket.0) % d) as u16,
-            // Without client threads to tell apart, the thread policy orders by key too.
-            OrderPolicy::Key | OrderPolicy::Thread => {
-                (strait_engine::bucket::key_hash(key) % d) as u16
-            }
-        })
+        QueueId((u32::from(bucket.0) % d) as u16)
     }
 }
 
-struct Shard {
-    id: ShardId,
-    shards: usize,
-    site: SiteId,
+pub(crate) struct Shard {
+    pub(crate) id: ShardId,
+    pub(crate) shards: usize,
+    pub(crate) site: SiteId,
     member: MemberId,
-    config: Arc<SiteConfig>,
-    regions: Arc<Vec<(RegionConfig, BucketTable)>>,
-    stores: RefCell<Vec<RegionStore>>,
-    senders: Vec<SenderRt>,
+    pub(crate) config: Arc<SiteConfig>,
+    pub(crate) regions: Arc<Vec<(RegionConfig, BucketTable)>>,
+    pub(crate) stores: RefCell<Vec<RegionStore>>,
+    pub(crate) senders: Vec<SenderRt>,
     /// Per region: its senders (indices into `senders`) and the recipient set of a local write.
-    attached: Vec<(Vec<usize>, Vec<SiteId>)>,
+    pub(crate) attached: Vec<(Vec<usize>, Vec<SiteId>)>,
+    /// Gateway sender and receiver figures.
+    pub(crate) wan: crate::wan::WanShard,
+    /// Open gateway-receiver connections.
+    pub(crate) wan_connections: Cell<u32>,
     /// Last event sequence number per (region, bucket) stream.
     streams: RefCell<HashMap<(u16, u16), u64>>,
     /// Emptied at shutdown, which closes the channels once in-flight sends are done.
@@ -480,7 +512,7 @@ fn member_id(name: &str) -> MemberId {
     MemberId((strait_engine::bucket::key_hash(name.as_bytes()) & 0xffff) as u16)
 }
 
-async fn wait_stop(stop: &AtomicBool) {
+pub(crate) async fn wait_stop(stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
     }
@@ -492,7 +524,7 @@ async fn shard_main(
     regions: Arc<Vec<(RegionConfig, BucketTable)>>,
     w: Wiring,
     (stop, load): (Arc<AtomicBool>, Arc<AtomicU32>),
-    addr: SocketAddr,
+    (addr, receiver_ports): (SocketAddr, Arc<Vec<u16>>),
     ready: &mpsc::Sender<Result<(), (u16, String)>>,
 ) -> Result<(), String> {
     let n = w.requests_out.len();
@@ -578,7 +610,6 @@ async fn shard_main(
             id: def.id.clone(),
             parallel: def.parallel,
             dispatchers: def.dispatcher_threads,
-            order: def.order_policy,
             queue: RefCell::new(Some(Rc::new(queue))),
         });
     }
@@ -609,6 +640,8 @@ async fn shard_main(
         config: config.clone(),
         regions,
         stores: RefCell::new(stores),
+        wan: crate::wan::WanShard::new(senders.len()),
+        wan_connections: Cell::new(0),
         senders,
         attached,
         streams: RefCell::new(HashMap::new()),
@@ -665,7 +698,38 @@ async fn shard_main(
     }
 
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let receiver = match (&config.receiver, receiver_ports.get(id.0 as usize)) {
+        (Some(def), Some(&port)) => {
+            let at = SocketAddr::new(def.bind_address, port);
+            let l = TcpListener::bind(at).map_err(|e| {
+                StartError::ReceiverListen {
+                    addr: at,
+                    reason: e.to_string(),
+                }
+                .to_string()
+            })?;
+            Some(l)
+        }
+        _ => None,
+    };
     let _ = ready.send(Ok(()));
+    let mut wan_tasks = Vec::new();
+    if let Some(l) = receiver {
+        wan_tasks.push(glommio::spawn_local(crate::wan::run_receiver(
+            shard.clone(),
+            l,
+            stop.clone(),
+        )));
+    }
+    for (i, def) in config.senders.iter().enumerate() {
+        if !def.manual_start {
+            wan_tasks.push(glommio::spawn_local(crate::wan::run_dispatcher(
+                shard.clone(),
+                i,
+                stop.clone(),
+            )));
+        }
+    }
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             wait_stop(&stop).await;
@@ -691,9 +755,14 @@ async fn shard_main(
         }
     }
     drop(listener);
+    // Dispatchers and the receiver's listener stop at the flag; their queue handles go.
+    for t in wan_tasks {
+        t.await;
+    }
     // Let connections finish what they read, within the grace period.
     let mut waited = 0;
-    while shard.connections.get() > 0 && waited < STOP_GRACE_MS {
+    while (shard.connections.get() > 0 || shard.wan_connections.get() > 0) && waited < STOP_GRACE_MS
+    {
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
         waited += STOP_POLL_MS;
     }
@@ -726,21 +795,25 @@ enum Pending {
     Scan(usize, usize),
     /// INFO: the header, then every shard's figures summed.
     Info(String, Vec<(usize, usize)>),
+    /// STRAIT.DEADLETTERS: run once the batches are answered.
+    DeadLetters(command::DeadLettersCommand),
 }
 
 /// One shard's figures, summed over shards for INFO.
 #[derive(Debug, Default)]
-struct ShardStats {
+pub(crate) struct ShardStats {
     connections: u64,
     /// Live entries per region.
     entries: Vec<u64>,
     /// Per gateway sender, in configuration order.
     senders: Vec<strait_queue::queue::QueueStats>,
+    wan: crate::wan::WanStats,
 }
 
 impl ShardStats {
     fn add(&mut self, other: &ShardStats) {
         self.connections += other.connections;
+        self.wan.add(&other.wan);
         add_each(&mut self.entries, &other.entries, |a, b| *a += b);
         add_each(&mut self.senders, &other.senders, |a, b| {
             a.events_queued += b.events_queued;
@@ -769,11 +842,11 @@ fn add_each<T: Default + Clone>(to: &mut Vec<T>, from: &[T], add: impl Fn(&mut T
 }
 
 impl Shard {
-    fn table(&self, region: u16) -> &BucketTable {
+    pub(crate) fn table(&self, region: u16) -> &BucketTable {
         &self.regions[region as usize].1
     }
 
-    fn owner(&self, region: u16, key: &[u8]) -> usize {
+    pub(crate) fn owner(&self, region: u16, key: &[u8]) -> usize {
         let t = self.table(region);
         t.shard_of(t.bucket_of(key)).map_or(0, |s| s.0 as usize)
     }
@@ -838,6 +911,9 @@ impl Shard {
                 ShardOp::Del { region, key } => {
                     self.write(region, key, None, &mut waits, index).await
                 }
+                ShardOp::ApplyRemote { replay, records } => {
+                    crate::wan::apply_op(self, records, replay).await
+                }
             };
             replies.push(reply);
         }
@@ -883,7 +959,7 @@ impl Shard {
             let Some(queue) = s.queue.borrow().clone() else {
                 return OpReply::Error("ERR the server is stopping".into());
             };
-            queues.push((i, queue, s.queue_id(bucket, &key)));
+            queues.push((i, queue, s.queue_id(bucket)));
         }
         loop {
             let now = now_us();
@@ -937,7 +1013,7 @@ impl Shard {
             }
             // Every sender has room: queue everywhere, then write, with no await in between.
             for (i, queue, qid) in &queues {
-                match queue.with(|q| q.append(*qid, &event)) {
+                match queue.append_now(*qid, &event) {
                     Ok(seq) => waits.push((queue.clone(), *qid, seq, index)),
                     Err(e) => {
                         // check_room said yes a moment ago with nothing in between; if a
@@ -987,11 +1063,12 @@ impl Shard {
                         .unwrap_or_default()
                 })
                 .collect(),
+            wan: self.wan.stats(),
         }
     }
 
     /// Sends `ops` to shard `to` and waits for the replies.
-    async fn remote(&self, to: usize, ops: Vec<ShardOp>) -> Vec<OpReply> {
+    pub(crate) async fn remote(&self, to: usize, ops: Vec<ShardOp>) -> Vec<OpReply> {
         let count = ops.len();
         let fail = |why: &str| {
             (0..count)
@@ -1076,6 +1153,16 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream, stop: &Atomi
             }
         }
         let results = run_batches(shard, batches).await;
+        for p in plans.iter_mut() {
+            if let Pending::DeadLetters(cmd) = p {
+                let mut reply = Vec::new();
+                match crate::wan::dead_letters_command(shard, cmd.clone()).await {
+                    Ok(text) => resp::encode_bulk(&mut reply, text.as_bytes()),
+                    Err(e) => error_line(&mut reply, &e),
+                }
+                *p = Pending::Ready(reply);
+            }
+        }
         assemble(shard, &plans, results, &mut out);
         plans.clear();
         if stream.write_all(&out).await.is_err() {
@@ -1140,6 +1227,7 @@ fn assemble(
     for plan in plans {
         match plan {
             Pending::Ready(bytes) => out.extend_from_slice(bytes),
+            Pending::DeadLetters(_) => error_line(out, "ERR internal: command not run"),
             Pending::Value(s, i, resp3) => match take((*s, *i)) {
                 OpReply::Value(Some(v)) => resp::encode_bulk(out, &v),
                 OpReply::Value(None) if *resp3 => resp::encode_null3(out),
@@ -1253,6 +1341,7 @@ fn plan(
             | Command::ClientNoop
             | Command::CommandInfo
             | Command::Hello(_)
+            | Command::DeadLetters(_)
     );
     if needs_region && (session.region as usize) >= regions {
         return (
@@ -1412,6 +1501,7 @@ fn plan(
         }
         Command::ClientNoop => ready(&|o| resp::encode_simple(o, b"OK")),
         Command::CommandInfo => ready(&|o| resp::encode_array_header(o, 0)),
+        Command::DeadLetters(c) => Pending::DeadLetters(c),
     };
     (plan, false)
 }
@@ -1477,15 +1567,31 @@ fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
         ));
     }
     s.push_str("\r\n# Gateway senders (all shards)\r\n");
-    for (sender, st) in shard.senders.iter().zip(&total.senders) {
+    for (i, (sender, st)) in shard.senders.iter().zip(&total.senders).enumerate() {
+        let (events, batches, connected) = total.wan.senders.get(i).copied().unwrap_or_default();
         s.push_str(&format!(
-            "{}:queued={},bytes={},in_memory={},on_disk={},segments={}\r\n",
+            "{}:queued={},bytes={},in_memory={},on_disk={},segments={},distributed={events},batches={batches},possible_duplicates={},connected={connected}/{}\r\n",
             sender.id,
             st.events_queued,
             st.bytes_queued,
             st.events_in_memory,
             st.events_on_disk,
-            st.segments
+            st.segments,
+            st.possible_duplicates,
+            shard.shards,
+        ));
+    }
+    if shard.config.receiver.is_some() {
+        let w = &total.wan;
+        s.push_str(&format!(
+            "\r\n# Gateway receiver (all shards)\r\nreceiver:applied={},duplicates={},conflicts={},dead_lettered={},cross_shard_events={},connections={},forward_failures={}\r\n",
+            w.applied,
+            w.duplicates,
+            w.conflicts,
+            w.dead_lettered,
+            w.cross_shard_events,
+            w.connections,
+            w.forward_failures
         ));
     }
     s

@@ -108,6 +108,15 @@ struct LocatorArgs {
         )
     )]
     member_timeout: u64,
+    /// Milliseconds between exchanges with remote locators.
+    #[arg(long, default_value_t = strait_node::locator::LOCATOR_EXCHANGE_INTERVAL_MS,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    exchange_interval_ms: u64,
+    /// Milliseconds after which a remote site's entry its own site stopped vouching for is
+    /// dropped.
+    #[arg(long, default_value_t = strait_engine::locator::REMOTE_ENTRY_TIMEOUT_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    remote_entry_timeout_ms: u64,
 }
 
 fn locator_config(args: LocatorArgs) -> anyhow::Result<LocatorConfig> {
@@ -122,6 +131,8 @@ fn locator_config(args: LocatorArgs) -> anyhow::Result<LocatorConfig> {
         .collect::<anyhow::Result<_>>()?;
     c.hostname_for_clients = args.hostname_for_clients.filter(|h| !h.is_empty());
     c.member_timeout_ms = args.member_timeout;
+    c.exchange_interval_ms = args.exchange_interval_ms;
+    c.remote_entry_timeout_ms = args.remote_entry_timeout_ms;
     Ok(c)
 }
 

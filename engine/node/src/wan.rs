@@ -1,0 +1,1209 @@
+//! The WAN link's glommio shell (`docs/wan.md`): the gateway receiver (one listener per
+//! shard, a [`ReceiverConn`] per sender connection, apply on the shard owning each record's
+//! bucket, forward under the loop rule, dead letters) and the dispatchers (one task per
+//! gateway sender per shard running a [`SenderConn`] over the sender's queues on that shard).
+//!
+//! Nothing here blocks a shard: locator lookups, name resolution and dead-letter files run on
+//! the executor's blocking pool.
+
+use crate::command::DeadLettersCommand;
+use crate::config::{ReceiverDef, SenderDef};
+use crate::locator::RemoteSiteLookup;
+use crate::server::{OpReply, STOP_POLL_MS, Shard, ShardOp, wait_stop};
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use glommio::executor;
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use strait_engine::apply::{
+    ApplyOutcome, DeadLetterReason, SenderIndex, apply_record, forward_targets, replay_record,
+};
+use strait_engine::bucket::{BucketTable, ShardId};
+use strait_engine::deadletter::{DeadLetterLog, encode_entry};
+use strait_engine::locator::ReceiverEndpoint;
+use strait_net::wire::{
+    self, AckOutcome, BatchIn, BatchOut, FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, ReceiverConfig,
+    ReceiverConn, ReceiverEvent, RegionSpec, SenderConfig, SenderConn, SenderEvent,
+};
+use strait_queue::ids::{BucketId, QueueId, RegionId, SiteId};
+use strait_queue::queue::Batch;
+use strait_queue::record::{self, Event, Record};
+use strait_queue::shard::ShardQueue;
+
+/// Most bytes of records in one batch (with at most `batch-size` events).
+pub const BATCH_BYTES_MAX: u64 = 4 << 20;
+/// How often a dispatcher asks the locators again for a remote site's receivers.
+pub const LOOKUP_RETRY_MS: u64 = 1_000;
+/// How long a connection attempt to a receiver may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// The first wait before reconnecting after a failed or lost connection; it doubles up to
+/// [`RECONNECT_BACKOFF_MAX_MS`] and starts over once a connection is accepted.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 200;
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 5_000;
+/// Bytes read from a WAN socket at a time; a buffer grows only for a larger frame.
+pub const WAN_READ_BYTES: usize = 256 << 10;
+/// Largest read buffer: one whole frame.
+const WAN_BUFFER_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_BODY_BYTES_MAX;
+/// The dead-letter logs' directory under the server's directory.
+pub const DEAD_LETTER_DIR: &str = "dead-letters";
+/// Most dead-letter entries `STRAIT.DEADLETTERS LIST` describes one by one per region.
+pub const DEAD_LETTERS_LISTED_MAX: usize = 100;
+
+/// One gateway sender's figures on one shard.
+#[derive(Debug, Default)]
+pub(crate) struct SenderCounters {
+    pub events: Cell<u64>,
+    pub batches: Cell<u64>,
+    pub connected: Cell<bool>,
+}
+
+/// The gateway receiver's figures on one shard.
+#[derive(Debug, Default)]
+pub(crate) struct ReceiverCounters {
+    pub applied: Cell<u64>,
+    pub duplicates: Cell<u64>,
+    pub conflicts: Cell<u64>,
+    pub dead_lettered: Cell<u64>,
+    pub cross_shard_events: Cell<u64>,
+    pub connections: Cell<u64>,
+    pub forward_failures: Cell<u64>,
+}
+
+/// What INFO sums over shards.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WanStats {
+    /// Per gateway sender: events, batches, dispatchers connected.
+    pub senders: Vec<(u64, u64, u64)>,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    pub dead_lettered: u64,
+    pub cross_shard_events: u64,
+    pub connections: u64,
+    pub forward_failures: u64,
+}
+
+impl WanStats {
+    pub fn add(&mut self, o: &WanStats) {
+        if self.senders.len() < o.senders.len() {
+            self.senders.resize(o.senders.len(), (0, 0, 0));
+        }
+        for (a, b) in self.senders.iter_mut().zip(&o.senders) {
+            a.0 += b.0;
+            a.1 += b.1;
+            a.2 += b.2;
+        }
+        self.applied += o.applied;
+        self.duplicates += o.duplicates;
+        self.conflicts += o.conflicts;
+        self.dead_lettered += o.dead_lettered;
+        self.cross_shard_events += o.cross_shard_events;
+        self.connections += o.connections;
+        self.forward_failures += o.forward_failures;
+    }
+}
+
+/// The WAN state of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct WanShard {
+    pub senders: Vec<SenderCounters>,
+    pub receiver: ReceiverCounters,
+    /// Regions whose dead letters this shard has logged (once each).
+    logged_regions: RefCell<HashSet<String>>,
+}
+
+impl WanShard {
+    pub fn new(senders: usize) -> WanShard {
+        WanShard {
+            senders: (0..senders).map(|_| SenderCounters::default()).collect(),
+            ..WanShard::default()
+        }
+    }
+
+    pub fn stats(&self) -> WanStats {
+        let r = &self.receiver;
+        WanStats {
+            senders: self
+                .senders
+                .iter()
+                .map(|s| {
+                    (
+                        s.events.get(),
+                        s.batches.get(),
+                        u64::from(s.connected.get()),
+                    )
+                })
+                .collect(),
+            applied: r.applied.get(),
+            duplicates: r.duplicates.get(),
+            conflicts: r.conflicts.get(),
+            dead_lettered: r.dead_lettered.get(),
+            cross_shard_events: r.cross_shard_events.get(),
+            connections: r.connections.get(),
+            forward_failures: r.forward_failures.get(),
+        }
+    }
+}
+
+fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get() + by);
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn sleep_or_stop(ms: u64, stop: &AtomicBool) {
+    future::or(
+        glommio::timer::sleep(Duration::from_millis(ms)),
+        wait_stop(stop),
+    )
+    .await;
+}
+
+// ---- ports and registration ------------------------------------------------------------
+
+/// Why the receiver's ports could not be chosen.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "gateway receiver: the port range {start}..={end} on {bind} has {found} free ports, {needed} \
+     are needed (one per shard)"
+)]
+pub struct PortRangeError {
+    pub bind: IpAddr,
+    pub start: u16,
+    pub end: u16,
+    pub found: usize,
+    pub needed: usize,
+}
+
+/// One free port per shard from `start-port..=end-port`: from a random start, walking upward
+/// and wrapping. Each is proved free with an exclusive std bind (glommio's own bind sets
+/// SO_REUSEPORT and cannot tell), held until all are found, then released for the shards.
+pub fn pick_receiver_ports(def: &ReceiverDef, shards: usize) -> Result<Vec<u16>, PortRangeError> {
+    let (start, end) = (def.start_port, def.end_port);
+    let span = u32::from(end.saturating_sub(start)) + 1;
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let first = seed % span;
+    let mut held = Vec::new();
+    for i in 0..span {
+        if held.len() == shards {
+            break;
+        }
+        let port = start + ((first + i) % span) as u16;
+        if let Ok(probe) = std::net::TcpListener::bind(SocketAddr::new(def.bind_address, port)) {
+            held.push((port, probe));
+        }
+    }
+    if held.len() < shards {
+        return Err(PortRangeError {
+            bind: def.bind_address,
+            start,
+            end,
+            found: held.len(),
+            needed: shards,
+        });
+    }
+    Ok(held.into_iter().map(|(port, _probe)| port).collect())
+}
+
+/// The receiver endpoints to advertise: each shard's port with the buckets it owns.
+pub fn advertised_receivers(
+    def: &ReceiverDef,
+    ports: &[u16],
+    table: &BucketTable,
+) -> Vec<strait_net::locator::ReceiverEndpoint> {
+    let host =
+        crate::locator::advertised_host(def.hostname_for_senders.as_deref(), def.bind_address);
+    ports
+        .iter()
+        .enumerate()
+        .map(|(shard, &port)| strait_net::locator::ReceiverEndpoint {
+            host: host.clone(),
+            port,
+            buckets: table
+                .buckets_of(ShardId(shard as u16))
+                .map(|b| b.0)
+                .collect(),
+        })
+        .collect()
+}
+
+/// The bucket table receivers and dispatchers describe themselves with: the largest
+/// `total-num-buckets` of the regions involved (of all regions when none is).
+pub fn wan_table(totals: impl Iterator<Item = u16>, shards: u16) -> Option<BucketTable> {
+    let total = totals
+        .max()
+        .unwrap_or(strait_engine::bucket::TOTAL_BUCKETS_DEFAULT);
+    BucketTable::new(total, shards).ok()
+}
+
+// ---- receiver ----------------------------------------------------------------------------
+
+/// Accepts sender connections on this shard's receiver port until the server stops.
+pub(crate) async fn run_receiver(shard: Rc<Shard>, listener: TcpListener, stop: Arc<AtomicBool>) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            wait_stop(&stop).await;
+            None
+        })
+        .await;
+        match accepted {
+            Some(Ok(stream)) => {
+                let (shard, stop) = (shard.clone(), stop.clone());
+                shard.wan_connections.set(shard.wan_connections.get() + 1);
+                bump(&shard.wan.receiver.connections, 1);
+                glommio::spawn_local(async move {
+                    let peer = stream
+                        .peer_addr()
+                        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+                    if let Err(e) = serve_sender(&shard, stream, &stop).await {
+                        eprintln!(
+                            "gateway receiver (shard {}): connection from {peer}: {e}",
+                            shard.id.0
+                        );
+                    }
+                    let c = &shard.wan.receiver.connections;
+                    c.set(c.get().saturating_sub(1));
+                    shard.wan_connections.set(shard.wan_connections.get() - 1);
+                })
+                .detach();
+            }
+            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await,
+            None => return,
+        }
+    }
+}
+
+/// What a connection's hello said, resolved against this site's regions.
+struct Peer {
+    site: SiteId,
+    /// Sender region id → (its name, the local region index of that name).
+    regions: HashMap<u16, (String, Option<u16>)>,
+}
+
+async fn serve_sender(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let Some(def) = shard.config.receiver.as_ref() else {
+        return Ok(());
+    };
+    let epoch = Instant::now();
+    let now = || epoch.elapsed().as_millis() as u64;
+    let mut config = ReceiverConfig::new(shard.site, shard.config.server.name.clone());
+    config.maximum_time_between_pings_ms = def.maximum_time_between_pings_ms;
+    let mut conn = ReceiverConn::new(config, now());
+    let mut buf = vec![0u8; WAN_READ_BYTES];
+    let mut filled = 0;
+    let mut peer: Option<Peer> = None;
+    loop {
+        let mut at = 0;
+        loop {
+            let handled = conn.handle_bytes(&buf[at..filled], now());
+            at += handled.consumed;
+            if let Some(end) = flush_receiver(shard, &mut conn, &mut stream, &mut peer).await? {
+                return end;
+            }
+            let Some(batch) = handled.batch else {
+                if handled.consumed == 0 {
+                    break;
+                }
+                continue;
+            };
+            let Some(p) = peer.as_ref() else {
+                return Err("a batch arrived before the hello".into());
+            };
+            let outcome = apply_batch(shard, p, &batch).await?;
+            conn.handle_applied(batch.id, &outcome)
+                .map_err(|e| format!("acknowledging batch {}: {e}", batch.id))?;
+            if let Some(end) = flush_receiver(shard, &mut conn, &mut stream, &mut peer).await? {
+                return end;
+            }
+        }
+        buf.copy_within(at..filled, 0);
+        filled -= at;
+        if filled == buf.len() {
+            if buf.len() >= WAN_BUFFER_BYTES_MAX {
+                return Err("a frame does not fit the read buffer".into());
+            }
+            buf.resize((buf.len() * 2).min(WAN_BUFFER_BYTES_MAX), 0);
+        }
+        let wait = conn
+            .next_deadline_ms()
+            .map_or(STOP_POLL_MS, |d| d.saturating_sub(now()).max(1));
+        let read = future::or(
+            async { Some(stream.read(&mut buf[filled..]).await) },
+            async {
+                future::or(
+                    glommio::timer::sleep(Duration::from_millis(wait)),
+                    wait_stop(stop),
+                )
+                .await;
+                None
+            },
+        )
+        .await;
+        match read {
+            Some(Ok(0)) => return Ok(()),
+            Some(Ok(n)) => filled += n,
+            Some(Err(e)) => return Err(e.to_string()),
+            None if stop.load(Ordering::SeqCst) => return Ok(()),
+            None => conn.handle_timer(now()),
+        }
+    }
+}
+
+/// Writes what the connection wants written; `Some` when it is over.
+async fn flush_receiver(
+    shard: &Shard,
+    conn: &mut ReceiverConn,
+    stream: &mut TcpStream,
+    peer: &mut Option<Peer>,
+) -> Result<Option<Result<(), String>>, String> {
+    while let Some(event) = conn.poll_event() {
+        match event {
+            ReceiverEvent::Transmit(bytes) => {
+                stream.write_all(&bytes).await.map_err(|e| e.to_string())?
+            }
+            ReceiverEvent::Connected(info) => {
+                let regions = info
+                    .regions
+                    .iter()
+                    .map(|r| {
+                        let local = shard
+                            .regions
+                            .iter()
+                            .position(|(rc, _)| rc.name == r.name)
+                            .map(|i| i as u16);
+                        if let Some(i) = local {
+                            let here = shard.regions[usize::from(i)].0.total_buckets;
+                            if u32::from(here) != r.total_num_buckets {
+                                eprintln!(
+                                    "gateway receiver: region `{}` has {} buckets at site {} and {here} here: forwarded events keep their order only with equal bucket counts",
+                                    r.name, r.total_num_buckets, info.sender_site
+                                );
+                            }
+                        }
+                        (r.id.0, (r.name.clone(), local))
+                    })
+                    .collect();
+                eprintln!(
+                    "gateway receiver (shard {}): sender {} of member {} at site {} connected",
+                    shard.id.0, info.sender_id, info.member, info.sender_site
+                );
+                *peer = Some(Peer {
+                    site: info.sender_site,
+                    regions,
+                });
+            }
+            ReceiverEvent::Closed(e) => {
+                while let Some(ReceiverEvent::Transmit(bytes)) = conn.poll_event() {
+                    let _ = stream.write_all(&bytes).await;
+                }
+                return Ok(Some(Err(e.to_string())));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// One record's outcome, as the shard that owns it reports it.
+pub(crate) type RecordOutcome = ApplyOutcome;
+
+/// Applies a batch: each record on the shard owning its bucket (one request per other
+/// shard), dead letters written to their logs, then the ack's outcome.
+async fn apply_batch(
+    shard: &Rc<Shard>,
+    peer: &Peer,
+    batch: &BatchIn<'_>,
+) -> Result<AckOutcome, String> {
+    let records: Vec<Record<'_>> = batch.records().collect();
+    let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; records.len()];
+    let mut local: Vec<(usize, u16, Record<'_>)> = Vec::new();
+    let mut remote: Vec<Vec<(usize, u16, Bytes)>> = (0..shard.shards).map(|_| Vec::new()).collect();
+    for (i, r) in records.iter().enumerate() {
+        match peer.regions.get(&r.region().0) {
+            Some((_, Some(region))) => {
+                let owner = shard.owner(*region, r.key());
+                if owner == usize::from(shard.id.0) {
+                    local.push((i, *region, *r));
+                } else {
+                    remote[owner].push((i, *region, Bytes::copy_from_slice(r.bytes())));
+                }
+            }
+            _ => {
+                outcomes[i] = Some(ApplyOutcome::DeadLetter(
+                    strait_engine::apply::DeadLetterCause::UnknownRegion { region: r.region() },
+                ))
+            }
+        }
+    }
+    let mut tasks = Vec::new();
+    for (to, items) in remote.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
+        bump(&shard.wan.receiver.cross_shard_events, items.len() as u64);
+        let indexes: Vec<usize> = items.iter().map(|(i, _, _)| *i).collect();
+        let op = ShardOp::ApplyRemote {
+            replay: false,
+            records: items
+                .into_iter()
+                .map(|(_, region, b)| (region, b))
+                .collect(),
+        };
+        let s = shard.clone();
+        tasks.push((
+            to,
+            indexes,
+            glommio::spawn_local(async move { s.remote(to, vec![op]).await }),
+        ));
+    }
+    let here: Vec<(u16, Record<'_>)> = local.iter().map(|(_, g, r)| (*g, *r)).collect();
+    let results = apply_here(shard, &here, false).await;
+    for ((i, _, _), o) in local.iter().zip(results) {
+        outcomes[*i] = Some(o);
+    }
+    for (to, indexes, task) in tasks {
+        let replies = task.await;
+        // Events another shard could not take are not acknowledged: the connection ends and
+        // the sender resends them.
+        let list = match replies.into_iter().next() {
+            Some(OpReply::Applied(list)) => list,
+            Some(OpReply::Error(e)) => return Err(format!("shard {to}: {e}")),
+            _ => return Err("another shard did not answer".into()),
+        };
+        for (i, o) in indexes.into_iter().zip(list) {
+            outcomes[i] = Some(o);
+        }
+    }
+    let mut ack = AckOutcome::default();
+    let mut letters: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let time = wall_ms();
+    let r = &shard.wan.receiver;
+    for (i, (record, outcome)) in records.iter().zip(outcomes).enumerate() {
+        match outcome {
+            Some(ApplyOutcome::Applied { .. }) => ack.applied += 1,
+            Some(ApplyOutcome::Duplicate(_)) => ack.duplicates += 1,
+            Some(ApplyOutcome::Rejected { .. }) => ack.conflicts += 1,
+            Some(ApplyOutcome::DeadLetter(cause)) => {
+                let reason = cause.reason();
+                let name = peer.regions.get(&record.region().0).map_or_else(
+                    || format!("region-{}", record.region().0),
+                    |(n, _)| n.clone(),
+                );
+                let text = cause.to_string();
+                letters
+                    .entry(name)
+                    .or_default()
+                    .extend_from_slice(&encode_entry(time, peer.site, reason, &text, record));
+                ack.dead_letters.push(wire::DeadLetter {
+                    index: i as u32,
+                    reason: wire_reason(reason),
+                    text: text.into(),
+                });
+            }
+            None => {}
+        }
+    }
+    bump(&r.applied, u64::from(ack.applied));
+    bump(&r.duplicates, u64::from(ack.duplicates));
+    bump(&r.conflicts, u64::from(ack.conflicts));
+    bump(&r.dead_lettered, ack.dead_letters.len() as u64);
+    if !letters.is_empty() {
+        for region in letters.keys() {
+            if shard.wan.logged_regions.borrow_mut().insert(region.clone()) {
+                eprintln!(
+                    "gateway receiver: events of region `{region}` from site {} cannot be applied here; they are kept in {}",
+                    peer.site,
+                    dead_letter_path(&shard.config.server.directory, region).display()
+                );
+            }
+        }
+        let dir = shard.config.server.directory.clone();
+        let written = executor()
+            .spawn_blocking(move || append_dead_letters(&dir, &letters))
+            .await;
+        // Unwritten, they are not acknowledged: the sender resends them.
+        written.map_err(|e| format!("writing dead letters: {e}"))?;
+    }
+    Ok(ack)
+}
+
+fn wire_reason(reason: DeadLetterReason) -> wire::DeadLetterReason {
+    wire::DeadLetterReason::from_u8(reason.code()).unwrap_or(wire::DeadLetterReason::UnknownRegion)
+}
+
+/// Applies records of this shard's buckets (their local region index given), forwards the
+/// applied ones to this site's senders of the region, and waits for those queues'
+/// durability, as a local write does.
+pub(crate) async fn apply_here(
+    shard: &Shard,
+    records: &[(u16, Record<'_>)],
+    replay: bool,
+) -> Vec<RecordOutcome> {
+    let mut waits: HashMap<(usize, QueueId), (Rc<ShardQueue>, strait_queue::ids::Seq)> =
+        HashMap::new();
+    let mut out = Vec::with_capacity(records.len());
+    for (region, record) in records {
+        let outcome = {
+            let mut stores = shard.stores.borrow_mut();
+            let Some(store) = stores.get_mut(usize::from(*region)) else {
+                out.push(ApplyOutcome::DeadLetter(
+                    strait_engine::apply::DeadLetterCause::UnknownRegion {
+                        region: RegionId(*region),
+                    },
+                ));
+                continue;
+            };
+            if replay {
+                replay_record(store, record, shard.site)
+            } else {
+                apply_record(store, record, shard.site)
+            }
+        };
+        if outcome.forwards() {
+            forward(shard, *region, record, &mut waits).await;
+        }
+        out.push(outcome);
+    }
+    for ((_, qid), (queue, seq)) in waits {
+        if let Err(e) = queue.wait_durable(qid, seq).await {
+            bump(&shard.wan.receiver.forward_failures, 1);
+            eprintln!("gateway receiver: forwarded event not durable: {e}");
+        }
+    }
+    out
+}
+
+async fn forward(
+    shard: &Shard,
+    region: u16,
+    record: &Record<'_>,
+    waits: &mut HashMap<(usize, QueueId), (Rc<ShardQueue>, strait_queue::ids::Seq)>,
+) {
+    let (attached, targets) = &shard.attached[usize::from(region)];
+    let senders: Vec<(SenderIndex, SiteId)> = attached
+        .iter()
+        .map(|&i| {
+            (
+                SenderIndex(i),
+                shard.config.senders[i].remote_distributed_system_id,
+            )
+        })
+        .collect();
+    let (chosen, recipients) = forward_targets(shard.site, record, &senders, targets);
+    let bucket: BucketId = shard.table(region).bucket_of(record.key());
+    for SenderIndex(i) in chosen {
+        let s = &shard.senders[i];
+        let Some(queue) = s.queue.borrow().clone() else {
+            continue;
+        };
+        let qid = s.queue_id(bucket);
+        let event = Event {
+            op: record.op(),
+            region: RegionId(region),
+            bucket,
+            id: record.event_id(),
+            version: record.version(),
+            recipients: &recipients,
+            key: record.key(),
+            value: record.value(),
+        };
+        match queue.append_nowait(qid, &event).await {
+            Ok(seq) => {
+                let e = waits
+                    .entry((Rc::as_ptr(&queue) as usize, qid))
+                    .or_insert((queue.clone(), seq));
+                e.1 = e.1.max(seq);
+            }
+            Err(e) => {
+                bump(&shard.wan.receiver.forward_failures, 1);
+                eprintln!(
+                    "gateway receiver: forwarding to gateway sender `{}`: {e}",
+                    s.id
+                );
+            }
+        }
+    }
+}
+
+/// Runs a [`ShardOp::ApplyRemote`] on the shard owning the records.
+pub(crate) async fn apply_op(shard: &Shard, records: Vec<(u16, Bytes)>, replay: bool) -> OpReply {
+    let mut decoded = Vec::with_capacity(records.len());
+    for (region, bytes) in &records {
+        match record::decode(bytes) {
+            Ok(r) => decoded.push((*region, r)),
+            Err(e) => return OpReply::Error(format!("ERR a record could not be read: {e}")),
+        }
+    }
+    OpReply::Applied(apply_here(shard, &decoded, replay).await)
+}
+
+// ---- dead-letter files -------------------------------------------------------------------
+
+/// A region name as a file name: characters outside `[A-Za-z0-9_.-]` (and a leading dot)
+/// become `%XX`, so a name from another site cannot leave the directory.
+fn file_name(region: &str) -> String {
+    let mut s = String::new();
+    for (i, b) in region.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+fn region_of_file(name: &str) -> Option<String> {
+    let stem = name.strip_suffix(".log")?;
+    let mut out = Vec::new();
+    let b = stem.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = stem.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `<directory>/dead-letters/<region>.log`.
+pub fn dead_letter_path(directory: &Path, region: &str) -> PathBuf {
+    directory
+        .join(DEAD_LETTER_DIR)
+        .join(format!("{}.log", file_name(region)))
+}
+
+fn append_dead_letters(dir: &Path, letters: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join(DEAD_LETTER_DIR))?;
+    for (region, entries) in letters {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dead_letter_path(dir, region))?;
+        // One write: concurrent shards' appends do not interleave inside an entry.
+        f.write_all(entries)?;
+        f.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Every dead-letter log: region name and bytes.
+fn read_logs(dir: &Path, only: Option<&str>) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut logs = Vec::new();
+    let read = match std::fs::read_dir(dir.join(DEAD_LETTER_DIR)) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(logs),
+        Err(e) => return Err(e),
+    };
+    for entry in read {
+        let entry = entry?;
+        let Some(region) = entry.file_name().to_str().and_then(region_of_file) else {
+            continue;
+        };
+        if only.is_some_and(|o| o != region) {
+            continue;
+        }
+        logs.push((region, std::fs::read(entry.path())?));
+    }
+    logs.sort();
+    Ok(logs)
+}
+
+/// Replaces a log by `kept` plus whatever was appended after the first `read_len` bytes were
+/// read (dead letters that arrived during the replay).
+fn rewrite_log(path: &Path, read_len: usize, kept: &[u8]) -> std::io::Result<()> {
+    let now = std::fs::read(path)?;
+    let mut bytes = kept.to_vec();
+    bytes.extend_from_slice(now.get(read_len..).unwrap_or_default());
+    if bytes.is_empty() {
+        return std::fs::remove_file(path);
+    }
+    let tmp = path.with_extension("log.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `STRAIT.DEADLETTERS LIST | REPLAY [region]`: the reply's text.
+pub(crate) async fn dead_letters_command(
+    shard: &Rc<Shard>,
+    cmd: DeadLettersCommand,
+) -> Result<String, String> {
+    let dir = shard.config.server.directory.clone();
+    let only = match &cmd {
+        DeadLettersCommand::List => None,
+        DeadLettersCommand::Replay(r) => r.clone(),
+    };
+    let logs = executor()
+        .spawn_blocking(move || read_logs(&dir, only.as_deref()))
+        .await
+        .map_err(|e| format!("ERR reading the dead-letter logs: {e}"))?;
+    let mut text = String::new();
+    match cmd {
+        DeadLettersCommand::List => {
+            for (region, bytes) in &logs {
+                let log = DeadLetterLog::read(bytes);
+                text.push_str(&format!("region={region} count={}\n", log.entries.len()));
+                for e in log.entries.iter().take(DEAD_LETTERS_LISTED_MAX) {
+                    text.push_str(&format!(
+                        "  site={} reason={} key={} time_ms={} text={}\n",
+                        e.sending_site,
+                        e.reason,
+                        String::from_utf8_lossy(e.record.key()),
+                        e.time_ms,
+                        e.text
+                    ));
+                }
+            }
+        }
+        DeadLettersCommand::Replay(_) => {
+            for (region, bytes) in &logs {
+                let (replayed, kept) = replay_log(shard, region, bytes).await?;
+                text.push_str(&format!(
+                    "region={region} replayed={replayed} kept={kept}\n"
+                ));
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// Replays one region's log; returns (replayed, kept).
+async fn replay_log(
+    shard: &Rc<Shard>,
+    region: &str,
+    bytes: &[u8],
+) -> Result<(usize, usize), String> {
+    let log = DeadLetterLog::read(bytes);
+    let Some(local) = shard.regions.iter().position(|(r, _)| r.name == region) else {
+        return Ok((0, log.entries.len()));
+    };
+    let local = local as u16;
+    let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; log.entries.len()];
+    let mut per_shard: Vec<Vec<(usize, Bytes)>> = (0..shard.shards).map(|_| Vec::new()).collect();
+    for (i, e) in log.entries.iter().enumerate() {
+        per_shard[shard.owner(local, e.record.key())]
+            .push((i, Bytes::copy_from_slice(e.record.bytes())));
+    }
+    for (to, items) in per_shard.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
+        let indexes: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
+        let records = items.into_iter().map(|(_, b)| (local, b)).collect();
+        let reply = if to == usize::from(shard.id.0) {
+            apply_op(shard, records, true).await
+        } else {
+            shard
+                .remote(
+                    to,
+                    vec![ShardOp::ApplyRemote {
+                        replay: true,
+                        records,
+                    }],
+                )
+                .await
+                .into_iter()
+                .next()
+                .unwrap_or(OpReply::Error("ERR no reply".into()))
+        };
+        match reply {
+            OpReply::Applied(list) => {
+                for (i, o) in indexes.into_iter().zip(list) {
+                    outcomes[i] = Some(o);
+                }
+            }
+            OpReply::Error(e) => return Err(e),
+            _ => return Err("ERR internal: unexpected reply".into()),
+        }
+    }
+    let mut next = outcomes.into_iter();
+    let replay = log.replay(|_| {
+        next.next().flatten().unwrap_or(ApplyOutcome::DeadLetter(
+            strait_engine::apply::DeadLetterCause::UnknownRegion {
+                region: RegionId(local),
+            },
+        ))
+    });
+    let kept = replay.kept_log();
+    let path = dead_letter_path(&shard.config.server.directory, region);
+    let read_len = bytes.len();
+    executor()
+        .spawn_blocking(move || rewrite_log(&path, read_len, &kept))
+        .await
+        .map_err(|e| format!("ERR rewriting the dead-letter log: {e}"))?;
+    Ok((replay.replayed.len(), replay.kept.len()))
+}
+
+// ---- dispatcher --------------------------------------------------------------------------
+
+/// How a connection ended.
+enum LinkEnd {
+    Stopped,
+    Refused(String),
+    Failed { error: String, accepted: bool },
+}
+
+/// One gateway sender's dispatcher on this shard: finds the remote site's receivers, connects,
+/// sends the queues' events, and reconnects after any failure, until the server stops.
+pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<AtomicBool>) {
+    let def: SenderDef = shard.config.senders[index].clone();
+    let Some(queue) = shard.senders[index].queue.borrow().clone() else {
+        return;
+    };
+    let mut locators = shard.config.server.locators.clone();
+    if let Some(own) = &shard.config.server.start_locator
+        && !locators.contains(own)
+    {
+        locators.push(own.clone());
+    }
+    if locators.is_empty() {
+        eprintln!(
+            "gateway sender `{}` (shard {}): no locator is configured (`locators` or `start-locator`), so the receivers of site {} cannot be found; the sender only queues",
+            def.id, shard.id.0, def.remote_distributed_system_id
+        );
+        return;
+    }
+    let mut lookup = Some(RemoteSiteLookup::new(
+        &locators,
+        def.remote_distributed_system_id,
+        LOOKUP_RETRY_MS,
+    ));
+    let regions: Vec<RegionSpec> = shard
+        .regions
+        .iter()
+        .enumerate()
+        .filter(|(_, (r, _))| r.gateway_sender_ids.contains(&def.id))
+        .map(|(i, (r, _))| RegionSpec {
+            id: RegionId(i as u16),
+            name: r.name.clone(),
+            total_num_buckets: u32::from(r.total_buckets),
+        })
+        .collect();
+    let mine: HashSet<u16> = wan_table(
+        regions.iter().map(|r| r.total_num_buckets as u16),
+        shard.shards as u16,
+    )
+    .map(|t| t.buckets_of(shard.id).map(|b| b.0).collect())
+    .unwrap_or_default();
+    let mut config = SenderConfig::new(
+        shard.site,
+        def.remote_distributed_system_id,
+        shard.config.server.name.clone(),
+        def.id.clone(),
+        regions,
+    );
+    if def.socket_read_timeout_ms > 0 {
+        config.ack_timeout_ms = u64::from(def.socket_read_timeout_ms);
+    }
+    let name = format!("gateway sender `{}` (shard {})", def.id, shard.id.0);
+    let counters = &shard.wan.senders[index];
+    let mut backoff = RECONNECT_BACKOFF_MIN_MS;
+    let mut attempt = 0usize;
+    let mut last_error = String::new();
+    let mut report = |error: String| {
+        if error != last_error {
+            eprintln!("{name}: {error}");
+            last_error = error;
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let Some(l) = lookup.take() else { return };
+        let (l, found) = executor()
+            .spawn_blocking(move || {
+                let mut l = l;
+                let r = l.lookup(Instant::now());
+                (l, r)
+            })
+            .await;
+        lookup = Some(l);
+        let mut endpoints = match found {
+            Ok(e) if !e.is_empty() => e,
+            // The lookup logs its own warning.
+            _ => {
+                sleep_or_stop(LOOKUP_RETRY_MS, &stop).await;
+                continue;
+            }
+        };
+        // Best coverage of this shard's buckets first; later attempts rotate.
+        endpoints.sort_by_key(|e: &ReceiverEndpoint| {
+            std::cmp::Reverse(e.buckets.iter().filter(|b| mine.contains(&b.0)).count())
+        });
+        let endpoint = endpoints[attempt % endpoints.len()].clone();
+        attempt += 1;
+        let target = endpoint.address.to_string();
+        let host = (endpoint.address.host.clone(), endpoint.address.port);
+        let resolved = executor()
+            .spawn_blocking(move || {
+                host.to_socket_addrs()
+                    .map(|mut a| a.next())
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        let addr = match resolved {
+            Ok(Some(a)) => Some(a),
+            Ok(None) => {
+                report(format!("receiver {target}: the name has no address"));
+                None
+            }
+            Err(e) => {
+                report(format!("receiver {target}: cannot resolve: {e}"));
+                None
+            }
+        };
+        let end = match addr {
+            None => None,
+            Some(addr) => {
+                match TcpStream::connect_timeout(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+                    .await
+                {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        Some(run_link(counters, &queue, &def, &config, stream, &stop, &name).await)
+                    }
+                    Err(e) => {
+                        report(format!("cannot connect to receiver {target}: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        counters.connected.set(false);
+        // Whatever was peeked and not acknowledged is sent again, marked possible-duplicate.
+        queue.with(|q| {
+            for id in 0..q.config().queue_count {
+                q.reset(QueueId(id));
+            }
+        });
+        match end {
+            Some(LinkEnd::Stopped) => return,
+            Some(LinkEnd::Refused(e)) => {
+                report(format!("receiver {target} refused the connection: {e}"));
+                backoff = RECONNECT_BACKOFF_MAX_MS;
+            }
+            Some(LinkEnd::Failed { error, accepted }) => {
+                report(format!(
+                    "connection to receiver {target} lost: {error}; reconnecting"
+                ));
+                if accepted {
+                    backoff = RECONNECT_BACKOFF_MIN_MS;
+                }
+            }
+            None => {}
+        }
+        sleep_or_stop(backoff, &stop).await;
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX_MS);
+    }
+}
+
+/// Peeks the next batch, round-robin over the sender's queues on this shard.
+fn next_batch(queue: &ShardQueue, cursor: &mut u16, events_max: u32, name: &str) -> Option<Batch> {
+    queue.with(|q| {
+        let count = q.config().queue_count.max(1);
+        for i in 0..count {
+            let id = QueueId(((u32::from(*cursor) + u32::from(i)) % u32::from(count)) as u16);
+            match q.peek(id, events_max, BATCH_BYTES_MAX) {
+                Ok(Some(b)) => {
+                    *cursor = ((u32::from(id.0) + 1) % u32::from(count)) as u16;
+                    return Some(b);
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("{name}: cannot read queue {}: {e:?}", id.0),
+            }
+        }
+        None
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_link(
+    counters: &SenderCounters,
+    queue: &ShardQueue,
+    def: &SenderDef,
+    config: &SenderConfig,
+    stream: TcpStream,
+    stop: &AtomicBool,
+    name: &str,
+) -> LinkEnd {
+    let epoch = Instant::now();
+    let now = || epoch.elapsed().as_millis() as u64;
+    let conn = match SenderConn::new(config.clone(), now()) {
+        Ok(c) => RefCell::new(c),
+        Err(e) => return LinkEnd::Refused(e.to_string()),
+    };
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let signal = strait_queue::shard::Notify::default();
+    let closed: RefCell<Option<String>> = RefCell::new(None);
+    let reader = async {
+        let mut buf = vec![0u8; WAN_READ_BYTES];
+        let mut filled = 0;
+        loop {
+            if filled == buf.len() {
+                if buf.len() >= WAN_BUFFER_BYTES_MAX {
+                    *closed.borrow_mut() = Some("a frame does not fit the read buffer".into());
+                    break;
+                }
+                buf.resize((buf.len() * 2).min(WAN_BUFFER_BYTES_MAX), 0);
+            }
+            match rd.read(&mut buf[filled..]).await {
+                Ok(0) => {
+                    *closed.borrow_mut() = Some("the receiver closed the connection".into());
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) => {
+                    *closed.borrow_mut() = Some(e.to_string());
+                    break;
+                }
+            }
+            let used = conn.borrow_mut().handle_bytes(&buf[..filled], now());
+            buf.copy_within(used..filled, 0);
+            filled -= used;
+            signal.notify();
+        }
+        signal.notify();
+        future::pending::<LinkEnd>().await
+    };
+    let writer = async {
+        let mut out: Vec<u8> = Vec::new();
+        let mut cursor = 0u16;
+        let mut accepted = false;
+        let fail = |error: String, accepted: bool| LinkEnd::Failed { error, accepted };
+        loop {
+            let woken = signal.notified();
+            let appended = queue.appended();
+            loop {
+                let event = conn.borrow_mut().poll_event();
+                let Some(event) = event else { break };
+                match event {
+                    SenderEvent::SendHello(bytes) => {
+                        if let Err(e) = wr.write_all(&bytes).await {
+                            return fail(e.to_string(), accepted);
+                        }
+                    }
+                    SenderEvent::SendPing(bytes) => {
+                        if let Err(e) = wr.write_all(&bytes).await {
+                            return fail(e.to_string(), accepted);
+                        }
+                    }
+                    SenderEvent::Connected {
+                        receiver_site,
+                        member,
+                        ..
+                    } => {
+                        accepted = true;
+                        counters.connected.set(true);
+                        eprintln!("{name}: connected to receiver {member} of site {receiver_site}");
+                    }
+                    SenderEvent::Refused(e) => return LinkEnd::Refused(e.to_string()),
+                    SenderEvent::Acked(a) => {
+                        if let Err(e) = queue.with(|q| q.ack(a.queue, a.upto_seq)) {
+                            return fail(
+                                format!("acknowledging queue {}: {e}", a.queue.0),
+                                accepted,
+                            );
+                        }
+                        if !a.dead_letters.is_empty() {
+                            eprintln!(
+                                "{name}: the receiver kept {} events of batch {} in its dead-letter log",
+                                a.dead_letters.len(),
+                                a.batch
+                            );
+                        }
+                    }
+                    SenderEvent::Failed { error, .. } => return fail(error.to_string(), accepted),
+                }
+            }
+            if let Some(error) = closed.borrow_mut().take() {
+                return fail(error, accepted);
+            }
+            if stop.load(Ordering::SeqCst) {
+                return LinkEnd::Stopped;
+            }
+            let mut sent = false;
+            while conn.borrow().can_send() {
+                let Some(batch) = next_batch(queue, &mut cursor, def.batch_size.max(1), name)
+                else {
+                    break;
+                };
+                let out_batch = BatchOut {
+                    queue: batch.queue,
+                    first_seq: batch.first_seq,
+                    last_seq: batch.last_seq,
+                    events: batch.events,
+                    records_len: batch.bytes as usize,
+                    possible_duplicate: batch.possible_duplicate,
+                };
+                let prefix = match conn.borrow_mut().handle_batch(out_batch, now()) {
+                    Ok((_, prefix)) => prefix,
+                    Err(e) => return fail(format!("sending a batch: {e}"), accepted),
+                };
+                // The records go out as the queue holds them; they are copied once into the
+                // write buffer because the queue cannot stay borrowed across the write.
+                out.clear();
+                out.extend_from_slice(&prefix);
+                queue.with(|q| {
+                    for s in q.batch_slices(&batch) {
+                        out.extend_from_slice(s);
+                    }
+                });
+                if let Err(e) = wr.write_all(&out).await {
+                    return fail(e.to_string(), accepted);
+                }
+                bump(&counters.events, u64::from(batch.events));
+                bump(&counters.batches, 1);
+                sent = true;
+            }
+            if sent {
+                // Appends during the writes were seen by the peek loop or wake the next wait.
+                continue;
+            }
+            let now_ms = now();
+            let wait = conn
+                .borrow()
+                .next_deadline_ms()
+                .map_or(STOP_POLL_MS, |d| d.saturating_sub(now_ms))
+                .min(STOP_POLL_MS);
+            if wait > 0 {
+                let can_send = conn.borrow().can_send();
+                future::or(
+                    future::or(woken, async {
+                        if can_send {
+                            appended.await
+                        } else {
+                            future::pending().await
+                        }
+                    }),
+                    glommio::timer::sleep(Duration::from_millis(wait)),
+                )
+                .await;
+            }
+            conn.borrow_mut().handle_timer(now());
+        }
+    };
+    future::or(reader, writer).await
+}
