@@ -456,6 +456,15 @@ fn holds_events(dir: &Path) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// Whose queue a write goes into.
+#[derive(Clone, Copy, Debug)]
+enum QueueOwner {
+    /// A gateway sender, by index.
+    Sender(usize),
+    /// The region's log.
+    Log,
+}
+
 /// A gateway sender's queues on this shard.
 pub(crate) struct SenderRt {
     pub(crate) id: String,
@@ -485,6 +494,9 @@ pub(crate) struct Shard {
     pub(crate) config: Arc<SiteConfig>,
     pub(crate) regions: Arc<Vec<(RegionConfig, BucketTable)>>,
     pub(crate) stores: RefCell<Vec<RegionStore>>,
+    /// Per region: its log when the region is persistent (`crate::region_log`). Emptied at
+    /// shutdown.
+    pub(crate) logs: RefCell<Vec<Option<Rc<ShardQueue>>>>,
     pub(crate) senders: Vec<SenderRt>,
     /// Per region: its senders (indices into `senders`) and the recipient set of a local write.
     pub(crate) attached: Vec<(Vec<usize>, Vec<SiteId>)>,
@@ -632,6 +644,18 @@ async fn shard_main(
         recipients.dedup();
         attached.push((idx, recipients));
     }
+    let mut logs = Vec::new();
+    for (def, store) in config.regions.iter().zip(stores.iter_mut()) {
+        if !def.persistent {
+            logs.push(None);
+            continue;
+        }
+        let dir = crate::region_log::log_dir(&config.server.directory, &def.name, id.0);
+        let (log, _restored) = crate::region_log::open(&def.name, dir, store, site)
+            .await
+            .map_err(|e| e.to_string())?;
+        logs.push(Some(Rc::new(log)));
+    }
     let shard = Rc::new(Shard {
         id,
         shards: n,
@@ -640,6 +664,7 @@ async fn shard_main(
         config: config.clone(),
         regions,
         stores: RefCell::new(stores),
+        logs: RefCell::new(logs),
         wan: crate::wan::WanShard::new(senders.len()),
         wan_connections: Cell::new(0),
         senders,
@@ -772,6 +797,14 @@ async fn shard_main(
         t.await;
     }
     let mut first_error = None;
+    let logs = std::mem::take(&mut *shard.logs.borrow_mut());
+    for (log, def) in logs.into_iter().zip(&shard.config.regions) {
+        if let Some(q) = log.and_then(|q| Rc::try_unwrap(q).ok())
+            && let Err(e) = q.close().await
+        {
+            first_error.get_or_insert(format!("closing the log of region `{}`: {e}", def.name));
+        }
+    }
     for s in &shard.senders {
         let queue = s.queue.borrow_mut().take();
         if let Some(q) = queue.and_then(|q| Rc::try_unwrap(q).ok())
@@ -953,13 +986,20 @@ impl Shard {
     ) -> OpReply {
         let (senders, recipients) = &self.attached[region as usize];
         let bucket = self.table(region).bucket_of(&key);
-        let mut queues: SmallVec<[_; 4]> = SmallVec::new();
+        // Every queue the write goes into: each attached sender's, and the region's log.
+        let mut queues: SmallVec<[(QueueOwner, Rc<ShardQueue>, QueueId); 4]> = SmallVec::new();
         for &i in senders {
             let s = &self.senders[i];
             let Some(queue) = s.queue.borrow().clone() else {
                 return OpReply::Error("ERR the server is stopping".into());
             };
-            queues.push((i, queue, s.queue_id(bucket)));
+            queues.push((QueueOwner::Sender(i), queue, s.queue_id(bucket)));
+        }
+        if self.config.regions[region as usize].persistent {
+            let Some(log) = self.logs.borrow()[region as usize].clone() else {
+                return OpReply::Error("ERR the server is stopping".into());
+            };
+            queues.push((QueueOwner::Log, log, crate::region_log::LOG_QUEUE));
         }
         loop {
             let now = now_us();
@@ -996,14 +1036,11 @@ impl Shard {
                 },
             };
             let mut blocked = None;
-            for (i, queue, qid) in &queues {
+            for (owner, queue, qid) in &queues {
                 match queue.with(|q| q.check_room(*qid, &event)) {
                     Ok(()) => {}
                     Err(AppendError::WouldBlock) => blocked = Some(queue.clone()),
-                    Err(e) => {
-                        let id = &self.senders[*i].id;
-                        return OpReply::Error(format!("ERR gateway sender `{id}`: {e}"));
-                    }
+                    Err(e) => return OpReply::Error(self.refusal(*owner, region, &e)),
                 }
             }
             if let Some(queue) = blocked {
@@ -1012,15 +1049,12 @@ impl Shard {
                 continue;
             }
             // Every sender has room: queue everywhere, then write, with no await in between.
-            for (i, queue, qid) in &queues {
+            for (owner, queue, qid) in &queues {
                 match queue.append_now(*qid, &event) {
                     Ok(seq) => waits.push((queue.clone(), *qid, seq, index)),
-                    Err(e) => {
-                        // check_room said yes a moment ago with nothing in between; if a
-                        // sender still refuses, say so rather than write half the fan-out.
-                        let id = &self.senders[*i].id;
-                        return OpReply::Error(format!("ERR gateway sender `{id}`: {e}"));
-                    }
+                    // check_room said yes a moment ago with nothing in between; if a queue
+                    // still refuses, say so rather than write half the fan-out.
+                    Err(e) => return OpReply::Error(self.refusal(*owner, region, &e)),
                 }
             }
             if !queues.is_empty() {
@@ -1037,6 +1071,17 @@ impl Shard {
                 Some(_) => OpReply::Done,
                 None => OpReply::Flag(true),
             };
+        }
+    }
+
+    /// The error a client gets when a queue refuses its write.
+    fn refusal(&self, owner: QueueOwner, region: u16, e: &AppendError) -> String {
+        match owner {
+            QueueOwner::Sender(i) => format!("ERR gateway sender `{}`: {e}", self.senders[i].id),
+            QueueOwner::Log => format!(
+                "ERR region `{}`: its log: {e}",
+                self.regions[region as usize].0.name
+            ),
         }
     }
 
@@ -1584,14 +1629,15 @@ fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
     if shard.config.receiver.is_some() {
         let w = &total.wan;
         s.push_str(&format!(
-            "\r\n# Gateway receiver (all shards)\r\nreceiver:applied={},duplicates={},conflicts={},dead_lettered={},cross_shard_events={},connections={},forward_failures={}\r\n",
+            "\r\n# Gateway receiver (all shards)\r\nreceiver:applied={},duplicates={},conflicts={},dead_lettered={},cross_shard_events={},connections={},forward_failures={},log_failures={}\r\n",
             w.applied,
             w.duplicates,
             w.conflicts,
             w.dead_lettered,
             w.cross_shard_events,
             w.connections,
-            w.forward_failures
+            w.forward_failures,
+            w.log_failures
         ));
     }
     s

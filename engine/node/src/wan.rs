@@ -75,6 +75,8 @@ pub(crate) struct ReceiverCounters {
     pub cross_shard_events: Cell<u64>,
     pub connections: Cell<u64>,
     pub forward_failures: Cell<u64>,
+    /// Applied events a persistent region's log refused (a full disk): held in memory only.
+    pub log_failures: Cell<u64>,
 }
 
 /// What INFO sums over shards.
@@ -89,6 +91,7 @@ pub(crate) struct WanStats {
     pub cross_shard_events: u64,
     pub connections: u64,
     pub forward_failures: u64,
+    pub log_failures: u64,
 }
 
 impl WanStats {
@@ -108,6 +111,7 @@ impl WanStats {
         self.cross_shard_events += o.cross_shard_events;
         self.connections += o.connections;
         self.forward_failures += o.forward_failures;
+        self.log_failures += o.log_failures;
     }
 }
 
@@ -149,6 +153,7 @@ impl WanShard {
             cross_shard_events: r.cross_shard_events.get(),
             connections: r.connections.get(),
             forward_failures: r.forward_failures.get(),
+            log_failures: r.log_failures.get(),
         }
     }
 }
@@ -578,6 +583,7 @@ pub(crate) async fn apply_here(
             }
         };
         if outcome.forwards() {
+            log_applied(shard, *region, record, &mut waits).await;
             forward(shard, *region, record, &mut waits).await;
         }
         out.push(outcome);
@@ -589,6 +595,52 @@ pub(crate) async fn apply_here(
         }
     }
     out
+}
+
+/// Appends an applied record to its region's log when the region is persistent; the ack
+/// waits for it to be durable, like the forwards.
+async fn log_applied(
+    shard: &Shard,
+    region: u16,
+    record: &Record<'_>,
+    waits: &mut HashMap<(usize, QueueId), (Rc<ShardQueue>, strait_queue::ids::Seq)>,
+) {
+    let log = shard
+        .logs
+        .borrow()
+        .get(usize::from(region))
+        .cloned()
+        .flatten();
+    let Some(log) = log else {
+        return;
+    };
+    let recipients: Vec<SiteId> = record.recipients().collect();
+    let event = Event {
+        op: record.op(),
+        region: RegionId(region),
+        bucket: record.bucket(),
+        id: record.event_id(),
+        version: record.version(),
+        recipients: &recipients,
+        key: record.key(),
+        value: record.value(),
+    };
+    let qid = crate::region_log::LOG_QUEUE;
+    match log.append_nowait(qid, &event).await {
+        Ok(seq) => {
+            let e = waits
+                .entry((Rc::as_ptr(&log) as usize, qid))
+                .or_insert((log.clone(), seq));
+            e.1 = e.1.max(seq);
+        }
+        Err(e) => {
+            bump(&shard.wan.receiver.log_failures, 1);
+            eprintln!(
+                "gateway receiver: region `{}`: logging an applied event: {e}",
+                shard.regions[usize::from(region)].0.name
+            );
+        }
+    }
 }
 
 async fn forward(

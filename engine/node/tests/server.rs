@@ -328,3 +328,33 @@ fn a_restart_with_another_shard_count_is_refused_while_queues_hold_events() {
     drop(c);
     s.stop().unwrap();
 }
+
+#[test]
+fn a_persistent_region_comes_back_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "[[region]]\nname = \"orders\"\ntype = \"partition\"\npersistent = true\n\
+                 [[region]]\nname = \"scratch\"\ntype = \"partition\"\n";
+    let port = free_port();
+    let s = server::start(site(port, tmp.path(), extra)).unwrap();
+    let mut c = Client::connect(s.client_addr);
+    for i in 0..300 {
+        assert_eq!(c.call(&["SET", &format!("k{i}"), &format!("v{i}")]), ok());
+    }
+    assert_eq!(c.call(&["SET", "k7", "changed"]), ok());
+    assert_eq!(c.call(&["DEL", "k8"]), Reply::Integer(1));
+    assert_eq!(c.call(&["SELECT", "1"]), ok());
+    assert_eq!(c.call(&["SET", "gone", "x"]), ok());
+    drop(c);
+    s.stop().unwrap();
+    let s = server::start(site(port, tmp.path(), extra)).unwrap();
+    let mut c = Client::connect(s.client_addr);
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Integer(299));
+    assert_eq!(c.call(&["GET", "k7"]), bulk("changed"));
+    assert_eq!(c.call(&["GET", "k8"]), Reply::Bulk(None));
+    assert_eq!(c.call(&["GET", "k299"]), bulk("v299"));
+    // A region that is not persistent starts empty.
+    assert_eq!(c.call(&["SELECT", "1"]), ok());
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Integer(0));
+    drop(c);
+    s.stop().unwrap();
+}
