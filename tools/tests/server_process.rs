@@ -14,12 +14,17 @@ use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A free port below the kernel's ephemeral range (32768 and up here), so that no outgoing
+/// connection of another test can take it between this check and the server's bind.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    (0..12_000u64)
+        .map(|i| 20_000 + ((seed.wrapping_mul(7919) + i) % 12_000) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port between 20000 and 32000")
 }
 
 struct Server {
@@ -57,13 +62,19 @@ impl Server {
         });
         // Ready when it says it listens.
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut seen = Vec::new();
         loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("server did not start in time");
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                panic!(
+                    "server did not start within {START_TIMEOUT:?}; it said:\n{}",
+                    seen.join("\n")
+                );
+            };
             if line.contains("listening on") {
                 break;
             }
+            seen.push(line);
         }
         Server {
             child,
