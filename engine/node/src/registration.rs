@@ -42,7 +42,9 @@ pub enum RegistrationError {
 #[derive(Debug)]
 pub struct Registration {
     locator: Option<LocatorHandle>,
-    agent: Option<JoinHandle<()>>,
+    /// One thread per locator, so that one that does not answer (each call may wait
+    /// `LOCATOR_CALL_TIMEOUT_MS`) never delays the heartbeats to the others.
+    agents: Vec<JoinHandle<()>>,
 }
 
 impl Registration {
@@ -54,10 +56,12 @@ impl Registration {
     /// Waits for the agent to deregister (once the server's stop flag is set), then stops the
     /// embedded locator.
     pub fn finish(self) -> Result<(), String> {
-        let agent = self
-            .agent
-            .map_or(Ok(()), |a| a.join())
-            .map_err(|_| "the registration thread panicked".to_string());
+        let mut agent = Ok(());
+        for a in self.agents {
+            if a.join().is_err() {
+                agent = Err("a registration thread panicked".to_string());
+            }
+        }
         let locator = self.locator.map_or(Ok(()), LocatorHandle::stop);
         agent.and(locator)
     }
@@ -92,7 +96,7 @@ pub fn start(
     if locators.is_empty() {
         return Ok(Registration {
             locator,
-            agent: None,
+            agents: Vec::new(),
         });
     }
     let request = RegisterRequest {
@@ -104,21 +108,27 @@ pub fn start(
         receivers,
         load: 0,
     };
-    let agent = std::thread::Builder::new()
-        .name("registration".into())
-        .spawn(move || run_agent(request, &locators, &load, &stop));
-    match agent {
-        Ok(agent) => Ok(Registration {
-            locator,
-            agent: Some(agent),
-        }),
-        Err(e) => {
-            if let Some(l) = locator {
-                let _ = l.stop();
+    let mut agents = Vec::new();
+    for at in locators {
+        let (request, load, agent_stop) = (request.clone(), load.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("registration-{at}"))
+            .spawn(move || run_agent(request, at, &load, &agent_stop));
+        match spawned {
+            Ok(agent) => agents.push(agent),
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                for a in agents {
+                    let _ = a.join();
+                }
+                if let Some(l) = locator {
+                    let _ = l.stop();
+                }
+                return Err(RegistrationError::Thread(e));
             }
-            Err(RegistrationError::Thread(e))
         }
     }
+    Ok(Registration { locator, agents })
 }
 
 fn start_embedded(
@@ -164,46 +174,33 @@ struct Link {
     next_at: Instant,
 }
 
-fn run_agent(
-    mut request: RegisterRequest,
-    locators: &[HostPort],
-    load: &AtomicU32,
-    stop: &AtomicBool,
-) {
+/// Registers with the locator `at`, heartbeats until `stop`, then deregisters.
+fn run_agent(mut request: RegisterRequest, at: HostPort, load: &AtomicU32, stop: &AtomicBool) {
     let timeout = Duration::from_millis(LOCATOR_CALL_TIMEOUT_MS);
-    let now = Instant::now();
-    let mut links: Vec<Link> = locators
-        .iter()
-        .map(|at| Link {
-            client: LocatorClient::new(at, timeout),
-            at: at.clone(),
-            registered: false,
-            reachable: true,
-            interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS_DEFAULT),
-            next_at: now,
-        })
-        .collect();
+    let mut link = Link {
+        client: LocatorClient::new(&at, timeout),
+        at,
+        registered: false,
+        reachable: true,
+        interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS_DEFAULT),
+        next_at: Instant::now(),
+    };
     while !stop.load(Ordering::SeqCst) {
-        for link in &mut links {
-            if Instant::now() >= link.next_at {
-                request.load = load.load(Ordering::Relaxed);
-                link.step(&request);
-            }
+        if Instant::now() >= link.next_at {
+            request.load = load.load(Ordering::Relaxed);
+            link.step(&request);
         }
-        let next = links
-            .iter()
-            .map(|l| l.next_at)
-            .min()
-            .unwrap_or_else(Instant::now);
-        let wait = next
+        // Wakes at least every AGENT_POLL_MS to see the stop flag.
+        let wait = link
+            .next_at
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(AGENT_POLL_MS));
         std::thread::sleep(wait);
     }
-    for link in links.iter().filter(|l| l.registered) {
-        if let Err(e) = link.client.deregister(&request.name) {
-            eprintln!("server {}: deregistering: {e}", request.name);
-        }
+    if link.registered
+        && let Err(e) = link.client.deregister(&request.name)
+    {
+        eprintln!("server {}: deregistering: {e}", request.name);
     }
 }
 
