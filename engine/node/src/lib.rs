@@ -8,7 +8,7 @@
 //! | [`server::start`] → [`server::ServerHandle`] | a running server: one glommio shard per core |
 //! | [`locator::start_locator`] → [`locator::LocatorHandle`] | a running locator: the site's directory behind HTTP + JSON, on one control-plane thread |
 //! | [`locator::LocatorClient`] | a blocking client of a locator (register, heartbeat, the directory, least-loaded, status) |
-//! | [`registration::Registration`] | a server's embedded locator (`start-locator`) and its registration agent, a plain thread that registers, heartbeats the client-connection count and deregisters |
+//! | [`registration::Registration`] | a server's embedded locator (`start-locator`) and its registration agents, a plain thread per locator that registers, heartbeats the client-connection count and deregisters |
 //!
 //! Shards never call a locator: the agent reads a counter the shards update, so a locator
 //! that is down or slow cannot stall a client.
