@@ -14,6 +14,7 @@ fn kill9(mut p: Proc) {
 
 #[test]
 fn two_sites_one_way_replicate_every_write_and_drain_the_queue() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let (mut s1, mut s2) = two_sites(tmp.path());
     s2.start_server(&[], false, true, &[]);
@@ -31,6 +32,7 @@ fn two_sites_one_way_replicate_every_write_and_drain_the_queue() {
 
 #[test]
 fn two_sites_both_ways_end_identical() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let (mut s1, mut s2) = two_sites(tmp.path());
     s1.start_server(&[2], false, true, &[]);
@@ -52,6 +54,7 @@ fn two_sites_both_ways_end_identical() {
 
 #[test]
 fn a_missing_region_is_dead_lettered_and_replayed_once_it_exists() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let (mut s1, mut s2) = two_sites(tmp.path());
     s2.start_server(&[], false, true, &[]);
@@ -95,6 +98,7 @@ fn a_missing_region_is_dead_lettered_and_replayed_once_it_exists() {
 
 #[test]
 fn a_sender_killed_mid_stream_resends_and_nothing_is_applied_twice() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let (mut s1, mut s2) = two_sites(tmp.path());
     s2.start_server(&[], false, true, &[]);
@@ -121,6 +125,7 @@ fn a_sender_killed_mid_stream_resends_and_nothing_is_applied_twice() {
 
 #[test]
 fn a_sender_whose_locators_lead_to_its_own_site_says_so() {
+    let _serial = common::one_at_a_time();
     // Site 2's locator is reached, but the receiver registered there runs at site 1: the
     // hello reply names site 1, the sender's own site.
     let tmp = tempfile::tempdir().unwrap();

@@ -139,6 +139,7 @@ fn replicate_and_check(sites: &[Site], senders: &[(u8, u8)], converging: Option<
 
 #[test]
 fn a_full_mesh_of_three_sites_ends_identical() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let senders = [(1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2)];
     let sites = start_sites(tmp.path(), 3, &senders);
@@ -147,6 +148,7 @@ fn a_full_mesh_of_three_sites_ends_identical() {
 
 #[test]
 fn a_ring_of_three_sites_forwards_every_event_once() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     // 1→2→3→1: each site forwards what it receives; the sender back to the origin drops it.
     let senders = [(1, 2), (2, 3), (3, 1)];
@@ -156,6 +158,7 @@ fn a_ring_of_three_sites_forwards_every_event_once() {
 
 #[test]
 fn a_ring_with_a_chord_delivers_every_event_once() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     // geode-wan.md §3's hybrid: the ring 1→2→3→1 plus a 1→3 chord (so 1↔3 both ways). An event
     // of site 1 leaves with recipients {2,3}: site 2 does not forward it to 3, site 3 not back
@@ -168,6 +171,7 @@ fn a_ring_with_a_chord_delivers_every_event_once() {
 
 #[test]
 fn converging_paths_deliver_twice_and_apply_once() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     // 1→2, 1→3, 2→4, 3→4: site 1 sends with recipients {2,3}; sites 2 and 3 both forward to 4,
     // which drops the second copy by event id. Site 4 sends nowhere, so its own keys stay
@@ -179,6 +183,7 @@ fn converging_paths_deliver_twice_and_apply_once() {
 
 #[test]
 fn concurrent_writes_of_the_same_keys_at_two_sites_end_with_one_winner() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let (mut s1, mut s2) = two_sites(tmp.path());
     s1.start_server(&[2], false, true, &[]);
@@ -319,6 +324,7 @@ fn replication_still_works(s1: &mut Site, s2: &Site) {
 
 #[test]
 fn garbage_on_a_receiver_port_closes_that_connection_only() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let (mut s1, mut s2) = two_sites(tmp.path());
     s2.start_server(&[], false, true, &[]);
@@ -340,6 +346,7 @@ fn garbage_on_a_receiver_port_closes_that_connection_only() {
 
 #[test]
 fn a_hello_of_protocol_version_2_is_refused_as_the_wrong_version() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let (mut s1, mut s2) = two_sites(tmp.path());
     s2.start_server(&[], false, true, &[]);
@@ -367,6 +374,7 @@ fn a_hello_of_protocol_version_2_is_refused_as_the_wrong_version() {
 
 #[test]
 fn a_receiver_port_range_fully_taken_stops_the_server_with_the_range_named() {
+    let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let mut s = Site::new(tmp.path(), 1);
     s.start_locator(&[]);

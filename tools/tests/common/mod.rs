@@ -14,12 +14,24 @@ pub const POLL: Duration = Duration::from_millis(30);
 /// Receiver ports per server: a small range, so the range logic is exercised.
 pub const RECEIVER_PORTS: u16 = 8;
 
+/// Runs the tests of one file one at a time: each starts several sites' processes, and on a
+/// 2-core machine all of them at once would starve each other past every deadline. Taken at
+/// the start of each test; a test that failed does not stop the next ones.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
+/// connection can take it between this check and the process's own bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = u64::from(std::process::id()).wrapping_mul(7919)
+        + NEXT.fetch_add(97, std::sync::atomic::Ordering::Relaxed);
+    (0..12_000u64)
+        .map(|i| 20_000 + ((seed + i) % 12_000) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port between 20000 and 32000")
 }
 
 /// A free range of `RECEIVER_PORTS` ports, each proved free by a bind.
