@@ -124,6 +124,50 @@ fn a_sender_killed_mid_stream_resends_and_nothing_is_applied_twice() {
 }
 
 #[test]
+fn a_receiver_killed_mid_stream_keeps_what_it_acknowledged_and_applies_nothing_twice() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    s2.persistent_regions = true;
+    s2.start_server(&[], false, true, &[]);
+    s1.start_server(&[2], true, false, &[]);
+    const N: usize = 3000;
+    for round in 0..3 {
+        write(&s1, "orders", round * 1000..(round + 1) * 1000);
+    }
+    wait_for("site 2 to start applying", || s2.applied() > 0);
+    kill9(s2.server.take().unwrap());
+    s2.start_server(&[], false, true, &[]);
+    // What the killed receiver had logged comes back from its region log.
+    let server = s2.server.as_ref().unwrap();
+    let restored: u64 = server
+        .seen
+        .iter()
+        .filter_map(|l| {
+            l.split("restored ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    wait_for("site 2 to hold every write", || {
+        dbsize(&s2, "orders") == N as i64 && s1.queued("to2") == 0
+    });
+    // Every write is applied exactly once: before the kill (and restored from the log), or
+    // after it; a resend of one already logged is a duplicate.
+    assert_eq!(
+        restored + s2.applied(),
+        N as u64,
+        "restored {restored}, applied since the restart {}",
+        s2.applied()
+    );
+    let keys: Vec<String> = (0..N).map(key).collect();
+    same(&values(&s1, "orders", &keys), &values(&s2, "orders", &keys));
+}
+
+#[test]
 fn a_sender_whose_locators_lead_to_its_own_site_says_so() {
     let _serial = common::one_at_a_time();
     // Site 2's locator is reached, but the receiver registered there runs at site 1: the

@@ -651,9 +651,15 @@ async fn shard_main(
             continue;
         }
         let dir = crate::region_log::log_dir(&config.server.directory, &def.name, id.0);
-        let (log, _restored) = crate::region_log::open(&def.name, dir, store, site)
+        let (log, restored) = crate::region_log::open(&def.name, dir, store, site)
             .await
             .map_err(|e| e.to_string())?;
+        if restored.records > 0 {
+            eprintln!(
+                "region `{}`, shard {}: restored {} logged writes ({} changed the store)",
+                def.name, id.0, restored.records, restored.applied
+            );
+        }
         logs.push(Some(Rc::new(log)));
     }
     let shard = Rc::new(Shard {

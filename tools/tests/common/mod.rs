@@ -120,6 +120,8 @@ pub struct Site {
     /// The receiver's port range: `receiver_base..receiver_base + receiver_ports`.
     pub receiver_base: u16,
     pub receiver_ports: u16,
+    /// Region `orders` logs its writes and restores them at start.
+    pub persistent_regions: bool,
     pub locator: Option<Proc>,
     pub server: Option<Proc>,
 }
@@ -135,6 +137,7 @@ impl Site {
             client_port: free_port(),
             receiver_base: free_range(),
             receiver_ports: RECEIVER_PORTS,
+            persistent_regions: false,
             locator: None,
             server: None,
         }
@@ -211,8 +214,9 @@ impl Site {
         );
         let ids: Vec<String> = targets.iter().map(|t| format!("\"to{t}\"")).collect();
         cfg.push_str(&format!(
-            "[[region]]\nname = \"orders\"\ntype = \"partition\"\ngateway-sender-ids = [{}]\n",
-            ids.join(", ")
+            "[[region]]\nname = \"orders\"\ntype = \"partition\"\ngateway-sender-ids = [{}]\npersistent = {}\n",
+            ids.join(", "),
+            self.persistent_regions
         ));
         for r in extra {
             cfg.push_str(&format!(
