@@ -540,6 +540,16 @@ async fn shard_main(
     ready: &mpsc::Sender<Result<(), (u16, String)>>,
 ) -> Result<(), String> {
     let n = w.requests_out.len();
+    // A timer that fires every STOP_POLL_MS for the shard's whole life. Each time the reactor
+    // wakes it also collects finished blocking-pool work (glommio's `flush_syscall_thread`).
+    // Without it, a start could hang: about one start in ten with many servers starting at once
+    // left both shards asleep in io_uring while the blocking pool's result for a queue being
+    // opened sat uncollected (gdb: the pool threads idle, the shards parked, `start` waiting for
+    // ready). Once serving, the accept loop's stop checks wake the reactor just as often.
+    {
+        let stop = stop.clone();
+        glommio::spawn_local(async move { wait_stop(&stop).await }).detach();
+    }
     // Connect every channel end at once: connect() waits for the peer, so doing them one by
     // one can deadlock.
     let spawn_all = |v: Vec<Option<SharedSender<Request>>>| {
