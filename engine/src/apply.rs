@@ -34,60 +34,19 @@ use crate::region::{RegionStore, RemoteApply, StoreError};
 use crate::version::{ApplyRule, RejectReason, Resolution};
 use bytes::Bytes;
 use smallvec::SmallVec;
-use std::fmt;
 use strait_queue::ids::{RegionId, SiteId};
 use strait_queue::record::{Op, Record};
 
-/// Why an event was written to the dead-letter log instead of being applied. The code is the
-/// byte an ack and a dead-letter log entry carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum DeadLetterReason {
-    /// The record's region (named in the hello's region table) does not exist at this site.
-    UnknownRegion = 1,
-    /// The store refused the write itself: a key or value over its limit, a value on a write
-    /// that carries none, a version-only update of a key this site does not hold.
-    ValueRejected = 2,
-    /// The store is full: no room for a new key ([`StoreError::Full`]) or a new event stream
-    /// ([`StoreError::StreamsFull`]).
-    StoreFull = 3,
-}
+pub use strait_queue::record::DeadLetterReason;
 
-impl DeadLetterReason {
-    /// The reason's code, 1–3.
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-
-    /// The reason a code stands for; `None` for an unknown code.
-    pub fn from_code(code: u8) -> Option<DeadLetterReason> {
-        match code {
-            1 => Some(DeadLetterReason::UnknownRegion),
-            2 => Some(DeadLetterReason::ValueRejected),
-            3 => Some(DeadLetterReason::StoreFull),
-            _ => None,
-        }
-    }
-
-    /// The reason for a store refusal.
-    pub fn of(error: &StoreError) -> DeadLetterReason {
-        match error {
-            StoreError::Full { .. } | StoreError::StreamsFull { .. } => DeadLetterReason::StoreFull,
-            StoreError::KeyTooLong(_)
-            | StoreError::ValueTooLong(_)
-            | StoreError::UnexpectedValue(..)
-            | StoreError::NoEntryToStamp => DeadLetterReason::ValueRejected,
-        }
-    }
-}
-
-impl fmt::Display for DeadLetterReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DeadLetterReason::UnknownRegion => "unknown region",
-            DeadLetterReason::ValueRejected => "value rejected",
-            DeadLetterReason::StoreFull => "store full",
-        })
+/// The dead-letter reason for a store refusal.
+pub fn dead_letter_reason(error: &StoreError) -> DeadLetterReason {
+    match error {
+        StoreError::Full { .. } | StoreError::StreamsFull { .. } => DeadLetterReason::StoreFull,
+        StoreError::KeyTooLong(_)
+        | StoreError::ValueTooLong(_)
+        | StoreError::UnexpectedValue(..)
+        | StoreError::NoEntryToStamp => DeadLetterReason::ValueRejected,
     }
 }
 
@@ -108,7 +67,7 @@ impl DeadLetterCause {
     pub fn reason(&self) -> DeadLetterReason {
         match self {
             DeadLetterCause::UnknownRegion { .. } => DeadLetterReason::UnknownRegion,
-            DeadLetterCause::Store(error) => DeadLetterReason::of(error),
+            DeadLetterCause::Store(error) => dead_letter_reason(error),
         }
     }
 }
@@ -334,15 +293,15 @@ mod tests {
     fn store_errors_map_to_reasons() {
         let full = StoreError::Full { entries_max: 1 };
         let streams = StoreError::StreamsFull { streams_max: 1 };
-        assert_eq!(DeadLetterReason::of(&full), DeadLetterReason::StoreFull);
-        assert_eq!(DeadLetterReason::of(&streams), DeadLetterReason::StoreFull);
+        assert_eq!(dead_letter_reason(&full), DeadLetterReason::StoreFull);
+        assert_eq!(dead_letter_reason(&streams), DeadLetterReason::StoreFull);
         for e in [
             StoreError::KeyTooLong(1),
             StoreError::ValueTooLong(1),
             StoreError::UnexpectedValue(strait_queue::record::Op::Destroy, 1),
             StoreError::NoEntryToStamp,
         ] {
-            assert_eq!(DeadLetterReason::of(&e), DeadLetterReason::ValueRejected);
+            assert_eq!(dead_letter_reason(&e), DeadLetterReason::ValueRejected);
         }
     }
 

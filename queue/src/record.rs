@@ -95,6 +95,47 @@ impl Op {
     }
 }
 
+/// Why a receiving site could not apply an event and wrote it to its dead-letter log
+/// instead. The code is the byte a WAN ack and a dead-letter log entry carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DeadLetterReason {
+    /// The event's region (named in the sender's hello) does not exist at the receiving site.
+    UnknownRegion = 1,
+    /// The region store refused the write itself: a key or value over its limit, a value on a
+    /// write that carries none, a version-only update of a key the site does not hold.
+    ValueRejected = 2,
+    /// The region store is full: no room for a new key or a new event stream.
+    StoreFull = 3,
+}
+
+impl DeadLetterReason {
+    /// The reason's code, 1–3.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The reason a code stands for; `None` for an unknown code.
+    pub fn from_code(code: u8) -> Option<DeadLetterReason> {
+        match code {
+            1 => Some(DeadLetterReason::UnknownRegion),
+            2 => Some(DeadLetterReason::ValueRejected),
+            3 => Some(DeadLetterReason::StoreFull),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeadLetterReason::UnknownRegion => "unknown region",
+            DeadLetterReason::ValueRejected => "value rejected",
+            DeadLetterReason::StoreFull => "store full",
+        })
+    }
+}
+
 /// An event to be appended: everything a record holds except the queue sequence number.
 #[derive(Clone, Copy, Debug)]
 pub struct Event<'a> {

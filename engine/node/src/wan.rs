@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use strait_engine::apply::{
-    ApplyOutcome, DeadLetterReason, SenderIndex, apply_record, forward_targets, replay_record,
+    ApplyOutcome, SenderIndex, apply_record, forward_targets, replay_record,
 };
 use strait_engine::bucket::{BucketTable, ShardId};
 use strait_engine::deadletter::{DeadLetterLog, encode_entry};
@@ -519,7 +519,7 @@ async fn apply_batch(
                     .extend_from_slice(&encode_entry(time, peer.site, reason, &text, record));
                 ack.dead_letters.push(wire::DeadLetter {
                     index: i as u32,
-                    reason: wire_reason(reason),
+                    reason,
                     text: text.into(),
                 });
             }
@@ -548,10 +548,6 @@ async fn apply_batch(
         written.map_err(|e| format!("writing dead letters: {e}"))?;
     }
     Ok(ack)
-}
-
-fn wire_reason(reason: DeadLetterReason) -> wire::DeadLetterReason {
-    wire::DeadLetterReason::from_u8(reason.code()).unwrap_or(wire::DeadLetterReason::UnknownRegion)
 }
 
 /// Applies records of this shard's buckets (their local region index given), forwards the

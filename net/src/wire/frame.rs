@@ -154,29 +154,9 @@ impl RefuseReason {
     }
 }
 
-/// Why an event of a batch was dead-lettered at the receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum DeadLetterReason {
-    /// The receiving site has no region of the record's region name.
-    UnknownRegion = 1,
-    /// The region store refused the value (too long, for instance).
-    ValueRejected = 2,
-    /// The region store is full.
-    StoreFull = 3,
-}
-
-impl DeadLetterReason {
-    /// Decodes the reason byte.
-    pub fn from_u8(b: u8) -> Option<DeadLetterReason> {
-        match b {
-            1 => Some(DeadLetterReason::UnknownRegion),
-            2 => Some(DeadLetterReason::ValueRejected),
-            3 => Some(DeadLetterReason::StoreFull),
-            _ => None,
-        }
-    }
-}
+/// Why an event of a batch was dead-lettered at the receiver (shared with the dead-letter
+/// log's format).
+pub use strait_queue::record::DeadLetterReason;
 
 /// One entry of a Hello's region table: a region index the sender's records use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -899,8 +879,8 @@ fn read_ack<'a>(r: &mut Reader<'a>) -> Result<Ack<'a>, FrameError> {
 fn read_dead_letter<'a>(r: &mut Reader<'a>) -> Result<DeadLetter<'a>, FrameError> {
     let index = r.u32("dead_letter_index")?;
     let code = r.u8("dead_letter_reason")?;
-    let reason =
-        DeadLetterReason::from_u8(code).ok_or_else(|| r.bad("dead_letter_reason", code.into()))?;
+    let reason = DeadLetterReason::from_code(code)
+        .ok_or_else(|| r.bad("dead_letter_reason", code.into()))?;
     let text = r.str("dead_letter_text", DEAD_LETTER_TEXT_BYTES_MAX)?;
     Ok(DeadLetter {
         index,
