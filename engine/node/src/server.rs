@@ -50,6 +50,15 @@ const NO_SITE: SiteId = SiteId(0);
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(
+        "the directory {dir} is in use by another Strait server (it holds {dir}/{SERVER_LOCK_FILE}); give each server its own directory"
+    )]
+    DirectoryInUse { dir: PathBuf },
+    #[error("cannot lock the directory {dir}: {source}")]
+    Directory {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("client port {addr} is in use by another process")]
     PortInUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
@@ -170,6 +179,8 @@ pub struct ServerHandle {
     registration: crate::registration::Registration,
     /// The client port's address.
     pub client_addr: SocketAddr,
+    /// Held (an exclusive lock on `server.lock`) while the server runs.
+    _lock: std::fs::File,
 }
 
 impl ServerHandle {
@@ -222,6 +233,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 /// Starts a server; returns once every shard listens, or with the reason none can.
 pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
+    let lock = lock_directory(&config.server.directory)?;
     let cpus = allowed_cpus();
     let shards = config.server.shards.unwrap_or(cpus.len().max(1) as u16);
     let addr = SocketAddr::new(config.server.bind_address, config.server.client_port);
@@ -385,7 +397,35 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         shards: handles,
         registration,
         client_addr: addr,
+        _lock: lock,
     })
+}
+
+/// The lock file in a server's directory: one server per directory.
+pub const SERVER_LOCK_FILE: &str = "server.lock";
+
+/// Takes the server's directory: creates it and holds an exclusive lock on its lock file for
+/// the life of the process, so a second server on the same directory (whose queues, region
+/// logs and dead letters would be the same files) is refused.
+fn lock_directory(dir: &Path) -> Result<std::fs::File, StartError> {
+    let fail = |source| StartError::Directory {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(SERVER_LOCK_FILE))
+        .map_err(fail)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DirectoryInUse {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+    }
 }
 
 /// The file in a sender's disk directory that records how many shards wrote its queues.

@@ -358,3 +358,24 @@ fn a_persistent_region_comes_back_after_a_restart() {
     drop(c);
     s.stop().unwrap();
 }
+
+#[test]
+fn a_second_server_on_the_same_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = server::start(site(free_port(), tmp.path(), REGIONS)).unwrap();
+    let err = server::start(site(free_port(), tmp.path(), REGIONS)).unwrap_err();
+    assert!(
+        matches!(err, server::StartError::DirectoryInUse { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&tmp.path().display().to_string()),
+        "{err}"
+    );
+    s.stop().unwrap();
+    // Once the first has stopped, the directory is free again.
+    server::start(site(free_port(), tmp.path(), REGIONS))
+        .unwrap()
+        .stop()
+        .unwrap();
+}
