@@ -191,3 +191,130 @@ fn a_sender_whose_locators_lead_to_its_own_site_says_so() {
         .wait_line("cannot connect to its own distributed system");
     assert!(line.contains("gateway sender `to2`"), "{line}");
 }
+
+fn ok() -> Reply {
+    Reply::Simple("OK".into())
+}
+
+fn status(site: &Site) -> Reply {
+    site.call(&["STRAIT.SENDER", "to2", "STATUS"])
+}
+
+#[test]
+fn a_paused_sender_keeps_queueing_and_sends_it_all_once_resumed() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    s2.start_server(&[], false, true, &[]);
+    s1.start_server(&[2], false, false, &[]);
+    write(&s1, "orders", 0..100);
+    wait_for("site 2 to apply the first writes", || {
+        s2.applied() == 100 && s1.queued("to2") == 0
+    });
+    assert_eq!(s1.call(&["STRAIT.SENDER", "to2", "PAUSE"]), ok());
+    assert_eq!(status(&s1), Reply::Simple("paused".into()));
+    write(&s1, "orders", 100..300);
+    wait_for("the paused sender to queue the new writes", || {
+        s1.queued("to2") == 200
+    });
+    assert_eq!(s2.applied(), 100, "a paused sender sent events");
+    assert_eq!(s1.call(&["STRAIT.SENDER", "to2", "RESUME"]), ok());
+    assert_eq!(status(&s1), Reply::Simple("running".into()));
+    wait_for("site 2 to apply everything and the queue to drain", || {
+        s2.applied() == 300 && s1.queued("to2") == 0
+    });
+    let keys: Vec<String> = (0..300).map(key).collect();
+    same(&values(&s1, "orders", &keys), &values(&s2, "orders", &keys));
+}
+
+#[test]
+fn a_stopped_sender_queues_nothing_and_start_clean_discards_its_queue() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    s2.start_server(&[], false, true, &[]);
+    s1.start_server(&[2], true, false, &[]);
+    write(&s1, "orders", 0..100);
+    wait_for("site 2 to apply the first writes", || {
+        s2.applied() == 100 && s1.queued("to2") == 0
+    });
+    let Reply::Error(e) = s1.call(&["STRAIT.SENDER", "to2", "START", "CLEAN"]) else {
+        panic!("START CLEAN of a running sender was accepted");
+    };
+    assert!(e.contains("STOP it before START CLEAN"), "{e}");
+    // Writes while stopped are not queued for the sender (Geode drops them too).
+    assert_eq!(s1.call(&["STRAIT.SENDER", "to2", "STOP"]), ok());
+    assert_eq!(status(&s1), Reply::Simple("not-running".into()));
+    wait_for("the dispatchers to disconnect", || {
+        s1.info_field("to2:", "connected") == 0
+    });
+    write(&s1, "orders", 100..150);
+    assert_eq!(s1.queued("to2"), 0);
+    assert_eq!(s1.info_field("to2:", "dropped_not_running"), 50);
+    let Reply::Error(e) = s1.call(&["STRAIT.SENDER", "to2", "PAUSE"]) else {
+        panic!("PAUSE of a stopped sender was accepted");
+    };
+    assert_eq!(e, "ERR gateway sender 'to2' is not running");
+    // Events queued while paused stay queued through a stop; START CLEAN discards them.
+    assert_eq!(s1.call(&["STRAIT.SENDER", "to2", "START"]), ok());
+    assert_eq!(s1.call(&["STRAIT.SENDER", "to2", "PAUSE"]), ok());
+    write(&s1, "orders", 150..200);
+    assert_eq!(s1.queued("to2"), 50);
+    assert_eq!(s1.call(&["STRAIT.SENDER", "to2", "STOP"]), ok());
+    assert_eq!(s1.queued("to2"), 50);
+    assert_eq!(s1.call(&["STRAIT.SENDER", "to2", "START", "CLEAN"]), ok());
+    assert_eq!(s1.queued("to2"), 0);
+    assert_eq!(status(&s1), Reply::Simple("running".into()));
+    write(&s1, "orders", 200..250);
+    wait_for(
+        "site 2 to apply the writes made after the clean start",
+        || s2.applied() == 150 && s1.queued("to2") == 0,
+    );
+    assert_eq!(dbsize(&s2, "orders"), 150);
+    let keys: Vec<String> = (200..250).map(key).collect();
+    same(&values(&s1, "orders", &keys), &values(&s2, "orders", &keys));
+}
+
+#[test]
+fn a_manual_start_sender_sends_nothing_until_started() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    s2.start_server(&[], false, true, &[]);
+    s1.sender_options = "manual-start = true\n".into();
+    s1.start_server(&[2], false, false, &[]);
+    assert_eq!(status(&s1), Reply::Simple("not-running".into()));
+    write(&s1, "orders", 0..50);
+    assert_eq!(s1.queued("to2"), 0);
+    assert_eq!(s1.info_field("to2:", "dropped_not_running"), 50);
+    assert_eq!(s1.info_field("to2:", "connected"), 0);
+    assert_eq!(s1.call(&["STRAIT.SENDER", "to2", "START"]), ok());
+    write(&s1, "orders", 50..100);
+    wait_for("site 2 to apply the writes made after START", || {
+        s2.applied() == 50 && s1.queued("to2") == 0
+    });
+    assert_eq!(dbsize(&s2, "orders"), 50);
+}
+
+#[test]
+fn sender_operations_name_what_is_wrong() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, _s2) = two_sites(tmp.path());
+    s1.start_server(&[2], false, false, &[]);
+    assert_eq!(
+        s1.call(&["STRAIT.SENDER", "nope", "STATUS"]),
+        Reply::Error("ERR unknown gateway sender 'nope'".into())
+    );
+    assert_eq!(
+        s1.call(&["STRAIT.SENDER", "to2"]),
+        Reply::Error("ERR wrong number of arguments for 'strait.sender' command".into())
+    );
+    let Reply::Error(e) = s1.call(&["STRAIT.SENDER", "to2", "RESTART"]) else {
+        panic!("an unknown operation was accepted");
+    };
+    assert!(
+        e.starts_with("ERR unknown gateway sender operation 'restart'"),
+        "{e}"
+    );
+}

@@ -43,6 +43,29 @@ pub enum Command<'a> {
     Hello(Option<u64>),
     /// STRAIT.DEADLETTERS LIST | REPLAY [region]: the gateway receiver's dead-letter logs.
     DeadLetters(DeadLettersCommand),
+    /// STRAIT.SENDER id START [CLEAN] | STOP | PAUSE | RESUME | STATUS: a gateway sender's
+    /// lifecycle on every shard (docs/wan.md "Sender operations").
+    Sender(&'a [u8], SenderAction),
+}
+
+/// A gateway sender operation (Geode's `start`, `startWithCleanQueue`, `stop`, `pause`,
+/// `resume`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderOp {
+    /// Start; with `clean`, first discard everything queued.
+    Start {
+        clean: bool,
+    },
+    Stop,
+    Pause,
+    Resume,
+}
+
+/// What `STRAIT.SENDER` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderAction {
+    Op(SenderOp),
+    Status,
 }
 
 /// What `STRAIT.DEADLETTERS` asks for.
@@ -71,6 +94,10 @@ pub enum CommandError {
     TooManyKeys,
     #[error("ERR Protocol version is not an integer or out of range")]
     ProtocolVersion,
+    #[error(
+        "ERR unknown gateway sender operation '{0}' (START [CLEAN], STOP, PAUSE, RESUME or STATUS)"
+    )]
+    SenderOp(String),
 }
 
 fn printable(b: &[u8]) -> String {
@@ -185,6 +212,24 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
             }
         }
         (b"strait.deadletters", []) => Err(arity()),
+        (b"strait.sender", [id, verb, rest @ ..]) => {
+            let op = |op| Ok(Command::Sender(id, SenderAction::Op(op)));
+            match (verb.to_ascii_lowercase().as_slice(), rest) {
+                (b"start", []) => op(SenderOp::Start { clean: false }),
+                (b"start", [c]) if c.eq_ignore_ascii_case(b"clean") => {
+                    op(SenderOp::Start { clean: true })
+                }
+                (b"stop", []) => op(SenderOp::Stop),
+                (b"pause", []) => op(SenderOp::Pause),
+                (b"resume", []) => op(SenderOp::Resume),
+                (b"status", []) => Ok(Command::Sender(id, SenderAction::Status)),
+                (b"start" | b"stop" | b"pause" | b"resume" | b"status", _) => {
+                    Err(CommandError::Syntax)
+                }
+                (v, _) => Err(CommandError::SenderOp(printable(v))),
+            }
+        }
+        (b"strait.sender", _) => Err(arity()),
         (b"hello", []) => Ok(Command::Hello(None)),
         (b"hello", [v, ..]) => integer(v)
             .map(|v| Command::Hello(Some(v)))
@@ -356,5 +401,42 @@ mod tests {
         assert!(glob_match(b"*:*:end", b"x:y:z:end"));
         assert!(!glob_match(b"abc", b"abcd"));
         assert!(glob_match(b"", b""));
+    }
+
+    #[test]
+    fn sender_operations_parse_and_bad_ones_say_why() {
+        let op = |o| Ok(Command::Sender(b"to2", SenderAction::Op(o)));
+        assert_eq!(
+            cmd("STRAIT.SENDER to2 start"),
+            op(SenderOp::Start { clean: false })
+        );
+        assert_eq!(
+            cmd("strait.sender to2 START clean"),
+            op(SenderOp::Start { clean: true })
+        );
+        assert_eq!(cmd("strait.sender to2 stop"), op(SenderOp::Stop));
+        assert_eq!(cmd("strait.sender to2 Pause"), op(SenderOp::Pause));
+        assert_eq!(cmd("strait.sender to2 resume"), op(SenderOp::Resume));
+        assert_eq!(
+            cmd("strait.sender to2 status"),
+            Ok(Command::Sender(b"to2", SenderAction::Status))
+        );
+        assert_eq!(
+            cmd("strait.sender to2 start dirty"),
+            Err(CommandError::Syntax)
+        );
+        assert_eq!(cmd("strait.sender to2 stop now"), Err(CommandError::Syntax));
+        assert_eq!(
+            cmd("strait.sender to2 restart"),
+            Err(CommandError::SenderOp("restart".into()))
+        );
+        assert_eq!(
+            cmd("strait.sender to2"),
+            Err(CommandError::Arity("strait.sender".into()))
+        );
+        assert_eq!(
+            cmd("strait.sender").unwrap_err().to_string(),
+            "ERR wrong number of arguments for 'strait.sender' command"
+        );
     }
 }

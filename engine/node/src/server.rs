@@ -132,6 +132,12 @@ pub(crate) enum ShardOp {
         replay: bool,
         records: Vec<(u16, Bytes)>,
     },
+    /// `STRAIT.SENDER`: apply an operation to gateway sender `index` (or, `None`, report its
+    /// state) on this shard.
+    Sender {
+        index: usize,
+        op: Option<command::SenderOp>,
+    },
 }
 
 #[derive(Debug)]
@@ -147,6 +153,8 @@ pub(crate) enum OpReply {
     },
     /// The outcome of each record of an `ApplyRemote`, in order.
     Applied(Vec<strait_engine::apply::ApplyOutcome>),
+    /// A gateway sender's state on the shard after a `ShardOp::Sender`.
+    Sender(crate::wan::SenderState),
     Error(String),
 }
 
@@ -721,7 +729,7 @@ async fn shard_main(
         regions,
         stores: RefCell::new(stores),
         logs: RefCell::new(logs),
-        wan: crate::wan::WanShard::new(senders.len()),
+        wan: crate::wan::WanShard::new(&config.senders),
         wan_connections: Cell::new(0),
         senders,
         attached,
@@ -802,14 +810,13 @@ async fn shard_main(
             stop.clone(),
         )));
     }
-    for (i, def) in config.senders.iter().enumerate() {
-        if !def.manual_start {
-            wan_tasks.push(glommio::spawn_local(crate::wan::run_dispatcher(
-                shard.clone(),
-                i,
-                stop.clone(),
-            )));
-        }
+    // Every sender gets its dispatcher; one with `manual-start` waits for a START.
+    for i in 0..config.senders.len() {
+        wan_tasks.push(glommio::spawn_local(crate::wan::run_dispatcher(
+            shard.clone(),
+            i,
+            stop.clone(),
+        )));
     }
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -886,6 +893,9 @@ enum Pending {
     Info(String, Vec<(usize, usize)>),
     /// STRAIT.DEADLETTERS: run once the batches are answered.
     DeadLetters(command::DeadLettersCommand),
+    /// STRAIT.SENDER: every shard's answer; STATUS (`true`) answers the state, an operation
+    /// `+OK`.
+    Sender(Vec<(usize, usize)>, bool),
 }
 
 /// One shard's figures, summed over shards for INFO.
@@ -1003,6 +1013,7 @@ impl Shard {
                 ShardOp::ApplyRemote { replay, records } => {
                     crate::wan::apply_op(self, records, replay).await
                 }
+                ShardOp::Sender { index, op } => crate::wan::sender_op(self, index, op),
             };
             replies.push(reply);
         }
@@ -1044,8 +1055,14 @@ impl Shard {
         let bucket = self.table(region).bucket_of(&key);
         // Every queue the write goes into: each attached sender's, and the region's log.
         let mut queues: SmallVec<[(QueueOwner, Rc<ShardQueue>, QueueId); 4]> = SmallVec::new();
+        // A sender that is not running does not queue the write (Geode drops it too).
+        let mut dropped: SmallVec<[usize; 4]> = SmallVec::new();
         for &i in senders {
             let s = &self.senders[i];
+            if self.wan.senders[i].state.get() == crate::wan::SenderState::NotRunning {
+                dropped.push(i);
+                continue;
+            }
             let Some(queue) = s.queue.borrow().clone() else {
                 return OpReply::Error("ERR the server is stopping".into());
             };
@@ -1123,6 +1140,10 @@ impl Shard {
                 None => store.destroy_local(&key, now, self.site),
             };
             debug_assert_eq!(written.map(|w| w.tag), Some(outcome.tag));
+            for &i in &dropped {
+                let c = &self.wan.senders[i].dropped;
+                c.set(c.get() + 1);
+            }
             return match value {
                 Some(_) => OpReply::Done,
                 None => OpReply::Flag(true),
@@ -1329,6 +1350,26 @@ fn assemble(
         match plan {
             Pending::Ready(bytes) => out.extend_from_slice(bytes),
             Pending::DeadLetters(_) => error_line(out, "ERR internal: command not run"),
+            Pending::Sender(refs, status) => {
+                let mut states = Vec::new();
+                let mut failed = None;
+                for &r in refs {
+                    match take(r) {
+                        OpReply::Sender(st) => states.push(st.name()),
+                        OpReply::Error(e) => failed = Some(e),
+                        _ => failed = Some("ERR internal: unexpected reply".into()),
+                    }
+                }
+                match failed {
+                    Some(e) => error_line(out, &e),
+                    None if !*status => resp::encode_simple(out, b"OK"),
+                    // Shards agree unless a change is in progress; then each is named.
+                    None if states.iter().all(|s| Some(s) == states.first()) => {
+                        resp::encode_simple(out, states.first().unwrap_or(&"").as_bytes())
+                    }
+                    None => resp::encode_simple(out, states.join(",").as_bytes()),
+                }
+            }
             Pending::Value(s, i, resp3) => match take((*s, *i)) {
                 OpReply::Value(Some(v)) => resp::encode_bulk(out, &v),
                 OpReply::Value(None) if *resp3 => resp::encode_null3(out),
@@ -1443,6 +1484,7 @@ fn plan(
             | Command::CommandInfo
             | Command::Hello(_)
             | Command::DeadLetters(_)
+            | Command::Sender(..)
     );
     if needs_region && (session.region as usize) >= regions {
         return (
@@ -1603,6 +1645,29 @@ fn plan(
         Command::ClientNoop => ready(&|o| resp::encode_simple(o, b"OK")),
         Command::CommandInfo => ready(&|o| resp::encode_array_header(o, 0)),
         Command::DeadLetters(c) => Pending::DeadLetters(c),
+        Command::Sender(id, action) => {
+            match shard.senders.iter().position(|s| s.id.as_bytes() == id) {
+                Some(index) => {
+                    let op = match action {
+                        command::SenderAction::Op(op) => Some(op),
+                        command::SenderAction::Status => None,
+                    };
+                    Pending::Sender(
+                        (0..shard.shards)
+                            .map(|s| push(s, ShardOp::Sender { index, op }))
+                            .collect(),
+                        op.is_none(),
+                    )
+                }
+                None => {
+                    let msg = format!(
+                        "ERR unknown gateway sender '{}'",
+                        String::from_utf8_lossy(id)
+                    );
+                    ready(&|o| error_line(o, &msg))
+                }
+            }
+        }
     };
     (plan, false)
 }
@@ -1669,16 +1734,21 @@ fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
     }
     s.push_str("\r\n# Gateway senders (all shards)\r\n");
     for (i, (sender, st)) in shard.senders.iter().zip(&total.senders).enumerate() {
-        let (events, batches, connected) = total.wan.senders.get(i).copied().unwrap_or_default();
+        let f = total.wan.senders.get(i).copied().unwrap_or_default();
+        let state = f.state.map_or("changing", |st| st.name());
         s.push_str(&format!(
-            "{}:queued={},bytes={},in_memory={},on_disk={},segments={},distributed={events},batches={batches},possible_duplicates={},connected={connected}/{}\r\n",
+            "{}:queued={},bytes={},in_memory={},on_disk={},segments={},distributed={},batches={},possible_duplicates={},dropped_not_running={},connected={}/{},state={state}\r\n",
             sender.id,
             st.events_queued,
             st.bytes_queued,
             st.events_in_memory,
             st.events_on_disk,
             st.segments,
+            f.events,
+            f.batches,
             st.possible_duplicates,
+            f.dropped,
+            f.connected,
             shard.shards,
         ));
     }

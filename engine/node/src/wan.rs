@@ -6,7 +6,7 @@
 //! Nothing here blocks a shard: locator lookups, name resolution and dead-letter files run on
 //! the executor's blocking pool.
 
-use crate::command::DeadLettersCommand;
+use crate::command::{DeadLettersCommand, SenderOp};
 use crate::config::{ReceiverDef, SenderDef};
 use crate::locator::RemoteSiteLookup;
 use crate::server::{OpReply, STOP_POLL_MS, Shard, ShardOp, wait_stop};
@@ -57,12 +57,68 @@ pub const DEAD_LETTER_DIR: &str = "dead-letters";
 /// Most dead-letter entries `STRAIT.DEADLETTERS LIST` describes one by one per region.
 pub const DEAD_LETTERS_LISTED_MAX: usize = 100;
 
-/// One gateway sender's figures on one shard.
+/// A gateway sender's state on one shard, as Geode's `list gateways` names it
+/// (docs/wan.md "Sender operations").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SenderState {
+    /// Queues local writes and dispatches them.
+    #[default]
+    Running,
+    /// Queues local writes; sends no new batch (those in flight are still acknowledged).
+    Paused,
+    /// Disconnected; local writes are not queued for it (Geode drops them too).
+    NotRunning,
+}
+
+impl SenderState {
+    /// The name INFO and `STRAIT.SENDER ... STATUS` give.
+    pub fn name(self) -> &'static str {
+        match self {
+            SenderState::Running => "running",
+            SenderState::Paused => "paused",
+            SenderState::NotRunning => "not-running",
+        }
+    }
+
+    /// The state after `op`, or why `op` does not apply now. Starting a started sender and
+    /// resuming a running one change nothing, as in Geode.
+    pub fn after(self, op: SenderOp) -> Result<SenderState, &'static str> {
+        use SenderState::*;
+        match (self, op) {
+            (NotRunning, SenderOp::Start { .. }) => Ok(Running),
+            (_, SenderOp::Start { clean: true }) => Err("is running; STOP it before START CLEAN"),
+            (s, SenderOp::Start { clean: false }) => Ok(s),
+            (_, SenderOp::Stop) => Ok(NotRunning),
+            (NotRunning, SenderOp::Pause | SenderOp::Resume) => Err("is not running"),
+            (_, SenderOp::Pause) => Ok(Paused),
+            (_, SenderOp::Resume) => Ok(Running),
+        }
+    }
+}
+
+/// One gateway sender's state and figures on one shard.
 #[derive(Debug, Default)]
 pub(crate) struct SenderCounters {
     pub events: Cell<u64>,
     pub batches: Cell<u64>,
     pub connected: Cell<bool>,
+    /// Local writes and forwards not queued because the sender was not running.
+    pub dropped: Cell<u64>,
+    pub state: Cell<SenderState>,
+    /// Notified at every state change; the dispatcher waits on it.
+    pub changed: strait_queue::shard::Notify,
+}
+
+/// One gateway sender's figures, summed over shards.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SenderFigures {
+    pub events: u64,
+    pub batches: u64,
+    /// Dispatchers connected.
+    pub connected: u64,
+    pub dropped: u64,
+    /// The state every shard reports; `None` while shards differ (a change in progress).
+    pub state: Option<SenderState>,
 }
 
 /// The gateway receiver's figures on one shard.
@@ -82,8 +138,8 @@ pub(crate) struct ReceiverCounters {
 /// What INFO sums over shards.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WanStats {
-    /// Per gateway sender: events, batches, dispatchers connected.
-    pub senders: Vec<(u64, u64, u64)>,
+    /// Per gateway sender, in configuration order.
+    pub senders: Vec<SenderFigures>,
     pub applied: u64,
     pub duplicates: u64,
     pub conflicts: u64,
@@ -96,13 +152,16 @@ pub(crate) struct WanStats {
 
 impl WanStats {
     pub fn add(&mut self, o: &WanStats) {
-        if self.senders.len() < o.senders.len() {
-            self.senders.resize(o.senders.len(), (0, 0, 0));
-        }
-        for (a, b) in self.senders.iter_mut().zip(&o.senders) {
-            a.0 += b.0;
-            a.1 += b.1;
-            a.2 += b.2;
+        if self.senders.is_empty() {
+            self.senders = o.senders.clone();
+        } else {
+            for (a, b) in self.senders.iter_mut().zip(&o.senders) {
+                a.events += b.events;
+                a.batches += b.batches;
+                a.connected += b.connected;
+                a.dropped += b.dropped;
+                a.state = a.state.filter(|s| Some(*s) == b.state);
+            }
         }
         self.applied += o.applied;
         self.duplicates += o.duplicates;
@@ -125,9 +184,20 @@ pub(crate) struct WanShard {
 }
 
 impl WanShard {
-    pub fn new(senders: usize) -> WanShard {
+    /// A sender with `manual-start` starts not running.
+    pub fn new(senders: &[SenderDef]) -> WanShard {
         WanShard {
-            senders: (0..senders).map(|_| SenderCounters::default()).collect(),
+            senders: senders
+                .iter()
+                .map(|d| SenderCounters {
+                    state: Cell::new(if d.manual_start {
+                        SenderState::NotRunning
+                    } else {
+                        SenderState::Running
+                    }),
+                    ..SenderCounters::default()
+                })
+                .collect(),
             ..WanShard::default()
         }
     }
@@ -138,12 +208,12 @@ impl WanShard {
             senders: self
                 .senders
                 .iter()
-                .map(|s| {
-                    (
-                        s.events.get(),
-                        s.batches.get(),
-                        u64::from(s.connected.get()),
-                    )
+                .map(|s| SenderFigures {
+                    events: s.events.get(),
+                    batches: s.batches.get(),
+                    connected: u64::from(s.connected.get()),
+                    dropped: s.dropped.get(),
+                    state: Some(s.state.get()),
                 })
                 .collect(),
             applied: r.applied.get(),
@@ -168,12 +238,84 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn sleep_or_stop(ms: u64, stop: &AtomicBool) {
+/// Sleeps `ms`, cut short when the server stops or the sender's state changes.
+async fn sleep_or_stop(ms: u64, stop: &AtomicBool, counters: &SenderCounters) {
     future::or(
-        glommio::timer::sleep(Duration::from_millis(ms)),
-        wait_stop(stop),
+        future::or(
+            glommio::timer::sleep(Duration::from_millis(ms)),
+            wait_stop(stop),
+        ),
+        counters.changed.notified(),
     )
     .await;
+}
+
+/// Waits until the sender is started (running or paused); false when the server stops first.
+async fn wait_started(counters: &SenderCounters, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        if counters.state.get() != SenderState::NotRunning {
+            return true;
+        }
+        future::or(counters.changed.notified(), wait_stop(stop)).await;
+    }
+}
+
+/// Runs `STRAIT.SENDER` on this shard for sender `index`: applies `op` (for START CLEAN,
+/// after discarding everything queued for the sender here) and answers the new state, or
+/// answers the state when `op` is `None`.
+pub(crate) fn sender_op(shard: &Shard, index: usize, op: Option<SenderOp>) -> OpReply {
+    let counters = &shard.wan.senders[index];
+    let current = counters.state.get();
+    let Some(op) = op else {
+        return OpReply::Sender(current);
+    };
+    let next = match current.after(op) {
+        Ok(next) => next,
+        Err(why) => {
+            return OpReply::Error(format!(
+                "ERR gateway sender '{}' {why}",
+                shard.senders[index].id
+            ));
+        }
+    };
+    if op == (SenderOp::Start { clean: true }) {
+        let queue = shard.senders[index].queue.borrow().clone();
+        let Some(queue) = queue else {
+            return OpReply::Error("ERR the server is stopping".into());
+        };
+        match queue.with(discard_all) {
+            Ok(n) => eprintln!(
+                "gateway sender `{}` (shard {}): START CLEAN discarded {n} queued events",
+                shard.senders[index].id, shard.id.0
+            ),
+            Err(e) => {
+                return OpReply::Error(format!(
+                    "ERR gateway sender '{}': cleaning its queues: {e}",
+                    shard.senders[index].id
+                ));
+            }
+        }
+    }
+    counters.state.set(next);
+    counters.changed.notify();
+    OpReply::Sender(next)
+}
+
+/// Acknowledges every event of every queue: what `start --clean-queues` discards. Events sent
+/// and not yet acknowledged go too; an ack that still arrives for them changes nothing.
+fn discard_all(q: &mut strait_queue::queue::SenderQueue) -> Result<u64, String> {
+    let mut discarded = 0;
+    for id in 0..q.config().queue_count {
+        let id = QueueId(id);
+        q.reset(id);
+        while let Some(batch) = q.peek(id, u32::MAX, u64::MAX).map_err(|e| e.to_string())? {
+            discarded += q.ack(id, batch.last_seq).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(discarded)
 }
 
 // ---- ports and registration ------------------------------------------------------------
@@ -659,6 +801,11 @@ async fn forward(
     let bucket: BucketId = shard.table(region).bucket_of(record.key());
     for SenderIndex(i) in chosen {
         let s = &shard.senders[i];
+        let counters = &shard.wan.senders[i];
+        if counters.state.get() == SenderState::NotRunning {
+            bump(&counters.dropped, 1);
+            continue;
+        }
         let Some(queue) = s.queue.borrow().clone() else {
             continue;
         };
@@ -912,12 +1059,19 @@ async fn replay_log(
 /// How a connection ended.
 enum LinkEnd {
     Stopped,
+    /// The sender was stopped (`STRAIT.SENDER id STOP`).
+    Halted,
     Refused(String),
-    Failed { error: String, accepted: bool },
+    Failed {
+        error: String,
+        accepted: bool,
+    },
 }
 
-/// One gateway sender's dispatcher on this shard: finds the remote site's receivers, connects,
-/// sends the queues' events, and reconnects after any failure, until the server stops.
+/// One gateway sender's dispatcher on this shard: while the sender is started, finds the
+/// remote site's receivers, connects, sends the queues' events (none while paused), and
+/// reconnects after any failure; a stop disconnects it until the next start. Runs until the
+/// server stops.
 pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<AtomicBool>) {
     let def: SenderDef = shard.config.senders[index].clone();
     let Some(queue) = shard.senders[index].queue.borrow().clone() else {
@@ -979,7 +1133,10 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
             last_error = error;
         }
     };
-    while !stop.load(Ordering::SeqCst) {
+    loop {
+        if !wait_started(counters, &stop).await {
+            return;
+        }
         let Some(l) = lookup.take() else { return };
         let (l, found) = executor()
             .spawn_blocking(move || {
@@ -993,7 +1150,7 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
             Ok(e) if !e.is_empty() => e,
             // The lookup logs its own warning.
             _ => {
-                sleep_or_stop(LOOKUP_RETRY_MS, &stop).await;
+                sleep_or_stop(LOOKUP_RETRY_MS, &stop, counters).await;
                 continue;
             }
         };
@@ -1049,6 +1206,10 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
         });
         match end {
             Some(LinkEnd::Stopped) => return,
+            Some(LinkEnd::Halted) => {
+                eprintln!("{name}: stopped; disconnected from receiver {target}");
+                continue;
+            }
             Some(LinkEnd::Refused(e)) => {
                 report(format!("receiver {target} refused the connection: {e}"));
                 backoff = RECONNECT_BACKOFF_MAX_MS;
@@ -1063,7 +1224,7 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
             }
             None => {}
         }
-        sleep_or_stop(backoff, &stop).await;
+        sleep_or_stop(backoff, &stop, counters).await;
         backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX_MS);
     }
 }
@@ -1143,6 +1304,7 @@ async fn run_link(
         let fail = |error: String, accepted: bool| LinkEnd::Failed { error, accepted };
         loop {
             let woken = signal.notified();
+            let changed = counters.changed.notified();
             let appended = queue.appended();
             loop {
                 let event = conn.borrow_mut().poll_event();
@@ -1192,8 +1354,13 @@ async fn run_link(
             if stop.load(Ordering::SeqCst) {
                 return LinkEnd::Stopped;
             }
+            let state = counters.state.get();
+            if state == SenderState::NotRunning {
+                return LinkEnd::Halted;
+            }
+            let running = state == SenderState::Running;
             let mut sent = false;
-            while conn.borrow().can_send() {
+            while running && conn.borrow().can_send() {
                 let Some(batch) = next_batch(queue, &mut cursor, def.batch_size.max(1), name)
                 else {
                     break;
@@ -1237,9 +1404,9 @@ async fn run_link(
                 .map_or(STOP_POLL_MS, |d| d.saturating_sub(now_ms))
                 .min(STOP_POLL_MS);
             if wait > 0 {
-                let can_send = conn.borrow().can_send();
+                let can_send = running && conn.borrow().can_send();
                 future::or(
-                    future::or(woken, async {
+                    future::or(future::or(woken, changed), async {
                         if can_send {
                             appended.await
                         } else {
@@ -1254,4 +1421,57 @@ async fn run_link(
         }
     };
     future::or(reader, writer).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SenderState::*;
+
+    #[test]
+    fn sender_states_follow_geodes_operations() {
+        let start = SenderOp::Start { clean: false };
+        let clean = SenderOp::Start { clean: true };
+        assert_eq!(NotRunning.after(start), Ok(Running));
+        assert_eq!(NotRunning.after(clean), Ok(Running));
+        assert_eq!(Running.after(start), Ok(Running));
+        assert_eq!(Paused.after(start), Ok(Paused));
+        assert!(Running.after(clean).is_err());
+        assert!(Paused.after(clean).is_err());
+        for s in [Running, Paused, NotRunning] {
+            assert_eq!(s.after(SenderOp::Stop), Ok(NotRunning));
+        }
+        assert_eq!(Running.after(SenderOp::Pause), Ok(Paused));
+        assert_eq!(Paused.after(SenderOp::Pause), Ok(Paused));
+        assert_eq!(Paused.after(SenderOp::Resume), Ok(Running));
+        assert_eq!(Running.after(SenderOp::Resume), Ok(Running));
+        assert_eq!(NotRunning.after(SenderOp::Pause), Err("is not running"));
+        assert_eq!(NotRunning.after(SenderOp::Resume), Err("is not running"));
+        assert_eq!(
+            [Running, Paused, NotRunning].map(SenderState::name),
+            ["running", "paused", "not-running"]
+        );
+    }
+
+    #[test]
+    fn sender_figures_sum_and_a_state_only_while_shards_agree() {
+        let shard = |state, events| WanStats {
+            senders: vec![SenderFigures {
+                events,
+                batches: 1,
+                connected: 1,
+                dropped: 2,
+                state: Some(state),
+            }],
+            ..WanStats::default()
+        };
+        let mut total = WanStats::default();
+        total.add(&shard(Paused, 3));
+        total.add(&shard(Paused, 4));
+        let f = total.senders[0];
+        assert_eq!((f.events, f.batches, f.connected, f.dropped), (7, 2, 2, 4));
+        assert_eq!(f.state, Some(Paused));
+        total.add(&shard(Running, 0));
+        assert_eq!(total.senders[0].state, None);
+    }
 }

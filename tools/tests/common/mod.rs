@@ -122,6 +122,8 @@ pub struct Site {
     pub receiver_ports: u16,
     /// Region `orders` logs its writes and restores them at start.
     pub persistent_regions: bool,
+    /// TOML lines added to every `[[gateway-sender]]` (e.g. `manual-start = true`).
+    pub sender_options: String,
     pub locator: Option<Proc>,
     pub server: Option<Proc>,
 }
@@ -138,6 +140,7 @@ impl Site {
             receiver_base: free_range(),
             receiver_ports: RECEIVER_PORTS,
             persistent_regions: false,
+            sender_options: String::new(),
             locator: None,
             server: None,
         }
@@ -226,7 +229,8 @@ impl Site {
         }
         for t in targets {
             cfg.push_str(&format!(
-                "[[gateway-sender]]\nid = \"to{t}\"\nremote-distributed-system-id = {t}\nparallel = true\nenable-persistence = {persistent}\n"
+                "[[gateway-sender]]\nid = \"to{t}\"\nremote-distributed-system-id = {t}\nparallel = true\nenable-persistence = {persistent}\n{}",
+                self.sender_options
             ));
         }
         if receiver {
