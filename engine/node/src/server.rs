@@ -1069,7 +1069,8 @@ impl Shard {
             queues.push((QueueOwner::Sender(i), queue, s.queue_id(bucket)));
         }
         if self.config.regions[region as usize].persistent {
-            let Some(log) = self.logs.borrow()[region as usize].clone() else {
+            // Emptied at shutdown: a write that arrives after that is refused, not a panic.
+            let Some(log) = self.logs.borrow().get(region as usize).cloned().flatten() else {
                 return OpReply::Error("ERR the server is stopping".into());
             };
             queues.push((QueueOwner::Log, log, crate::region_log::LOG_QUEUE));
