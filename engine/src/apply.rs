@@ -117,24 +117,7 @@ pub fn apply_record(
     record: &Record<'_>,
     local_site: SiteId,
 ) -> ApplyOutcome {
-    let id = record.event_id();
-    if id.origin_site == local_site {
-        return ApplyOutcome::Duplicate(Duplicate::OriginatedHere);
-    }
-    let result = store.apply_remote_event(
-        &id,
-        record.op(),
-        record.key(),
-        record.value(),
-        record.version(),
-    );
-    match result {
-        Ok(RemoteApply::Duplicate { last_applied }) => {
-            ApplyOutcome::Duplicate(Duplicate::Seen { last_applied })
-        }
-        Ok(RemoteApply::Resolved(resolution)) => ApplyOutcome::from_store(Ok(resolution)),
-        Err(error) => ApplyOutcome::from_store(Err(error)),
-    }
+    apply_received(store, record, local_site, false)
 }
 
 /// Applies a dead-lettered `record` again, for a replay: as [`apply_record`] but without the
@@ -146,17 +129,30 @@ pub fn replay_record(
     record: &Record<'_>,
     local_site: SiteId,
 ) -> ApplyOutcome {
+    apply_received(store, record, local_site, true)
+}
+
+fn apply_received(
+    store: &mut RegionStore,
+    record: &Record<'_>,
+    local_site: SiteId,
+    replay: bool,
+) -> ApplyOutcome {
     let id = record.event_id();
     if id.origin_site == local_site {
         return ApplyOutcome::Duplicate(Duplicate::OriginatedHere);
     }
-    ApplyOutcome::from_store(store.replay_remote_event(
-        &id,
-        record.op(),
-        record.key(),
-        record.value(),
-        record.version(),
-    ))
+    let (op, key, value, tag) = (record.op(), record.key(), record.value(), record.version());
+    if replay {
+        return ApplyOutcome::from_store(store.replay_remote_event(&id, op, key, value, tag));
+    }
+    match store.apply_remote_event(&id, op, key, value, tag) {
+        Ok(RemoteApply::Duplicate { last_applied }) => {
+            ApplyOutcome::Duplicate(Duplicate::Seen { last_applied })
+        }
+        Ok(RemoteApply::Resolved(resolution)) => ApplyOutcome::from_store(Ok(resolution)),
+        Err(error) => ApplyOutcome::from_store(Err(error)),
+    }
 }
 
 /// Restores one record of a persistent region's log into `store` at start: a write made at

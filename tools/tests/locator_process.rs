@@ -2,6 +2,8 @@
 //! registers, kill -9 makes the locator drop it after the member timeout (not before), SIGTERM
 //! stops the locator with exit 0; and `--start-locator` runs one inside the server.
 
+mod common;
+use common::free_port;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -11,14 +13,6 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 const MEMBER_TIMEOUT_MS: u64 = 1_500;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `strait` process, killed if the test ends first.
 struct Proc {

@@ -5,6 +5,8 @@
 //! `.ci/run` installs them. Where one is missing, its test says so and passes nothing off as
 //! checked: it prints SKIPPED with the reason.
 
+mod common;
+use common::free_port;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -13,19 +15,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A free port below the kernel's ephemeral range (32768 and up here), so that no outgoing
-/// connection of another test can take it between this check and the server's bind.
-fn free_port() -> u16 {
-    let seed = std::process::id() as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    (0..12_000u64)
-        .map(|i| 20_000 + ((seed.wrapping_mul(7919) + i) % 12_000) as u16)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port between 20000 and 32000")
-}
 
 struct Server {
     child: Child,

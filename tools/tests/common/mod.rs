@@ -1,6 +1,9 @@
-//! The harness shared by the WAN process tests (`wan_process.rs`, `wan_topology.rs`): real
+//! The harness shared by the process tests (`wan_process.rs`, `wan_topology.rs`): real
 //! `strait` locators and servers on loopback, a RESP client, INFO fields, and deadline loops.
-//! Every wait is bounded by [`DEADLINE`].
+//! Every wait is bounded by [`DEADLINE`]. `server_process.rs` and `locator_process.rs` use
+//! only its [`free_port`], hence the allowance for items a test crate leaves unused.
+
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
