@@ -18,6 +18,7 @@
 //! | [`apply::forward_targets`] | which local senders forward an applied remote event, and its new recipient set | called by the receiver |
 //! | [`region::RegionStore::last_applied`] | the dedupe table: per (origin site, member, stream), the highest stream sequence number processed, kept beside the entries | inside each `RegionStore` |
 //! | [`deadletter::encode_entry`], [`deadletter::scan`], [`deadletter::DeadLetterLog`] | the dead-letter log format (docs/formats.md): entries, torn tail, corruption; list and replay | the node's dead-letter files |
+//! | [`alert::batch_ages`], [`alert::AlertLog`] | Geode's `alert-threshold`: events that waited too long in a sender's queue, counted per batch, a warning at most every 10 s | called by the dispatchers |
 //! | [`locator::Directory`] | a locator's directory: per site, its locators and its servers ([`locator::ServerInfo`]: client address, receiver endpoints, load, last heard); register, heartbeat, expiry, least-loaded | owned by the locator's control-plane thread, never a shard |
 //!
 //! A client write goes: the node finds the key's bucket and its shard in the `BucketTable` →
@@ -60,6 +61,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod apply;
 pub mod bucket;
 pub mod deadletter;

@@ -1178,8 +1178,18 @@ impl SenderQueue {
         Some(Action::CreateSegment { id, bytes })
     }
 
+    /// Whether an acknowledged segment waits for a sync that nothing written would start: its
+    /// file stays on the disk until one runs, so the sync is started for it.
+    fn deletes_wait_for_sync(&self) -> bool {
+        let synced = self.last_synced_token;
+        self.pending_deletes.iter().any(|d| d.2 > synced)
+    }
+
     fn poll_sync(&mut self, now_ms: u64) -> Option<Action> {
-        if self.sync_inflight.is_some() || self.dirty.is_empty() || !self.config.persistent {
+        if self.sync_inflight.is_some()
+            || (self.dirty.is_empty() && !self.deletes_wait_for_sync())
+            || !self.config.persistent
+        {
             return None;
         }
         if self.sync_retry_at.is_some_and(|at| now_ms < at) {
@@ -1253,7 +1263,7 @@ impl SenderQueue {
         let sync = match self.config.sync {
             SyncPolicy::IntervalMs(ms)
                 if self.config.persistent
-                    && !self.dirty.is_empty()
+                    && (!self.dirty.is_empty() || self.deletes_wait_for_sync())
                     && self.sync_inflight.is_none() =>
             {
                 Some(self.last_sync_ms + ms as u64)

@@ -59,7 +59,12 @@ impl Future for Notified<'_> {
         if self.notify.generation.get() != self.seen {
             return Poll::Ready(());
         }
-        self.notify.waiters.borrow_mut().push(cx.waker().clone());
+        // One waker per task: a task that polls a fresh `Notified` on every turn of a loop
+        // (and drops it when something else completes first) does not grow the list.
+        let mut waiters = self.notify.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
         Poll::Pending
     }
 }

@@ -250,6 +250,35 @@ fn acknowledged_segments_are_deleted_after_the_ack_is_synced() {
     );
     // Spares and the one live segment are all that is left on the disk.
     assert_eq!(disk.ids().len() as u64, q.stats(0).segments);
+    assert!(
+        disk.ids().len() <= 4,
+        "acknowledged segment files stay on the disk until something is written: {:?}",
+        disk.ids()
+    );
+}
+
+#[test]
+fn acknowledged_segments_leave_the_disk_under_the_interval_policy_with_nothing_written() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(QueueConfig {
+        sync: SyncPolicy::IntervalMs(100),
+        ..cfg(true)
+    });
+    for n in 0..300 {
+        append(&mut q, &disk, Op::Create, n, b"k", 1000).unwrap();
+    }
+    run_actions(&mut q, &disk, 100);
+    assert!(!q.has_unsynced());
+    let full = disk.ids().len();
+    while let Some(b) = q.peek(Q, 1000, 1 << 30).unwrap() {
+        q.ack(Q, b.last_seq).unwrap();
+    }
+    // The ack waits for the next interval sync, which runs although nothing new was written.
+    assert_eq!(q.next_deadline_ms(), Some(200));
+    run_actions(&mut q, &disk, 150);
+    assert_eq!(disk.ids().len(), full, "deleted before the ack was synced");
+    run_actions(&mut q, &disk, 200);
+    assert!(disk.ids().len() <= 4, "{:?}", disk.ids());
 }
 
 #[test]

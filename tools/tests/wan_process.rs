@@ -318,3 +318,188 @@ fn sender_operations_name_what_is_wrong() {
         "{e}"
     );
 }
+
+/// Unmounts a tmpfs when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_forward_refused_by_a_full_queue_disk_holds_the_link_back_and_loses_nothing() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "strait-test"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIPPED a_forward_refused_by_a_full_queue_disk_holds_the_link_back_and_loses_nothing: cannot mount a tmpfs here (needs root)"
+        );
+        return;
+    }
+    let _unmount = Unmount(small.clone());
+    // A chain 1 → 2 → 3: site 2 forwards what it receives to site 3 through a persistent queue
+    // on a 64 MiB disk. Site 3 is down, so that disk fills up. Four buckets: a persistent
+    // queue keeps the last segment of each bucket it has seen (4 MiB), which must fit.
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    let mut s3 = Site::new(tmp.path(), 3);
+    s3.start_locator(&[s2.locator_port]);
+    for s in [&mut s1, &mut s2, &mut s3] {
+        s.region_options = "total-num-buckets = 4\n".into();
+    }
+    s2.sender_options = format!("disk-dir = \"{}\"\n", small.join("to3").display());
+    s2.start_server(&[3], true, true, &[]);
+    s1.start_server(&[2], false, false, &[]);
+    const N: usize = 1200;
+    let big = "v".repeat(64 << 10);
+    let mut cmds = vec![vec![b"REGION".to_vec(), b"orders".to_vec()]];
+    for i in 0..N {
+        cmds.push(vec![
+            b"SET".to_vec(),
+            key(i).into_bytes(),
+            format!("{i}-{big}").into_bytes(),
+        ]);
+    }
+    let replies = call(s1.client_port, &cmds);
+    assert!(
+        replies.iter().all(|r| *r == ok()),
+        "a write at site 1 failed"
+    );
+    wait_for("site 2 to refuse a batch it cannot forward", || {
+        s2.info_field("receiver:", "queue_refusals") > 0
+    });
+    s2.server.as_mut().unwrap().wait_line(
+        "forwarding to gateway sender `to3`: persistent queue cannot create a segment file",
+    );
+    assert!(
+        s1.queued("to2") > 0,
+        "site 1 no longer holds the refused events"
+    );
+    assert!(
+        s2.applied() < N as u64,
+        "site 2 applied every event although it could not forward them all"
+    );
+    assert_eq!(s2.info_field("to3:", "dropped_not_running"), 0);
+    // Site 3 comes up: site 2's queue drains, which makes room, and site 1's resends go through.
+    s3.start_server(&[], false, true, &[]);
+    wait_for("every write to reach site 3", || {
+        dbsize(&s3, "orders") == N as i64
+    });
+    wait_for("both queues to drain", || {
+        s1.queued("to2") == 0 && s2.queued("to3") == 0
+    });
+    assert_eq!(s2.applied(), N as u64, "site 2 applied an event twice");
+    assert_eq!(s3.applied(), N as u64, "site 3 applied an event twice");
+    let keys: Vec<String> = (0..N).map(key).collect();
+    same(&values(&s1, "orders", &keys), &values(&s3, "orders", &keys));
+    same(&values(&s1, "orders", &keys), &values(&s2, "orders", &keys));
+}
+
+/// The `receiver:` line of INFO.
+fn receiver_line(site: &Site) -> String {
+    let Reply::Bulk(Some(text)) = site.call(&["INFO"]) else {
+        panic!("INFO did not answer a bulk string");
+    };
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("receiver:"))
+        .expect("no receiver line in INFO")
+        .to_string()
+}
+
+#[test]
+fn a_manual_start_receiver_takes_nothing_until_started_and_nothing_once_stopped() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    s2.receiver_options = "manual-start = true\n".into();
+    s2.start_server(&[], false, true, &[]);
+    s1.start_server(&[2], false, false, &[]);
+    let simple = |s: &str| Reply::Simple(s.into());
+    assert_eq!(
+        s2.call(&["STRAIT.RECEIVER", "STATUS"]),
+        simple("not running")
+    );
+    assert!(receiver_line(&s2).ends_with("state=not running"));
+    write(&s1, "orders", 0..100);
+    // Not advertised: site 1's sender finds no receiver of site 2.
+    s1.server
+        .as_mut()
+        .unwrap()
+        .wait_line("remote site 2 is known to local locator");
+    assert_eq!(s1.queued("to2"), 100);
+    assert_eq!(s2.applied(), 0);
+
+    assert_eq!(s2.call(&["STRAIT.RECEIVER", "START"]), ok());
+    assert_eq!(s2.call(&["STRAIT.RECEIVER", "status"]), simple("running"));
+    wait_for("site 2 to apply the writes", || s2.applied() == 100);
+    wait_for("site 1's queue to drain", || s1.queued("to2") == 0);
+
+    assert_eq!(s2.call(&["STRAIT.RECEIVER", "STOP"]), ok());
+    assert_eq!(
+        s2.call(&["STRAIT.RECEIVER", "STATUS"]),
+        simple("not running")
+    );
+    wait_for("site 2 to close the senders' connections", || {
+        s2.info_field("receiver:", "connections") == 0
+    });
+    wait_for("site 1 to see the link down", || {
+        s1.info_field("to2:", "connected") == 0
+    });
+    write(&s1, "orders", 100..200);
+    assert_eq!(s1.queued("to2"), 100);
+    assert_eq!(s2.applied(), 100);
+
+    assert_eq!(s2.call(&["STRAIT.RECEIVER", "START"]), ok());
+    wait_for("site 2 to apply the rest", || s2.applied() == 200);
+    let keys: Vec<String> = (0..200).map(key).collect();
+    same(&values(&s1, "orders", &keys), &values(&s2, "orders", &keys));
+    assert_eq!(
+        s1.call(&["STRAIT.RECEIVER", "START"]),
+        Reply::Error("ERR this server has no gateway receiver".into())
+    );
+    assert_eq!(
+        s2.call(&["STRAIT.RECEIVER", "RESTART"]),
+        Reply::Error(
+            "ERR unknown gateway receiver operation 'restart' (START, STOP or STATUS)".into()
+        )
+    );
+}
+
+#[test]
+fn events_older_than_the_alert_threshold_are_counted_and_reported() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    s1.sender_options = "alert-threshold = 1000\n".into();
+    s1.start_server(&[2], false, false, &[]);
+    write(&s1, "orders", 0..50);
+    // The events must age past the threshold while site 2 is down: the passing of time is
+    // what is tested here, not a stand-in for synchronisation.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    s2.start_server(&[], false, true, &[]);
+    wait_for("site 2 to apply the writes", || s2.applied() == 50);
+    assert_eq!(s1.info_field("to2:", "over_alert_threshold"), 50);
+    let line = s1
+        .server
+        .as_mut()
+        .unwrap()
+        .wait_line("waited longer than alert-threshold 1000 ms");
+    assert!(line.contains("gateway sender"), "{line}");
+    // Sent at once over an idle link, new writes are not late.
+    write(&s1, "orders", 50..60);
+    wait_for("site 2 to apply the new writes", || s2.applied() == 60);
+    assert_eq!(s1.info_field("to2:", "over_alert_threshold"), 50);
+}

@@ -46,6 +46,18 @@ pub enum Command<'a> {
     /// STRAIT.SENDER id START [CLEAN] | STOP | PAUSE | RESUME | STATUS: a gateway sender's
     /// lifecycle on every shard (docs/wan.md "Sender operations").
     Sender(&'a [u8], SenderAction),
+    /// STRAIT.RECEIVER START | STOP | STATUS: the gateway receiver on every shard (Geode's
+    /// `start|stop|status gateway-receiver`); `None` asks for the status.
+    Receiver(Option<ReceiverOp>),
+}
+
+/// A gateway receiver operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiverOp {
+    /// Listen on the receiver's ports and advertise them to the locators.
+    Start,
+    /// Close the listeners and the senders' connections, and stop advertising them.
+    Stop,
 }
 
 /// A gateway sender operation (Geode's `start`, `startWithCleanQueue`, `stop`, `pause`,
@@ -98,6 +110,8 @@ pub enum CommandError {
         "ERR unknown gateway sender operation '{0}' (START [CLEAN], STOP, PAUSE, RESUME or STATUS)"
     )]
     SenderOp(String),
+    #[error("ERR unknown gateway receiver operation '{0}' (START, STOP or STATUS)")]
+    ReceiverOp(String),
 }
 
 fn printable(b: &[u8]) -> String {
@@ -230,6 +244,13 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
             }
         }
         (b"strait.sender", _) => Err(arity()),
+        (b"strait.receiver", [verb]) => match verb.to_ascii_lowercase().as_slice() {
+            b"start" => Ok(Command::Receiver(Some(ReceiverOp::Start))),
+            b"stop" => Ok(Command::Receiver(Some(ReceiverOp::Stop))),
+            b"status" => Ok(Command::Receiver(None)),
+            v => Err(CommandError::ReceiverOp(printable(v))),
+        },
+        (b"strait.receiver", _) => Err(arity()),
         (b"hello", []) => Ok(Command::Hello(None)),
         (b"hello", [v, ..]) => integer(v)
             .map(|v| Command::Hello(Some(v)))
@@ -401,6 +422,26 @@ mod tests {
         assert!(glob_match(b"*:*:end", b"x:y:z:end"));
         assert!(!glob_match(b"abc", b"abcd"));
         assert!(glob_match(b"", b""));
+    }
+
+    #[test]
+    fn receiver_operations_parse_and_bad_ones_say_why() {
+        let op = |o| Ok(Command::Receiver(o));
+        assert_eq!(cmd("STRAIT.RECEIVER start"), op(Some(ReceiverOp::Start)));
+        assert_eq!(cmd("strait.receiver STOP"), op(Some(ReceiverOp::Stop)));
+        assert_eq!(cmd("strait.receiver Status"), op(None));
+        assert_eq!(
+            cmd("strait.receiver pause"),
+            Err(CommandError::ReceiverOp("pause".into()))
+        );
+        assert_eq!(
+            cmd("strait.receiver"),
+            Err(CommandError::Arity("strait.receiver".into()))
+        );
+        assert_eq!(
+            cmd("strait.receiver start now"),
+            Err(CommandError::Arity("strait.receiver".into()))
+        );
     }
 
     #[test]

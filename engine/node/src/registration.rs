@@ -74,7 +74,7 @@ impl Registration {
 pub fn start(
     server: &ServerSettings,
     client_addr: SocketAddr,
-    receivers: Vec<strait_net::locator::ReceiverEndpoint>,
+    (receivers, advertised): (Vec<strait_net::locator::ReceiverEndpoint>, Arc<AtomicBool>),
     load: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
 ) -> Result<Registration, RegistrationError> {
@@ -105,15 +105,16 @@ pub fn start(
             host: advertised_host(None, client_addr.ip()),
             port: client_addr.port(),
         },
-        receivers,
+        receivers: Vec::new(),
         load: 0,
     };
     let mut agents = Vec::new();
     for at in locators {
         let (request, load, agent_stop) = (request.clone(), load.clone(), stop.clone());
+        let receivers = (receivers.clone(), advertised.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("registration-{at}"))
-            .spawn(move || run_agent(request, at, &load, &agent_stop));
+            .spawn(move || run_agent(request, receivers, at, &load, &agent_stop));
         match spawned {
             Ok(agent) => agents.push(agent),
             Err(e) => {
@@ -175,7 +176,15 @@ struct Link {
 }
 
 /// Registers with the locator `at`, heartbeats until `stop`, then deregisters.
-fn run_agent(mut request: RegisterRequest, at: HostPort, load: &AtomicU32, stop: &AtomicBool) {
+/// The receiver's endpoints are in the registration while `advertised` holds; a change
+/// registers again at once (the locator replaces the entry).
+fn run_agent(
+    mut request: RegisterRequest,
+    (receivers, advertised): (Vec<strait_net::locator::ReceiverEndpoint>, Arc<AtomicBool>),
+    at: HostPort,
+    load: &AtomicU32,
+    stop: &AtomicBool,
+) {
     let timeout = Duration::from_millis(LOCATOR_CALL_TIMEOUT_MS);
     let mut link = Link {
         client: LocatorClient::new(&at, timeout),
@@ -186,6 +195,13 @@ fn run_agent(mut request: RegisterRequest, at: HostPort, load: &AtomicU32, stop:
         next_at: Instant::now(),
     };
     while !stop.load(Ordering::SeqCst) {
+        let on = advertised.load(Ordering::SeqCst);
+        let listed = !request.receivers.is_empty();
+        if on != listed && !receivers.is_empty() {
+            request.receivers = if on { receivers.clone() } else { Vec::new() };
+            link.registered = false;
+            link.next_at = Instant::now();
+        }
         if Instant::now() >= link.next_at {
             request.load = load.load(Ordering::Relaxed);
             link.step(&request);

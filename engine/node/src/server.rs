@@ -138,6 +138,9 @@ pub(crate) enum ShardOp {
         index: usize,
         op: Option<command::SenderOp>,
     },
+    /// `STRAIT.RECEIVER`: start or stop the gateway receiver on this shard (or, `None`,
+    /// report whether it runs).
+    Receiver(Option<command::ReceiverOp>),
 }
 
 #[derive(Debug)]
@@ -155,6 +158,8 @@ pub(crate) enum OpReply {
     Applied(Vec<strait_engine::apply::ApplyOutcome>),
     /// A gateway sender's state on the shard after a `ShardOp::Sender`.
     Sender(crate::wan::SenderState),
+    /// Whether the gateway receiver runs on the shard after a `ShardOp::Receiver`.
+    Receiver(bool),
     Error(String),
 }
 
@@ -269,6 +274,11 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         _ => Vec::new(),
     };
     let receiver_ports = Arc::new(receiver_ports);
+    // Whether the receiver runs (and is advertised to the locators): from the start unless it
+    // has `manual-start`; `STRAIT.RECEIVER START|STOP` changes it.
+    let receiver_advertised = Arc::new(AtomicBool::new(
+        config.receiver.as_ref().is_some_and(|r| !r.manual_start),
+    ));
     let mut regions = Vec::new();
     for r in &config.regions {
         let mut rc = RegionConfig::new(
@@ -332,13 +342,14 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             }
             _ => Placement::Unbound,
         };
-        let (config, regions, shard_stop, ready, load, ports) = (
+        let (config, regions, shard_stop, ready, load, ports, advertised) = (
             config.clone(),
             regions.clone(),
             stop.clone(),
             ready_tx.clone(),
             load.clone(),
             receiver_ports.clone(),
+            receiver_advertised.clone(),
         );
         // One blocking thread: the queue's file work (segment creation, syncs) relies on
         // running in order (a needed segment is not raced by spares on a nearly full disk).
@@ -354,7 +365,7 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
                     config,
                     regions,
                     w,
-                    (shard_stop.clone(), load),
+                    (shard_stop.clone(), load, advertised),
                     (addr, ports),
                     &ready,
                 )
@@ -389,17 +400,22 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             return Err(StartError::Shard { shard, reason });
         }
     }
-    let registration =
-        match crate::registration::start(&config.server, addr, receivers, load, stop.clone()) {
-            Ok(r) => r,
-            Err(e) => {
-                stop.store(true, Ordering::SeqCst);
-                for h in handles {
-                    let _ = h.join();
-                }
-                return Err(e.into());
+    let registration = match crate::registration::start(
+        &config.server,
+        addr,
+        (receivers, receiver_advertised),
+        load,
+        stop.clone(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            stop.store(true, Ordering::SeqCst);
+            for h in handles {
+                let _ = h.join();
             }
-        };
+            return Err(e.into());
+        }
+    };
     Ok(ServerHandle {
         stop,
         shards: handles,
@@ -552,6 +568,11 @@ pub(crate) struct Shard {
     pub(crate) wan: crate::wan::WanShard,
     /// Open gateway-receiver connections.
     pub(crate) wan_connections: Cell<u32>,
+    /// This shard's gateway-receiver port, when the server has a receiver.
+    pub(crate) receiver_port: Option<u16>,
+    /// Whether the receiver is advertised to the locators (shared by every shard and the
+    /// registration agents).
+    pub(crate) receiver_advertised: Arc<AtomicBool>,
     /// Last event sequence number per (region, bucket) stream.
     streams: RefCell<HashMap<(u16, u16), u64>>,
     /// Emptied at shutdown, which closes the channels once in-flight sends are done.
@@ -583,7 +604,7 @@ async fn shard_main(
     config: Arc<SiteConfig>,
     regions: Arc<Vec<(RegionConfig, BucketTable)>>,
     w: Wiring,
-    (stop, load): (Arc<AtomicBool>, Arc<AtomicU32>),
+    (stop, load, advertised): (Arc<AtomicBool>, Arc<AtomicU32>, Arc<AtomicBool>),
     (addr, receiver_ports): (SocketAddr, Arc<Vec<u16>>),
     ready: &mpsc::Sender<Result<(), (u16, String)>>,
 ) -> Result<(), String> {
@@ -720,6 +741,7 @@ async fn shard_main(
         }
         logs.push(Some(Rc::new(log)));
     }
+    let receiver_port = receiver_ports.get(id.0 as usize).copied();
     let shard = Rc::new(Shard {
         id,
         shards: n,
@@ -731,6 +753,8 @@ async fn shard_main(
         logs: RefCell::new(logs),
         wan: crate::wan::WanShard::new(&config.senders),
         wan_connections: Cell::new(0),
+        receiver_port,
+        receiver_advertised: advertised,
         senders,
         attached,
         streams: RefCell::new(HashMap::new()),
@@ -787,8 +811,8 @@ async fn shard_main(
     }
 
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let receiver = match (&config.receiver, receiver_ports.get(id.0 as usize)) {
-        (Some(def), Some(&port)) => {
+    let receiver = match (&config.receiver, receiver_port) {
+        (Some(def), Some(port)) if !def.manual_start => {
             let at = SocketAddr::new(def.bind_address, port);
             let l = TcpListener::bind(at).map_err(|e| {
                 StartError::ReceiverListen {
@@ -803,10 +827,10 @@ async fn shard_main(
     };
     let _ = ready.send(Ok(()));
     let mut wan_tasks = Vec::new();
-    if let Some(l) = receiver {
+    if config.receiver.is_some() {
+        shard.wan.set_receiver(receiver);
         wan_tasks.push(glommio::spawn_local(crate::wan::run_receiver(
             shard.clone(),
-            l,
             stop.clone(),
         )));
     }
@@ -896,6 +920,8 @@ enum Pending {
     /// STRAIT.SENDER: every shard's answer; STATUS (`true`) answers the state, an operation
     /// `+OK`.
     Sender(Vec<(usize, usize)>, bool),
+    /// `STRAIT.RECEIVER`: one reply per shard; the status is wanted when `true`.
+    Receiver(Vec<(usize, usize)>, bool),
 }
 
 /// One shard's figures, summed over shards for INFO.
@@ -1014,6 +1040,7 @@ impl Shard {
                     crate::wan::apply_op(self, records, replay).await
                 }
                 ShardOp::Sender { index, op } => crate::wan::sender_op(self, index, op),
+                ShardOp::Receiver(op) => crate::wan::receiver_op(self, op),
             };
             replies.push(reply);
         }
@@ -1371,6 +1398,29 @@ fn assemble(
                     None => resp::encode_simple(out, states.join(",").as_bytes()),
                 }
             }
+            Pending::Receiver(refs, status) => {
+                let mut running = Vec::new();
+                let mut failed = None;
+                for &r in refs {
+                    match take(r) {
+                        OpReply::Receiver(on) => running.push(on),
+                        OpReply::Error(e) => failed = Some(e),
+                        _ => failed = Some("ERR internal: unexpected reply".into()),
+                    }
+                }
+                let name = |on: bool| if on { "running" } else { "not running" };
+                match failed {
+                    Some(e) => error_line(out, &e),
+                    None if !*status => resp::encode_simple(out, b"OK"),
+                    None if running.iter().all(|&r| r == running[0]) => {
+                        resp::encode_simple(out, name(running[0]).as_bytes())
+                    }
+                    None => {
+                        let each: Vec<&str> = running.iter().map(|&r| name(r)).collect();
+                        resp::encode_simple(out, each.join(",").as_bytes())
+                    }
+                }
+            }
             Pending::Value(s, i, resp3) => match take((*s, *i)) {
                 OpReply::Value(Some(v)) => resp::encode_bulk(out, &v),
                 OpReply::Value(None) if *resp3 => resp::encode_null3(out),
@@ -1486,6 +1536,7 @@ fn plan(
             | Command::Hello(_)
             | Command::DeadLetters(_)
             | Command::Sender(..)
+            | Command::Receiver(..)
     );
     if needs_region && (session.region as usize) >= regions {
         return (
@@ -1646,6 +1697,12 @@ fn plan(
         Command::ClientNoop => ready(&|o| resp::encode_simple(o, b"OK")),
         Command::CommandInfo => ready(&|o| resp::encode_array_header(o, 0)),
         Command::DeadLetters(c) => Pending::DeadLetters(c),
+        Command::Receiver(op) => Pending::Receiver(
+            (0..shard.shards)
+                .map(|s| push(s, ShardOp::Receiver(op)))
+                .collect(),
+            op.is_none(),
+        ),
         Command::Sender(id, action) => {
             match shard.senders.iter().position(|s| s.id.as_bytes() == id) {
                 Some(index) => {
@@ -1738,7 +1795,7 @@ fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
         let f = total.wan.senders.get(i).copied().unwrap_or_default();
         let state = f.state.map_or("changing", |st| st.name());
         s.push_str(&format!(
-            "{}:queued={},bytes={},in_memory={},on_disk={},segments={},distributed={},batches={},possible_duplicates={},dropped_not_running={},connected={}/{},state={state}\r\n",
+            "{}:queued={},bytes={},in_memory={},on_disk={},segments={},distributed={},batches={},possible_duplicates={},dropped_not_running={},over_alert_threshold={},connected={}/{},state={state}\r\n",
             sender.id,
             st.events_queued,
             st.bytes_queued,
@@ -1749,6 +1806,7 @@ fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
             f.batches,
             st.possible_duplicates,
             f.dropped,
+            f.late,
             f.connected,
             shard.shards,
         ));
@@ -1756,15 +1814,19 @@ fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
     if shard.config.receiver.is_some() {
         let w = &total.wan;
         s.push_str(&format!(
-            "\r\n# Gateway receiver (all shards)\r\nreceiver:applied={},duplicates={},conflicts={},dead_lettered={},cross_shard_events={},connections={},forward_failures={},log_failures={}\r\n",
+            "\r\n# Gateway receiver (all shards)\r\nreceiver:applied={},duplicates={},conflicts={},dead_lettered={},cross_shard_events={},connections={},queue_refusals={},state={}\r\n",
             w.applied,
             w.duplicates,
             w.conflicts,
             w.dead_lettered,
             w.cross_shard_events,
             w.connections,
-            w.forward_failures,
-            w.log_failures
+            w.queue_refusals,
+            if shard.receiver_advertised.load(Ordering::SeqCst) {
+                "running"
+            } else {
+                "not running"
+            }
         ));
     }
     s

@@ -6,7 +6,7 @@
 //! Nothing here blocks a shard: locator lookups, name resolution and dead-letter files run on
 //! the executor's blocking pool.
 
-use crate::command::{DeadLettersCommand, SenderOp};
+use crate::command::{DeadLettersCommand, ReceiverOp, SenderOp};
 use crate::config::{ReceiverDef, SenderDef};
 use crate::locator::RemoteSiteLookup;
 use crate::server::{OpReply, STOP_POLL_MS, Shard, ShardOp, wait_stop};
@@ -45,7 +45,9 @@ pub const LOOKUP_RETRY_MS: u64 = 1_000;
 /// How long a connection attempt to a receiver may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// The first wait before reconnecting after a failed or lost connection; it doubles up to
-/// [`RECONNECT_BACKOFF_MAX_MS`] and starts over once a connection is accepted.
+/// [`RECONNECT_BACKOFF_MAX_MS`] and starts over once a connection has carried an
+/// acknowledgement (a receiver that accepts the hello, then refuses every batch, is retried
+/// at the slow pace).
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 200;
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 5_000;
 /// Bytes read from a WAN socket at a time; a buffer grows only for a larger frame.
@@ -104,6 +106,8 @@ pub(crate) struct SenderCounters {
     pub connected: Cell<bool>,
     /// Local writes and forwards not queued because the sender was not running.
     pub dropped: Cell<u64>,
+    /// Events that waited longer than `alert-threshold` in the queue, and the warning pace.
+    pub alerts: RefCell<strait_engine::alert::AlertLog>,
     pub state: Cell<SenderState>,
     /// Notified at every state change; the dispatcher waits on it.
     pub changed: strait_queue::shard::Notify,
@@ -117,6 +121,8 @@ pub(crate) struct SenderFigures {
     /// Dispatchers connected.
     pub connected: u64,
     pub dropped: u64,
+    /// Events that waited longer than `alert-threshold`.
+    pub late: u64,
     /// The state every shard reports; `None` while shards differ (a change in progress).
     pub state: Option<SenderState>,
 }
@@ -130,9 +136,9 @@ pub(crate) struct ReceiverCounters {
     pub dead_lettered: Cell<u64>,
     pub cross_shard_events: Cell<u64>,
     pub connections: Cell<u64>,
-    pub forward_failures: Cell<u64>,
-    /// Applied events a persistent region's log refused (a full disk): held in memory only.
-    pub log_failures: Cell<u64>,
+    /// Batches left unacknowledged because a queue an event had to go to (a forwarding
+    /// sender's, a persistent region's log) was full: the sending site resends them.
+    pub queue_refusals: Cell<u64>,
 }
 
 /// What INFO sums over shards.
@@ -146,8 +152,7 @@ pub(crate) struct WanStats {
     pub dead_lettered: u64,
     pub cross_shard_events: u64,
     pub connections: u64,
-    pub forward_failures: u64,
-    pub log_failures: u64,
+    pub queue_refusals: u64,
 }
 
 impl WanStats {
@@ -160,6 +165,7 @@ impl WanStats {
                 a.batches += b.batches;
                 a.connected += b.connected;
                 a.dropped += b.dropped;
+                a.late += b.late;
                 a.state = a.state.filter(|s| Some(*s) == b.state);
             }
         }
@@ -169,8 +175,7 @@ impl WanStats {
         self.dead_lettered += o.dead_lettered;
         self.cross_shard_events += o.cross_shard_events;
         self.connections += o.connections;
-        self.forward_failures += o.forward_failures;
-        self.log_failures += o.log_failures;
+        self.queue_refusals += o.queue_refusals;
     }
 }
 
@@ -179,6 +184,12 @@ impl WanStats {
 pub(crate) struct WanShard {
     pub senders: Vec<SenderCounters>,
     pub receiver: ReceiverCounters,
+    /// Whether the gateway receiver runs on this shard (`STRAIT.RECEIVER START|STOP`).
+    receiver_running: Cell<bool>,
+    /// This shard's receiver listener between a start and `run_receiver` taking it.
+    receiver_listener: RefCell<Option<TcpListener>>,
+    /// Notified when the receiver starts or stops.
+    receiver_changed: strait_queue::shard::Notify,
     /// Regions whose dead letters this shard has logged (once each).
     logged_regions: RefCell<HashSet<String>>,
 }
@@ -202,6 +213,12 @@ impl WanShard {
         }
     }
 
+    /// The receiver's listener at start: `Some` when it starts with the server.
+    pub fn set_receiver(&self, listener: Option<TcpListener>) {
+        self.receiver_running.set(listener.is_some());
+        *self.receiver_listener.borrow_mut() = listener;
+    }
+
     pub fn stats(&self) -> WanStats {
         let r = &self.receiver;
         WanStats {
@@ -213,6 +230,7 @@ impl WanShard {
                     batches: s.batches.get(),
                     connected: u64::from(s.connected.get()),
                     dropped: s.dropped.get(),
+                    late: s.alerts.borrow().late_total,
                     state: Some(s.state.get()),
                 })
                 .collect(),
@@ -222,8 +240,7 @@ impl WanShard {
             dead_lettered: r.dead_lettered.get(),
             cross_shard_events: r.cross_shard_events.get(),
             connections: r.connections.get(),
-            forward_failures: r.forward_failures.get(),
-            log_failures: r.log_failures.get(),
+            queue_refusals: r.queue_refusals.get(),
         }
     }
 }
@@ -266,6 +283,47 @@ async fn wait_started(counters: &SenderCounters, stop: &AtomicBool) -> bool {
 /// Runs `STRAIT.SENDER` on this shard for sender `index`: applies `op` (for START CLEAN,
 /// after discarding everything queued for the sender here) and answers the new state, or
 /// answers the state when `op` is `None`.
+/// Runs a `STRAIT.RECEIVER` operation on this shard (docs/wan.md "Receiver operations").
+pub(crate) fn receiver_op(shard: &Shard, op: Option<ReceiverOp>) -> OpReply {
+    let (Some(def), Some(port)) = (shard.config.receiver.as_ref(), shard.receiver_port) else {
+        return OpReply::Error("ERR this server has no gateway receiver".into());
+    };
+    let w = &shard.wan;
+    match op {
+        None => {}
+        Some(ReceiverOp::Start) if !w.receiver_running.get() => {
+            let at = SocketAddr::new(def.bind_address, port);
+            match TcpListener::bind(at) {
+                Ok(l) => {
+                    *w.receiver_listener.borrow_mut() = Some(l);
+                    w.receiver_running.set(true);
+                    shard.receiver_advertised.store(true, Ordering::SeqCst);
+                    w.receiver_changed.notify();
+                    eprintln!("gateway receiver (shard {}): started on {at}", shard.id.0);
+                }
+                Err(e) => {
+                    return OpReply::Error(format!(
+                        "ERR gateway receiver: cannot listen on {at}: {e}"
+                    ));
+                }
+            }
+        }
+        Some(ReceiverOp::Stop) if w.receiver_running.get() => {
+            w.receiver_running.set(false);
+            shard.receiver_advertised.store(false, Ordering::SeqCst);
+            w.receiver_changed.notify();
+            eprintln!("gateway receiver (shard {}): stopped", shard.id.0);
+        }
+        Some(_) => {}
+    }
+    OpReply::Receiver(w.receiver_running.get())
+}
+
+/// Waits until the receiver on this shard stops (or starts), or the server stops.
+async fn receiver_change_or_stop(shard: &Shard, stop: &AtomicBool) {
+    future::or(shard.wan.receiver_changed.notified(), wait_stop(stop)).await;
+}
+
 pub(crate) fn sender_op(shard: &Shard, index: usize, op: Option<SenderOp>) -> OpReply {
     let counters = &shard.wan.senders[index];
     let current = counters.state.get();
@@ -400,11 +458,30 @@ pub fn wan_table(totals: impl Iterator<Item = u16>, shards: u16) -> Option<Bucke
 
 // ---- receiver ----------------------------------------------------------------------------
 
-/// Accepts sender connections on this shard's receiver port until the server stops.
-pub(crate) async fn run_receiver(shard: Rc<Shard>, listener: TcpListener, stop: Arc<AtomicBool>) {
+/// Accepts sender connections on this shard's receiver port while the receiver runs, until
+/// the server stops; a stopped receiver does not listen.
+pub(crate) async fn run_receiver(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let taken = shard.wan.receiver_listener.borrow_mut().take();
+        let Some(listener) = taken else {
+            receiver_change_or_stop(&shard, &stop).await;
+            continue;
+        };
+        accept_senders(&shard, &listener, &stop).await;
+    }
+}
+
+/// Accepts on `listener` until the receiver stops on this shard or the server stops.
+async fn accept_senders(shard: &Rc<Shard>, listener: &TcpListener, stop: &Arc<AtomicBool>) {
+    loop {
+        if !shard.wan.receiver_running.get() {
+            return;
+        }
         let accepted = future::or(async { Some(listener.accept().await) }, async {
-            wait_stop(&stop).await;
+            receiver_change_or_stop(shard, stop).await;
             None
         })
         .await;
@@ -430,7 +507,7 @@ pub(crate) async fn run_receiver(shard: Rc<Shard>, listener: TcpListener, stop: 
                 .detach();
             }
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await,
-            None => return,
+            None => {}
         }
     }
 }
@@ -498,7 +575,7 @@ async fn serve_sender(
             async {
                 future::or(
                     glommio::timer::sleep(Duration::from_millis(wait)),
-                    wait_stop(stop),
+                    receiver_change_or_stop(shard, stop),
                 )
                 .await;
                 None
@@ -509,7 +586,9 @@ async fn serve_sender(
             Some(Ok(0)) => return Ok(()),
             Some(Ok(n)) => filled += n,
             Some(Err(e)) => return Err(e.to_string()),
-            None if stop.load(Ordering::SeqCst) => return Ok(()),
+            None if stop.load(Ordering::SeqCst) || !shard.wan.receiver_running.get() => {
+                return Ok(());
+            }
             None => conn.handle_timer(now()),
         }
     }
@@ -622,7 +701,7 @@ async fn apply_batch(
         ));
     }
     let here: Vec<(u16, Record<'_>)> = local.iter().map(|(_, g, r)| (*g, *r)).collect();
-    let results = apply_here(shard, &here, false).await;
+    let results = apply_here(shard, &here, false).await?;
     for ((i, _, _), o) in local.iter().zip(results) {
         outcomes[*i] = Some(o);
     }
@@ -668,9 +747,8 @@ async fn apply_batch(
             None => {}
         }
     }
-    bump(&r.applied, u64::from(ack.applied));
-    bump(&r.duplicates, u64::from(ack.duplicates));
-    bump(&r.conflicts, u64::from(ack.conflicts));
+    // Applied, duplicate and conflicting events are counted by the shard that judged them
+    // (`apply_here`), so that a batch cut short by a refusal still counts what it applied.
     bump(&r.dead_lettered, ack.dead_letters.len() as u64);
     if !letters.is_empty() {
         for region in letters.keys() {
@@ -695,25 +773,46 @@ async fn apply_batch(
 /// Applies records of this shard's buckets (their local region index given), forwards the
 /// applied ones to this site's senders of the region, and waits for those queues'
 /// durability, as a local write does.
+///
+/// Like a local write, a record changes nothing unless every queue it goes to (each
+/// forwarding sender's, and the region's log when the region is persistent) has room: the
+/// queues are asked first, then the record is applied and appended everywhere with no await
+/// in between. When a queue refuses (its memory budget and its disk are both full), the
+/// records before it stay applied and the error is returned: the batch is not acknowledged,
+/// the sending site keeps the events in its queue and resends them, and the resend finds the
+/// applied ones to be duplicates. Backpressure, not loss.
 pub(crate) async fn apply_here(
     shard: &Shard,
     records: &[(u16, Record<'_>)],
     replay: bool,
-) -> Vec<RecordOutcome> {
+) -> Result<Vec<RecordOutcome>, String> {
     let mut waits: HashMap<(usize, QueueId), (Rc<ShardQueue>, strait_queue::ids::Seq)> =
         HashMap::new();
     let mut out = Vec::with_capacity(records.len());
     for (region, record) in records {
+        if shard.stores.borrow().get(usize::from(*region)).is_none() {
+            out.push(ApplyOutcome::DeadLetter(
+                strait_engine::apply::DeadLetterCause::UnknownRegion {
+                    region: RegionId(*region),
+                },
+            ));
+            continue;
+        }
+        let plan = ForwardPlan::new(shard, *region, record);
+        loop {
+            match plan.check_room(shard, *region, record) {
+                Room::Ready => break,
+                Room::Wait(queue) => queue.wait_progress().await,
+                Room::Refused(e) => {
+                    bump(&shard.wan.receiver.queue_refusals, 1);
+                    return Err(e);
+                }
+            }
+        }
+        // No await from the room check to the appends.
         let outcome = {
             let mut stores = shard.stores.borrow_mut();
-            let Some(store) = stores.get_mut(usize::from(*region)) else {
-                out.push(ApplyOutcome::DeadLetter(
-                    strait_engine::apply::DeadLetterCause::UnknownRegion {
-                        region: RegionId(*region),
-                    },
-                ));
-                continue;
-            };
+            let store = &mut stores[usize::from(*region)];
             if replay {
                 replay_record(store, record, shard.site)
             } else {
@@ -721,120 +820,181 @@ pub(crate) async fn apply_here(
             }
         };
         if outcome.forwards() {
-            log_applied(shard, *region, record, &mut waits).await;
-            forward(shard, *region, record, &mut waits).await;
+            plan.append(shard, *region, record, &mut waits)?;
+        }
+        if !replay {
+            let r = &shard.wan.receiver;
+            match outcome {
+                ApplyOutcome::Applied { .. } => bump(&r.applied, 1),
+                ApplyOutcome::Duplicate(_) => bump(&r.duplicates, 1),
+                ApplyOutcome::Rejected { .. } => bump(&r.conflicts, 1),
+                ApplyOutcome::DeadLetter(_) => {}
+            }
         }
         out.push(outcome);
     }
     for ((_, qid), (queue, seq)) in waits {
-        if let Err(e) = queue.wait_durable(qid, seq).await {
-            bump(&shard.wan.receiver.forward_failures, 1);
-            eprintln!("gateway receiver: forwarded event not durable: {e}");
-        }
+        queue
+            .wait_durable(qid, seq)
+            .await
+            .map_err(|e| format!("a forwarded event is not durable: {e}"))?;
     }
-    out
+    Ok(out)
 }
 
-/// Appends an applied record to its region's log when the region is persistent; the ack
-/// waits for it to be durable, like the forwards.
-async fn log_applied(
-    shard: &Shard,
-    region: u16,
-    record: &Record<'_>,
-    waits: &mut HashMap<(usize, QueueId), (Rc<ShardQueue>, strait_queue::ids::Seq)>,
-) {
-    let log = shard
-        .logs
-        .borrow()
-        .get(usize::from(region))
-        .cloned()
-        .flatten();
-    let Some(log) = log else {
-        return;
-    };
-    let recipients: Vec<SiteId> = record.recipients().collect();
-    let event = Event {
-        op: record.op(),
-        region: RegionId(region),
-        bucket: record.bucket(),
-        id: record.event_id(),
-        version: record.version(),
-        recipients: &recipients,
-        key: record.key(),
-        value: record.value(),
-    };
-    let qid = crate::region_log::LOG_QUEUE;
-    match log.append_nowait(qid, &event).await {
-        Ok(seq) => {
-            let e = waits
-                .entry((Rc::as_ptr(&log) as usize, qid))
-                .or_insert((log.clone(), seq));
-            e.1 = e.1.max(seq);
-        }
-        Err(e) => {
-            bump(&shard.wan.receiver.log_failures, 1);
-            eprintln!(
-                "gateway receiver: region `{}`: logging an applied event: {e}",
-                shard.regions[usize::from(region)].0.name
-            );
-        }
-    }
+/// Where an applied record goes on this shard: the region's log (when persistent) and the
+/// senders the loop rule picks, with the recipients the forwarded copies carry.
+struct ForwardPlan {
+    /// The region's log, when the region is persistent.
+    log: Option<Rc<ShardQueue>>,
+    /// (sender index, its queue on this shard, the queue of the record's bucket).
+    senders: Vec<(usize, Rc<ShardQueue>, QueueId)>,
+    /// Chosen senders that are not running: the event is counted as dropped for them, as a
+    /// local write's is.
+    stopped: Vec<usize>,
+    recipients: Vec<SiteId>,
+    /// The record's bucket in this site's table.
+    bucket: BucketId,
 }
 
-async fn forward(
-    shard: &Shard,
-    region: u16,
-    record: &Record<'_>,
-    waits: &mut HashMap<(usize, QueueId), (Rc<ShardQueue>, strait_queue::ids::Seq)>,
-) {
-    let (attached, targets) = &shard.attached[usize::from(region)];
-    let senders: Vec<(SenderIndex, SiteId)> = attached
-        .iter()
-        .map(|&i| {
-            (
-                SenderIndex(i),
-                shard.config.senders[i].remote_distributed_system_id,
-            )
-        })
-        .collect();
-    let (chosen, recipients) = forward_targets(shard.site, record, &senders, targets);
-    let bucket: BucketId = shard.table(region).bucket_of(record.key());
-    for SenderIndex(i) in chosen {
-        let s = &shard.senders[i];
-        let counters = &shard.wan.senders[i];
-        if counters.state.get() == SenderState::NotRunning {
-            bump(&counters.dropped, 1);
-            continue;
-        }
-        let Some(queue) = s.queue.borrow().clone() else {
-            continue;
+/// What [`ForwardPlan::check_room`] found.
+enum Room {
+    Ready,
+    /// A queue is making a segment; ask again once it has.
+    Wait(Rc<ShardQueue>),
+    /// A queue refused for good (its disk is full or failing): the error to report.
+    Refused(String),
+}
+
+impl ForwardPlan {
+    fn new(shard: &Shard, region: u16, record: &Record<'_>) -> ForwardPlan {
+        let (attached, targets) = &shard.attached[usize::from(region)];
+        let candidates: Vec<(SenderIndex, SiteId)> = attached
+            .iter()
+            .map(|&i| {
+                (
+                    SenderIndex(i),
+                    shard.config.senders[i].remote_distributed_system_id,
+                )
+            })
+            .collect();
+        let (chosen, recipients) = forward_targets(shard.site, record, &candidates, targets);
+        let bucket: BucketId = shard.table(region).bucket_of(record.key());
+        let mut plan = ForwardPlan {
+            log: shard
+                .logs
+                .borrow()
+                .get(usize::from(region))
+                .cloned()
+                .flatten(),
+            senders: Vec::new(),
+            stopped: Vec::new(),
+            recipients,
+            bucket,
         };
-        let qid = s.queue_id(bucket);
-        let event = Event {
+        for SenderIndex(i) in chosen {
+            let s = &shard.senders[i];
+            if shard.wan.senders[i].state.get() == SenderState::NotRunning {
+                plan.stopped.push(i);
+                continue;
+            }
+            // A sender's queue is gone only while the server stops; its events are not
+            // acknowledged then, and the sending site resends them to the next start.
+            if let Some(queue) = s.queue.borrow().clone() {
+                plan.senders.push((i, queue, s.queue_id(bucket)));
+            }
+        }
+        plan
+    }
+
+    fn log_event<'r>(region: u16, record: &'r Record<'_>, recipients: &'r [SiteId]) -> Event<'r> {
+        Event {
             op: record.op(),
             region: RegionId(region),
-            bucket,
+            bucket: record.bucket(),
             id: record.event_id(),
             version: record.version(),
-            recipients: &recipients,
+            recipients,
             key: record.key(),
             value: record.value(),
-        };
-        match queue.append_nowait(qid, &event).await {
-            Ok(seq) => {
-                let e = waits
-                    .entry((Rc::as_ptr(&queue) as usize, qid))
-                    .or_insert((queue.clone(), seq));
-                e.1 = e.1.max(seq);
-            }
-            Err(e) => {
-                bump(&shard.wan.receiver.forward_failures, 1);
-                eprintln!(
-                    "gateway receiver: forwarding to gateway sender `{}`: {e}",
-                    s.id
-                );
+        }
+    }
+
+    fn forward_event<'r>(&'r self, region: u16, record: &'r Record<'_>) -> Event<'r> {
+        Event {
+            bucket: self.bucket,
+            recipients: &self.recipients,
+            ..Self::log_event(region, record, &[])
+        }
+    }
+
+    fn check_room(&self, shard: &Shard, region: u16, record: &Record<'_>) -> Room {
+        let check =
+            |queue: &Rc<ShardQueue>, qid: QueueId, event: &Event<'_>, what: String| match queue
+                .with(|q| q.check_room(qid, event))
+            {
+                Ok(()) => None,
+                Err(strait_queue::queue::AppendError::WouldBlock) => {
+                    Some(Room::Wait(queue.clone()))
+                }
+                Err(e) => Some(Room::Refused(format!("{what}: {e}"))),
+            };
+        if let Some(log) = &self.log {
+            let original: Vec<SiteId> = record.recipients().collect();
+            let event = Self::log_event(region, record, &original);
+            let what = format!(
+                "region `{}`: its log",
+                shard.regions[usize::from(region)].0.name
+            );
+            if let Some(room) = check(log, crate::region_log::LOG_QUEUE, &event, what) {
+                return room;
             }
         }
+        let event = self.forward_event(region, record);
+        for (i, queue, qid) in &self.senders {
+            let what = format!("forwarding to gateway sender `{}`", shard.senders[*i].id);
+            if let Some(room) = check(queue, *qid, &event, what) {
+                return room;
+            }
+        }
+        Room::Ready
+    }
+
+    /// Appends the applied record everywhere the plan says; [`ForwardPlan::check_room`]
+    /// answered `Ready` with no await since.
+    fn append(
+        &self,
+        shard: &Shard,
+        region: u16,
+        record: &Record<'_>,
+        waits: &mut HashMap<(usize, QueueId), (Rc<ShardQueue>, strait_queue::ids::Seq)>,
+    ) -> Result<(), String> {
+        let mut push = |queue: &Rc<ShardQueue>, qid: QueueId, event: &Event<'_>| {
+            let seq = queue
+                .append_now(qid, event)
+                .map_err(|e| format!("a queue refused an event it had room for: {e}"))?;
+            let e = waits
+                .entry((Rc::as_ptr(queue) as usize, qid))
+                .or_insert((queue.clone(), seq));
+            e.1 = e.1.max(seq);
+            Ok::<(), String>(())
+        };
+        if let Some(log) = &self.log {
+            let original: Vec<SiteId> = record.recipients().collect();
+            push(
+                log,
+                crate::region_log::LOG_QUEUE,
+                &Self::log_event(region, record, &original),
+            )?;
+        }
+        let event = self.forward_event(region, record);
+        for (_, queue, qid) in &self.senders {
+            push(queue, *qid, &event)?;
+        }
+        for &i in &self.stopped {
+            bump(&shard.wan.senders[i].dropped, 1);
+        }
+        Ok(())
     }
 }
 
@@ -847,7 +1007,10 @@ pub(crate) async fn apply_op(shard: &Shard, records: Vec<(u16, Bytes)>, replay: 
             Err(e) => return OpReply::Error(format!("ERR a record could not be read: {e}")),
         }
     }
-    OpReply::Applied(apply_here(shard, &decoded, replay).await)
+    match apply_here(shard, &decoded, replay).await {
+        Ok(list) => OpReply::Applied(list),
+        Err(e) => OpReply::Error(format!("ERR {e}")),
+    }
 }
 
 // ---- dead-letter files -------------------------------------------------------------------
@@ -1064,7 +1227,8 @@ enum LinkEnd {
     Refused(String),
     Failed {
         error: String,
-        accepted: bool,
+        /// Whether a batch was acknowledged on the connection.
+        progressed: bool,
     },
 }
 
@@ -1214,11 +1378,11 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
                 report(format!("receiver {target} refused the connection: {e}"));
                 backoff = RECONNECT_BACKOFF_MAX_MS;
             }
-            Some(LinkEnd::Failed { error, accepted }) => {
+            Some(LinkEnd::Failed { error, progressed }) => {
                 report(format!(
                     "connection to receiver {target} lost: {error}; reconnecting"
                 ));
-                if accepted {
+                if progressed {
                     backoff = RECONNECT_BACKOFF_MIN_MS;
                 }
             }
@@ -1300,8 +1464,8 @@ async fn run_link(
     let writer = async {
         let mut out: Vec<u8> = Vec::new();
         let mut cursor = 0u16;
-        let mut accepted = false;
-        let fail = |error: String, accepted: bool| LinkEnd::Failed { error, accepted };
+        let mut progressed = false;
+        let fail = |error: String, progressed: bool| LinkEnd::Failed { error, progressed };
         loop {
             let woken = signal.notified();
             let changed = counters.changed.notified();
@@ -1312,12 +1476,12 @@ async fn run_link(
                 match event {
                     SenderEvent::SendHello(bytes) => {
                         if let Err(e) = wr.write_all(&bytes).await {
-                            return fail(e.to_string(), accepted);
+                            return fail(e.to_string(), progressed);
                         }
                     }
                     SenderEvent::SendPing(bytes) => {
                         if let Err(e) = wr.write_all(&bytes).await {
-                            return fail(e.to_string(), accepted);
+                            return fail(e.to_string(), progressed);
                         }
                     }
                     SenderEvent::Connected {
@@ -1325,16 +1489,16 @@ async fn run_link(
                         member,
                         ..
                     } => {
-                        accepted = true;
                         counters.connected.set(true);
                         eprintln!("{name}: connected to receiver {member} of site {receiver_site}");
                     }
                     SenderEvent::Refused(e) => return LinkEnd::Refused(e.to_string()),
                     SenderEvent::Acked(a) => {
+                        progressed = true;
                         if let Err(e) = queue.with(|q| q.ack(a.queue, a.upto_seq)) {
                             return fail(
                                 format!("acknowledging queue {}: {e}", a.queue.0),
-                                accepted,
+                                progressed,
                             );
                         }
                         if !a.dead_letters.is_empty() {
@@ -1345,11 +1509,13 @@ async fn run_link(
                             );
                         }
                     }
-                    SenderEvent::Failed { error, .. } => return fail(error.to_string(), accepted),
+                    SenderEvent::Failed { error, .. } => {
+                        return fail(error.to_string(), progressed);
+                    }
                 }
             }
             if let Some(error) = closed.borrow_mut().take() {
-                return fail(error, accepted);
+                return fail(error, progressed);
             }
             if stop.load(Ordering::SeqCst) {
                 return LinkEnd::Stopped;
@@ -1375,7 +1541,7 @@ async fn run_link(
                 };
                 let prefix = match conn.borrow_mut().handle_batch(out_batch, now()) {
                     Ok((_, prefix)) => prefix,
-                    Err(e) => return fail(format!("sending a batch: {e}"), accepted),
+                    Err(e) => return fail(format!("sending a batch: {e}"), progressed),
                 };
                 // The records go out as the queue holds them; they are copied once into the
                 // write buffer because the queue cannot stay borrowed across the write.
@@ -1386,8 +1552,19 @@ async fn run_link(
                         out.extend_from_slice(s);
                     }
                 });
+                let ages = strait_engine::alert::batch_ages(
+                    &out[prefix.len()..],
+                    wall_ms() * 1000,
+                    def.alert_threshold_ms,
+                );
+                if let Some(due) = counters.alerts.borrow_mut().observe(ages, wall_ms()) {
+                    eprintln!(
+                        "{name}: warning: {} events waited longer than alert-threshold {} ms in the queue (longest {} ms)",
+                        due.late, def.alert_threshold_ms, due.longest_ms
+                    );
+                }
                 if let Err(e) = wr.write_all(&out).await {
-                    return fail(e.to_string(), accepted);
+                    return fail(e.to_string(), progressed);
                 }
                 bump(&counters.events, u64::from(batch.events));
                 bump(&counters.batches, 1);
@@ -1461,6 +1638,7 @@ mod tests {
                 batches: 1,
                 connected: 1,
                 dropped: 2,
+                late: 5,
                 state: Some(state),
             }],
             ..WanStats::default()
@@ -1469,7 +1647,10 @@ mod tests {
         total.add(&shard(Paused, 3));
         total.add(&shard(Paused, 4));
         let f = total.senders[0];
-        assert_eq!((f.events, f.batches, f.connected, f.dropped), (7, 2, 2, 4));
+        assert_eq!(
+            (f.events, f.batches, f.connected, f.dropped, f.late),
+            (7, 2, 2, 4, 10)
+        );
         assert_eq!(f.state, Some(Paused));
         total.add(&shard(Running, 0));
         assert_eq!(total.senders[0].state, None);

@@ -127,6 +127,10 @@ pub struct Site {
     pub persistent_regions: bool,
     /// TOML lines added to every `[[gateway-sender]]` (e.g. `manual-start = true`).
     pub sender_options: String,
+    /// TOML lines added to region `orders` (e.g. `total-num-buckets = 4`).
+    pub region_options: String,
+    /// TOML lines added to `[gateway-receiver]` (e.g. `manual-start = true`).
+    pub receiver_options: String,
     pub locator: Option<Proc>,
     pub server: Option<Proc>,
 }
@@ -144,6 +148,8 @@ impl Site {
             receiver_ports: RECEIVER_PORTS,
             persistent_regions: false,
             sender_options: String::new(),
+            region_options: String::new(),
+            receiver_options: String::new(),
             locator: None,
             server: None,
         }
@@ -220,9 +226,10 @@ impl Site {
         );
         let ids: Vec<String> = targets.iter().map(|t| format!("\"to{t}\"")).collect();
         cfg.push_str(&format!(
-            "[[region]]\nname = \"orders\"\ntype = \"partition\"\ngateway-sender-ids = [{}]\npersistent = {}\n",
+            "[[region]]\nname = \"orders\"\ntype = \"partition\"\ngateway-sender-ids = [{}]\npersistent = {}\n{}",
             ids.join(", "),
-            self.persistent_regions
+            self.persistent_regions,
+            self.region_options
         ));
         for r in extra {
             cfg.push_str(&format!(
@@ -238,9 +245,10 @@ impl Site {
         }
         if receiver {
             cfg.push_str(&format!(
-                "[gateway-receiver]\nstart-port = {}\nend-port = {}\nbind-address = \"127.0.0.1\"\n",
+                "[gateway-receiver]\nstart-port = {}\nend-port = {}\nbind-address = \"127.0.0.1\"\n{}",
                 self.receiver_base,
-                self.receiver_base + self.receiver_ports - 1
+                self.receiver_base + self.receiver_ports - 1,
+                self.receiver_options
             ));
         }
         let path = self.dir.join("site.toml");
