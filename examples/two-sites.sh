@@ -25,6 +25,7 @@ name = "s1"
 distributed-system-id = 1
 bind-address = "127.0.0.1"
 client-port = 21404
+http-service-port = 21414
 directory = "$W/s1"
 locators = ["127.0.0.1:21334"]
 [[gateway-sender]]
@@ -44,6 +45,7 @@ name = "s2"
 distributed-system-id = 2
 bind-address = "127.0.0.1"
 client-port = 21405
+http-service-port = 21415
 directory = "$W/s2"
 locators = ["127.0.0.1:21335"]
 [[region]]

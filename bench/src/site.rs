@@ -142,7 +142,7 @@ fn start_strait(
         .shards
         .map_or(String::new(), |s| format!("shards = {s}\n"));
     let text = format!(
-        "[server]\nname = \"bench\"\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {port}\n{shards}directory = \"{}\"\n\
+        "[server]\nname = \"bench\"\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nhttp-service-port = 0\n{shards}directory = \"{}\"\n\
          [[gateway-sender]]\nid = \"to-2\"\nremote-distributed-system-id = 2\nparallel = true\n{sender}\
          [[region]]\nname = \"bench\"\ntype = \"partition\"\ngateway-sender-ids = [\"to-2\"]\n",
         dir.display()

@@ -127,7 +127,7 @@ fn server_config(dir: &Path) -> String {
     std::fs::write(
         &config,
         format!(
-            "[server]\nname = \"s1\"\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {}\nshards = 1\ndirectory = \"{}\"\n",
+            "[server]\nname = \"s1\"\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {}\nhttp-service-port = 0\nshards = 1\ndirectory = \"{}\"\n",
             free_port(),
             dir.display()
         ),

@@ -29,7 +29,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[server]\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nshards = 2\ndirectory = \"{}\"\n{extra}",
+                "[server]\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nhttp-service-port = 0\nshards = 2\ndirectory = \"{}\"\n{extra}",
                 dir.display()
             ),
         )

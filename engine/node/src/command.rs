@@ -49,6 +49,9 @@ pub enum Command<'a> {
     /// STRAIT.RECEIVER START | STOP | STATUS: the gateway receiver on every shard (Geode's
     /// `start|stop|status gateway-receiver`); `None` asks for the status.
     Receiver(Option<ReceiverOp>),
+    /// STRAIT.STATS: every shard's figures summed, as one JSON document (the admin API's
+    /// source; docs/admin-api.md).
+    Stats,
 }
 
 /// A gateway receiver operation.
@@ -251,6 +254,8 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
             v => Err(CommandError::ReceiverOp(printable(v))),
         },
         (b"strait.receiver", _) => Err(arity()),
+        (b"strait.stats", []) => Ok(Command::Stats),
+        (b"strait.stats", _) => Err(arity()),
         (b"hello", []) => Ok(Command::Hello(None)),
         (b"hello", [v, ..]) => integer(v)
             .map(|v| Command::Hello(Some(v)))

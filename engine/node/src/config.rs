@@ -155,6 +155,11 @@ pub struct ServerSettings {
     pub shards: Option<u16>,
     /// Working directory: queue segments, pid and log files. Default `.`.
     pub directory: PathBuf,
+    /// `http-service-port`: the admin API and `/metrics` (docs/admin-api.md); 0 turns them
+    /// off. Default [`crate::admin::HTTP_SERVICE_PORT_DEFAULT`] (7070, Geode's).
+    pub http_service_port: u16,
+    /// `http-service-bind-address`; default: `bind-address`.
+    pub http_service_bind_address: IpAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,6 +234,8 @@ struct RawServer {
     client_port: Option<i64>,
     shards: Option<i64>,
     directory: Option<PathBuf>,
+    http_service_port: Option<i64>,
+    http_service_bind_address: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -427,19 +434,37 @@ impl Validator<'_> {
             )?),
         };
         let directory = rs.directory.unwrap_or_else(|| PathBuf::from("."));
+        let bind_address = self.ip(
+            server_span.as_ref(),
+            "server.bind-address",
+            rs.bind_address.as_deref(),
+        )?;
+        let http_service_port: u16 = self.int(
+            server_span.as_ref(),
+            "server.http-service-port",
+            rs.http_service_port,
+            crate::admin::HTTP_SERVICE_PORT_DEFAULT,
+            0..=65535,
+        )?;
+        let http_service_bind_address = match rs.http_service_bind_address.as_deref() {
+            None | Some("") => bind_address,
+            Some(a) => self.ip(
+                server_span.as_ref(),
+                "server.http-service-bind-address",
+                Some(a),
+            )?,
+        };
         let server = ServerSettings {
             name: rs.name.unwrap_or_else(|| format!("server-{client_port}")),
             distributed_system_id: ds_id,
             locators,
             start_locator,
-            bind_address: self.ip(
-                server_span.as_ref(),
-                "server.bind-address",
-                rs.bind_address.as_deref(),
-            )?,
+            bind_address,
             client_port,
             shards,
             directory: directory.clone(),
+            http_service_port,
+            http_service_bind_address,
         };
 
         let mut senders = Vec::new();

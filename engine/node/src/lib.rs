@@ -6,6 +6,7 @@
 //! | [`config::ConfigError`] | a refusal naming the file, the line, the key and the reason |
 //! | [`config::HostPort`] | a locator address, `host:port` or Geode's `host[port]` |
 //! | [`server::start`] → [`server::ServerHandle`] | a running server: one glommio shard per core |
+//! | [`admin::start`] → [`admin::AdminHandle`] | a server's admin API (HTTP + JSON) and `/metrics`, on plain threads that reach the shards through the server's own client port |
 //! | [`locator::start_locator`] → [`locator::LocatorHandle`] | a running locator: the site's directory behind HTTP + JSON, on one control-plane thread |
 //! | [`locator::LocatorClient`] | a blocking client of a locator (register, heartbeat, the directory, least-loaded, status) |
 //! | [`registration::Registration`] | a server's embedded locator (`start-locator`) and its registration agents, a plain thread per locator that registers, heartbeats the client-connection count and deregisters |
@@ -24,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod command;
 pub mod config;
 pub mod locator;

@@ -66,6 +66,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("invalid region `{region}`: {reason}")]
     Region { region: String, reason: String },
     #[error("cannot start shard {shard}: {reason}")]
@@ -149,7 +151,7 @@ pub(crate) enum OpReply {
     Done,
     Flag(bool),
     Count(u64),
-    Stats(ShardStats),
+    Stats(Box<ShardStats>),
     Page {
         next: u64,
         keys: Vec<Bytes>,
@@ -192,6 +194,8 @@ pub struct ServerHandle {
     registration: crate::registration::Registration,
     /// The client port's address.
     pub client_addr: SocketAddr,
+    /// The admin API, unless `http-service-port` is 0.
+    admin: Option<crate::admin::AdminHandle>,
     /// Held (an exclusive lock on `server.lock`) while the server runs.
     _lock: std::fs::File,
 }
@@ -216,10 +220,18 @@ impl ServerHandle {
         }
         // Shards may also stop by themselves (a failure): the agent then deregisters too.
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.admin {
+            a.join();
+        }
         if let Err(e) = self.registration.finish() {
             first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The admin API's address, unless `http-service-port` is 0.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// The embedded locator's address (`start-locator`), if the server runs one.
@@ -400,6 +412,22 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             return Err(StartError::Shard { shard, reason });
         }
     }
+    let admin = match config.server.http_service_port {
+        0 => None,
+        port => {
+            let at = SocketAddr::new(config.server.http_service_bind_address, port);
+            match crate::admin::start(at, addr, stop.clone()) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    stop.store(true, Ordering::SeqCst);
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    };
     let registration = match crate::registration::start(
         &config.server,
         addr,
@@ -421,6 +449,7 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         shards: handles,
         registration,
         client_addr: addr,
+        admin,
         _lock: lock,
     })
 }
@@ -915,6 +944,8 @@ enum Pending {
     Scan(usize, usize),
     /// INFO: the header, then every shard's figures summed.
     Info(String, Vec<(usize, usize)>),
+    /// `STRAIT.STATS`: one `ShardOp::Stats` per shard.
+    Stats(Vec<(usize, usize)>),
     /// STRAIT.DEADLETTERS: run once the batches are answered.
     DeadLetters(command::DeadLettersCommand),
     /// STRAIT.SENDER: every shard's answer; STATUS (`true`) answers the state, an operation
@@ -1009,7 +1040,7 @@ impl Shard {
                 ShardOp::Count { region } => {
                     OpReply::Count(self.stores.borrow()[region as usize].len() as u64)
                 }
-                ShardOp::Stats => OpReply::Stats(self.stats()),
+                ShardOp::Stats => OpReply::Stats(Box::new(self.stats())),
                 ShardOp::Scan {
                     region,
                     cursor,
@@ -1152,7 +1183,13 @@ impl Shard {
             // Every sender has room: queue everywhere, then write, with no await in between.
             for (owner, queue, qid) in &queues {
                 match queue.append_now(*qid, &event) {
-                    Ok(seq) => waits.push((queue.clone(), *qid, seq, index)),
+                    Ok(seq) => {
+                        if let QueueOwner::Sender(i) = owner {
+                            let c = &self.wan.senders[*i].queued;
+                            c.set(c.get() + 1);
+                        }
+                        waits.push((queue.clone(), *qid, seq, index));
+                    }
                     // check_room said yes a moment ago with nothing in between; if a queue
                     // still refuses, say so rather than write half the fan-out.
                     Err(e) => return OpReply::Error(self.refusal(*owner, region, &e)),
@@ -1482,6 +1519,15 @@ fn assemble(
                 let text = info_body(shard, header, &total);
                 resp::encode_bulk(out, text.as_bytes());
             }
+            Pending::Stats(refs) => {
+                let mut total = ShardStats::default();
+                for &r in refs {
+                    if let OpReply::Stats(st) = take(r) {
+                        total.add(&st);
+                    }
+                }
+                resp::encode_bulk(out, stats_json(shard, &total).to_string().as_bytes());
+            }
             Pending::Scan(s, i) => match take((*s, *i)) {
                 OpReply::Page { next, keys } => {
                     let cursor = match next {
@@ -1537,6 +1583,7 @@ fn plan(
             | Command::DeadLetters(_)
             | Command::Sender(..)
             | Command::Receiver(..)
+            | Command::Stats
     );
     if needs_region && (session.region as usize) >= regions {
         return (
@@ -1678,6 +1725,9 @@ fn plan(
                 ready(&|o| error_line(o, &msg))
             }
         },
+        Command::Stats => {
+            Pending::Stats((0..shard.shards).map(|s| push(s, ShardOp::Stats)).collect())
+        }
         Command::Info(_) => Pending::Info(
             info_header(shard),
             (0..shard.shards).map(|s| push(s, ShardOp::Stats)).collect(),
@@ -1775,6 +1825,89 @@ fn info_header(shard: &Shard) -> String {
 }
 
 /// INFO's figures, summed over every shard.
+/// The `STRAIT.STATS` document (docs/admin-api.md, "GET /v1/member").
+fn stats_json(shard: &Shard, total: &ShardStats) -> serde_json::Value {
+    use serde_json::json;
+    let regions: Vec<_> = shard
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, (r, _))| {
+            json!({
+                "name": r.name,
+                "buckets": r.total_buckets,
+                "keys": total.entries.get(i).copied().unwrap_or(0),
+                "persistent": shard.config.regions[i].persistent,
+                "gateway_sender_ids": shard.config.regions[i].gateway_sender_ids,
+            })
+        })
+        .collect();
+    let senders: Vec<_> = shard
+        .senders
+        .iter()
+        .zip(&total.senders)
+        .enumerate()
+        .map(|(i, (sender, st))| {
+            let def = &shard.config.senders[i];
+            let f = total.wan.senders.get(i).copied().unwrap_or_default();
+            json!({
+                "id": sender.id,
+                "remote_site": def.remote_distributed_system_id.0,
+                "parallel": def.parallel,
+                "persistent": def.enable_persistence,
+                "state": f.state.map_or("changing", |st| st.name()),
+                "connected_shards": f.connected,
+                "shards": shard.shards,
+                "queued_events": st.events_queued,
+                "queued_bytes": st.bytes_queued,
+                "memory_events": st.events_in_memory,
+                "memory_bytes": st.bytes_in_memory,
+                "disk_events": st.events_on_disk,
+                "disk_bytes": st.bytes_on_disk,
+                "segments": st.segments,
+                "events_queued_total": f.queued_total,
+                "distributed": f.events,
+                "batches": f.batches,
+                "conflated": st.conflated,
+                "possible_duplicates": st.possible_duplicates,
+                "dead_lettered": f.dead_lettered,
+                "dropped_not_running": f.dropped,
+                "over_alert_threshold": f.late,
+                "oldest_event_age_ms": st.oldest_event_age_us.map(|us| us / 1000),
+                "batch_rtt_us": total.wan.batch_rtt.get(i).map(crate::wan::histogram_json),
+            })
+        })
+        .collect();
+    let receiver = shard.config.receiver.as_ref().map(|def| {
+        let w = &total.wan;
+        json!({
+            "state": if shard.receiver_advertised.load(Ordering::SeqCst) { "running" } else { "not running" },
+            "bind_address": def.bind_address.to_string(),
+            "hostname_for_senders": def.hostname_for_senders,
+            "start_port": def.start_port,
+            "end_port": def.end_port,
+            "applied": w.applied,
+            "duplicates": w.duplicates,
+            "conflicts": w.conflicts,
+            "dead_lettered": w.dead_lettered,
+            "cross_shard_events": w.cross_shard_events,
+            "connections": w.connections,
+            "queue_refusals": w.queue_refusals,
+            "apply_lag_us": crate::wan::histogram_json(&w.apply_lag),
+        })
+    });
+    json!({
+        "member": shard.config.server.name,
+        "site": shard.config.server.distributed_system_id.map(|s| s.0),
+        "version": env!("CARGO_PKG_VERSION"),
+        "shards": shard.shards,
+        "clients": total.connections,
+        "regions": regions,
+        "senders": senders,
+        "receiver": receiver,
+    })
+}
+
 fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
     let mut s = header.to_string();
     s.push_str(&format!(

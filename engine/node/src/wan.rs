@@ -98,6 +98,48 @@ impl SenderState {
     }
 }
 
+/// Largest latency a histogram records (an hour, in microseconds); longer ones count as it.
+pub const LATENCY_US_MAX: u64 = 3_600_000_000;
+/// Significant digits of the latency histograms (1 % resolution, about 30 KiB each).
+const LATENCY_SIGFIGS: u8 = 2;
+
+/// A latency histogram in microseconds.
+#[derive(Clone, Debug)]
+pub(crate) struct Hist(hdrhistogram::Histogram<u64>);
+
+impl Default for Hist {
+    fn default() -> Hist {
+        Hist(
+            hdrhistogram::Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGFIGS)
+                .expect("constant bounds are valid"),
+        )
+    }
+}
+
+impl Hist {
+    pub fn record(&mut self, us: u64) {
+        self.0.saturating_record(us.clamp(1, LATENCY_US_MAX));
+    }
+
+    pub fn add(&mut self, other: &Hist) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+}
+
+/// A histogram as the admin API shows it: count, sum and quantiles in microseconds.
+pub(crate) fn histogram_json(h: &Hist) -> serde_json::Value {
+    let h = &h.0;
+    serde_json::json!({
+        "count": h.len(),
+        "sum_us": (h.mean() * h.len() as f64).round() as u64,
+        "p50": h.value_at_quantile(0.5),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+    })
+}
+
 /// One gateway sender's state and figures on one shard.
 #[derive(Debug, Default)]
 pub(crate) struct SenderCounters {
@@ -106,6 +148,12 @@ pub(crate) struct SenderCounters {
     pub connected: Cell<bool>,
     /// Local writes and forwards not queued because the sender was not running.
     pub dropped: Cell<u64>,
+    /// Events queued for the sender since start (local writes and forwards).
+    pub queued: Cell<u64>,
+    /// Events the remote site reported as dead-lettered in its acks.
+    pub dead_lettered: Cell<u64>,
+    /// Batch round trips, send to ack.
+    pub rtt: RefCell<Hist>,
     /// Events that waited longer than `alert-threshold` in the queue, and the warning pace.
     pub alerts: RefCell<strait_engine::alert::AlertLog>,
     pub state: Cell<SenderState>,
@@ -121,6 +169,8 @@ pub(crate) struct SenderFigures {
     /// Dispatchers connected.
     pub connected: u64,
     pub dropped: u64,
+    pub queued_total: u64,
+    pub dead_lettered: u64,
     /// Events that waited longer than `alert-threshold`.
     pub late: u64,
     /// The state every shard reports; `None` while shards differ (a change in progress).
@@ -139,6 +189,8 @@ pub(crate) struct ReceiverCounters {
     /// Batches left unacknowledged because a queue an event had to go to (a forwarding
     /// sender's, a persistent region's log) was full: the sending site resends them.
     pub queue_refusals: Cell<u64>,
+    /// From an applied event's write at its origin site to its apply here.
+    pub apply_lag: RefCell<Hist>,
 }
 
 /// What INFO sums over shards.
@@ -153,10 +205,21 @@ pub(crate) struct WanStats {
     pub cross_shard_events: u64,
     pub connections: u64,
     pub queue_refusals: u64,
+    /// Per gateway sender: batch round trips.
+    pub batch_rtt: Vec<Hist>,
+    pub apply_lag: Hist,
 }
 
 impl WanStats {
     pub fn add(&mut self, o: &WanStats) {
+        self.apply_lag.add(&o.apply_lag);
+        if self.batch_rtt.is_empty() {
+            self.batch_rtt = o.batch_rtt.clone();
+        } else {
+            for (a, b) in self.batch_rtt.iter_mut().zip(&o.batch_rtt) {
+                a.add(b);
+            }
+        }
         if self.senders.is_empty() {
             self.senders = o.senders.clone();
         } else {
@@ -166,6 +229,8 @@ impl WanStats {
                 a.connected += b.connected;
                 a.dropped += b.dropped;
                 a.late += b.late;
+                a.queued_total += b.queued_total;
+                a.dead_lettered += b.dead_lettered;
                 a.state = a.state.filter(|s| Some(*s) == b.state);
             }
         }
@@ -231,6 +296,8 @@ impl WanShard {
                     connected: u64::from(s.connected.get()),
                     dropped: s.dropped.get(),
                     late: s.alerts.borrow().late_total,
+                    queued_total: s.queued.get(),
+                    dead_lettered: s.dead_lettered.get(),
                     state: Some(s.state.get()),
                 })
                 .collect(),
@@ -241,12 +308,24 @@ impl WanShard {
             cross_shard_events: r.cross_shard_events.get(),
             connections: r.connections.get(),
             queue_refusals: r.queue_refusals.get(),
+            batch_rtt: self
+                .senders
+                .iter()
+                .map(|s| s.rtt.borrow().clone())
+                .collect(),
+            apply_lag: r.apply_lag.borrow().clone(),
         }
     }
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
     c.set(c.get() + by);
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn wall_ms() -> u64 {
@@ -825,7 +904,11 @@ pub(crate) async fn apply_here(
         if !replay {
             let r = &shard.wan.receiver;
             match outcome {
-                ApplyOutcome::Applied { .. } => bump(&r.applied, 1),
+                ApplyOutcome::Applied { .. } => {
+                    bump(&r.applied, 1);
+                    let lag = wall_us().saturating_sub(record.version().timestamp_us);
+                    r.apply_lag.borrow_mut().record(lag);
+                }
                 ApplyOutcome::Duplicate(_) => bump(&r.duplicates, 1),
                 ApplyOutcome::Rejected { .. } => bump(&r.conflicts, 1),
                 ApplyOutcome::DeadLetter(_) => {}
@@ -988,8 +1071,9 @@ impl ForwardPlan {
             )?;
         }
         let event = self.forward_event(region, record);
-        for (_, queue, qid) in &self.senders {
+        for (i, queue, qid) in &self.senders {
             push(queue, *qid, &event)?;
+            bump(&shard.wan.senders[*i].queued, 1);
         }
         for &i in &self.stopped {
             bump(&shard.wan.senders[i].dropped, 1);
@@ -1431,6 +1515,9 @@ async fn run_link(
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let signal = strait_queue::shard::Notify::default();
     let closed: RefCell<Option<String>> = RefCell::new(None);
+    // Batches in flight and when each was written, oldest first (at most the window).
+    let sent_at: RefCell<std::collections::VecDeque<(wire::BatchId, Instant)>> =
+        RefCell::new(std::collections::VecDeque::new());
     let reader = async {
         let mut buf = vec![0u8; WAN_READ_BYTES];
         let mut filled = 0;
@@ -1495,6 +1582,20 @@ async fn run_link(
                     SenderEvent::Refused(e) => return LinkEnd::Refused(e.to_string()),
                     SenderEvent::Acked(a) => {
                         progressed = true;
+                        bump(&counters.dead_lettered, a.dead_letters.len() as u64);
+                        {
+                            let mut sent = sent_at.borrow_mut();
+                            while let Some(&(id, at)) = sent.front() {
+                                if id > a.batch {
+                                    break;
+                                }
+                                sent.pop_front();
+                                if id == a.batch {
+                                    let us = at.elapsed().as_micros() as u64;
+                                    counters.rtt.borrow_mut().record(us);
+                                }
+                            }
+                        }
                         if let Err(e) = queue.with(|q| q.ack(a.queue, a.upto_seq)) {
                             return fail(
                                 format!("acknowledging queue {}: {e}", a.queue.0),
@@ -1540,7 +1641,10 @@ async fn run_link(
                     possible_duplicate: batch.possible_duplicate,
                 };
                 let prefix = match conn.borrow_mut().handle_batch(out_batch, now()) {
-                    Ok((_, prefix)) => prefix,
+                    Ok((id, prefix)) => {
+                        sent_at.borrow_mut().push_back((id, Instant::now()));
+                        prefix
+                    }
                     Err(e) => return fail(format!("sending a batch: {e}"), progressed),
                 };
                 // The records go out as the queue holds them; they are copied once into the
@@ -1639,6 +1743,8 @@ mod tests {
                 connected: 1,
                 dropped: 2,
                 late: 5,
+                queued_total: 6,
+                dead_lettered: 1,
                 state: Some(state),
             }],
             ..WanStats::default()
@@ -1651,6 +1757,7 @@ mod tests {
             (f.events, f.batches, f.connected, f.dropped, f.late),
             (7, 2, 2, 4, 10)
         );
+        assert_eq!((f.queued_total, f.dead_lettered), (12, 2));
         assert_eq!(f.state, Some(Paused));
         total.add(&shard(Running, 0));
         assert_eq!(total.senders[0].state, None);

@@ -51,7 +51,7 @@ fn client(addr: SocketAddr) -> LocatorClient {
 
 fn server(dir: &Path, extra: &str) -> server::ServerHandle {
     let text = format!(
-        "[server]\nname = \"s1\"\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {}\nshards = 1\ndirectory = \"{}\"\n{extra}",
+        "[server]\nname = \"s1\"\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {}\nhttp-service-port = 0\nshards = 1\ndirectory = \"{}\"\n{extra}",
         free_port(),
         dir.display()
     );
@@ -300,7 +300,7 @@ fn an_embedded_locator_on_a_port_in_use_stops_the_server_from_starting() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let text = format!(
-        "[server]\nbind-address = \"127.0.0.1\"\nclient-port = {}\nshards = 1\ndirectory = \"{}\"\nstart-locator = \"127.0.0.1[{port}]\"\n",
+        "[server]\nbind-address = \"127.0.0.1\"\nclient-port = {}\nhttp-service-port = 0\nshards = 1\ndirectory = \"{}\"\nstart-locator = \"127.0.0.1[{port}]\"\n",
         free_port(),
         tmp.path().display()
     );

@@ -18,7 +18,7 @@ fn free_port() -> u16 {
 
 fn site(port: u16, dir: &Path, extra: &str) -> strait_node::config::SiteConfig {
     let text = format!(
-        "[server]\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nshards = 2\ndirectory = \"{}\"\n{extra}",
+        "[server]\ndistributed-system-id = 1\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nhttp-service-port = 0\nshards = 2\ndirectory = \"{}\"\n{extra}",
         dir.display()
     );
     strait_node::config::parse(Path::new("test.toml"), &text).unwrap()

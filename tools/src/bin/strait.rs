@@ -12,6 +12,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "../cli/admin.rs"]
+mod admin;
+
+use admin::{Op, Target};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,10 +37,74 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Start a member in the foreground.
+    /// Start a member in the foreground, or a gateway sender or receiver of a running server.
     Start {
         #[command(subcommand)]
         what: Start,
+    },
+    /// Stop a gateway sender or the gateway receiver of a running server.
+    Stop {
+        #[command(subcommand)]
+        what: Gateway,
+    },
+    /// Pause a gateway sender: it keeps queueing and sends nothing new.
+    Pause {
+        #[command(subcommand)]
+        what: SenderOnly,
+    },
+    /// Resume a paused gateway sender.
+    Resume {
+        #[command(subcommand)]
+        what: SenderOnly,
+    },
+    /// The state of a gateway sender or of the gateway receiver.
+    Status {
+        #[command(subcommand)]
+        what: Gateway,
+    },
+    /// List a server's gateways or regions, or a site's members.
+    List {
+        #[command(subcommand)]
+        what: List,
+    },
+    /// Everything a server reports about itself (its regions, senders, receiver, figures), as JSON.
+    Describe {
+        #[command(subcommand)]
+        what: Describe,
+    },
+    /// Put an entry into a region.
+    Put {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        value: String,
+    },
+    /// Get an entry's value from a region.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Remove an entry from a region.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// The gateway receiver's dead-letter logs: events it could not apply.
+    DeadLetters {
+        #[command(subcommand)]
+        what: DeadLetters,
     },
 }
 
@@ -46,6 +114,89 @@ enum Start {
     Server(ServerArgs),
     /// A locator: the site's directory of servers, for servers, clients and other sites.
     Locator(LocatorArgs),
+    /// Start a gateway sender of a running server (`--clean-queues` first discards its queues).
+    GatewaySender {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        clean_queues: bool,
+    },
+    /// Start the gateway receiver of a running server.
+    GatewayReceiver {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum Gateway {
+    GatewaySender {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: String,
+    },
+    GatewayReceiver {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum SenderOnly {
+    GatewaySender {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum List {
+    /// Geode's `list gateways`: each sender's id, member, remote site, type, status and queued
+    /// events, and the receiver.
+    Gateways {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The server's regions and their entry counts.
+    Regions {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The servers a locator knows (its site's directory).
+    Members {
+        /// The locator, `host[port]` or `host:port`.
+        #[arg(long, default_value = "localhost[10334]")]
+        locator: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Describe {
+    /// The server's own report (`GET /v1/member`).
+    Member {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetters {
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Apply the dead letters again (of one region, or all); those still refused stay.
+    Replay {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -217,6 +368,97 @@ fn main() -> ExitCode {
         Top::Start {
             what: Start::Locator(args),
         } => run_locator(args),
+        Top::Start {
+            what:
+                Start::GatewaySender {
+                    target,
+                    id,
+                    clean_queues,
+                },
+        } => admin::run(
+            &target,
+            Op::SenderAction {
+                id,
+                op: "start",
+                clean: clean_queues,
+            },
+        ),
+        Top::Start {
+            what: Start::GatewayReceiver { target },
+        } => admin::run(&target, Op::ReceiverAction { op: "start" }),
+        Top::Stop {
+            what: Gateway::GatewaySender { target, id },
+        } => admin::run(
+            &target,
+            Op::SenderAction {
+                id,
+                op: "stop",
+                clean: false,
+            },
+        ),
+        Top::Stop {
+            what: Gateway::GatewayReceiver { target },
+        } => admin::run(&target, Op::ReceiverAction { op: "stop" }),
+        Top::Pause {
+            what: SenderOnly::GatewaySender { target, id },
+        } => admin::run(
+            &target,
+            Op::SenderAction {
+                id,
+                op: "pause",
+                clean: false,
+            },
+        ),
+        Top::Resume {
+            what: SenderOnly::GatewaySender { target, id },
+        } => admin::run(
+            &target,
+            Op::SenderAction {
+                id,
+                op: "resume",
+                clean: false,
+            },
+        ),
+        Top::Status {
+            what: Gateway::GatewaySender { target, id },
+        } => admin::run(&target, Op::SenderStatus { id }),
+        Top::Status {
+            what: Gateway::GatewayReceiver { target },
+        } => admin::run(&target, Op::ReceiverStatus),
+        Top::List {
+            what: List::Gateways { target },
+        } => admin::run(&target, Op::ListGateways),
+        Top::List {
+            what: List::Regions { target },
+        } => admin::run(&target, Op::ListRegions),
+        Top::List {
+            what: List::Members { locator },
+        } => admin::run(&Target { url: String::new() }, Op::ListMembers { locator }),
+        Top::Describe {
+            what: Describe::Member { target },
+        } => admin::run(&target, Op::DescribeMember),
+        Top::Put {
+            target,
+            region,
+            key,
+            value,
+        } => admin::run(&target, Op::Put { region, key, value }),
+        Top::Get {
+            target,
+            region,
+            key,
+        } => admin::run(&target, Op::Get { region, key }),
+        Top::Remove {
+            target,
+            region,
+            key,
+        } => admin::run(&target, Op::Remove { region, key }),
+        Top::DeadLetters {
+            what: DeadLetters::List { target },
+        } => admin::run(&target, Op::DeadLettersList),
+        Top::DeadLetters {
+            what: DeadLetters::Replay { target, region },
+        } => admin::run(&target, Op::DeadLettersReplay { region }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

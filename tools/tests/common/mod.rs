@@ -131,6 +131,8 @@ pub struct Site {
     pub region_options: String,
     /// TOML lines added to `[gateway-receiver]` (e.g. `manual-start = true`).
     pub receiver_options: String,
+    /// The server's `http-service-port` (admin API); 0, the default here, turns it off.
+    pub admin_port: u16,
     pub locator: Option<Proc>,
     pub server: Option<Proc>,
 }
@@ -150,6 +152,7 @@ impl Site {
             sender_options: String::new(),
             region_options: String::new(),
             receiver_options: String::new(),
+            admin_port: 0,
             locator: None,
             server: None,
         }
@@ -218,9 +221,10 @@ impl Site {
         // A fresh client port each start: sockets of a killed server can hold the old one.
         self.client_port = free_port();
         let mut cfg = format!(
-            "[server]\nname = \"server{id}\"\ndistributed-system-id = {id}\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nshards = 2\ndirectory = \"{dir}\"\nlocators = [\"127.0.0.1:{loc}\"]\n",
+            "[server]\nname = \"server{id}\"\ndistributed-system-id = {id}\nbind-address = \"127.0.0.1\"\nclient-port = {port}\nhttp-service-port = {admin}\nshards = 2\ndirectory = \"{dir}\"\nlocators = [\"127.0.0.1:{loc}\"]\n",
             id = self.id,
             port = self.client_port,
+            admin = self.admin_port,
             dir = self.dir.display(),
             loc = self.locator_port
         );
