@@ -417,6 +417,21 @@ impl Cluster {
         }
     }
 
+    /// After `error` talking to a server: the error of a process that exits within
+    /// `within` (a crash is what usually closes a connection), else `error`.
+    pub fn explain(&mut self, error: anyhow::Error, within: Duration) -> anyhow::Error {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Err(died) = self.check_alive() {
+                return died.context(error.to_string());
+            }
+            if Instant::now() >= deadline {
+                return error;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// An error naming the first process that exited, with the end of its log.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for m in self.servers.iter_mut().chain(self.locators.iter_mut()) {

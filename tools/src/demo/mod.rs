@@ -53,6 +53,8 @@ pub const VERIFY_BATCH_KEYS: usize = 1000;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the replication may go without any progress before the demo gives up.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server that stopped answering gets to show that it exited.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 /// How often the servers' INFO is read.
 const POLL: Duration = Duration::from_millis(100);
 /// How often the live table is redrawn on a terminal; appended when stderr is not one.
@@ -159,8 +161,10 @@ pub fn run(args: DemoArgs) -> ExitCode {
 /// Writes the live table on stderr: redrawn in place on a terminal, appended otherwise.
 struct Display {
     tty: bool,
+    /// Lines of the last drawing.
     drawn: usize,
-    last: Option<Instant>,
+    /// When the last drawing was made (or the display created).
+    last: Instant,
 }
 
 impl Display {
@@ -168,17 +172,19 @@ impl Display {
         Display {
             tty: std::io::stderr().is_terminal(),
             drawn: 0,
-            last: None,
+            last: Instant::now(),
         }
     }
 
-    /// Shows `lines` when a refresh is due, or always with `force`.
-    fn show(&mut self, lines: &[String], force: bool) {
+    /// Whether a refresh is due.
+    fn due(&self) -> bool {
         let every = if self.tty { REFRESH_TTY } else { REFRESH_LOG };
-        if !force && self.last.is_some_and(|t| t.elapsed() < every) {
-            return;
-        }
-        self.last = Some(Instant::now());
+        self.last.elapsed() >= every
+    }
+
+    /// Shows `lines`.
+    fn show(&mut self, lines: &[String]) {
+        self.last = Instant::now();
         let mut err = std::io::stderr().lock();
         let mut text = String::new();
         if self.tty && self.drawn > 0 {
@@ -405,7 +411,9 @@ fn demo(
     loop {
         interrupted(stop)?;
         cluster.check_alive()?;
-        let s = monitor.sample(&written)?;
+        let s = monitor
+            .sample(&written)
+            .map_err(|e| cluster.explain(e, EXIT_WAIT))?;
         if s.connected() {
             break;
         }
@@ -460,12 +468,11 @@ fn demo(
     eprintln!("  verifying: reading every entry at every site");
     let mut checks = Vec::new();
     let mut dbsizes = Vec::new();
-    for s in &cluster.sites {
+    for (i, &port) in ports.iter().enumerate() {
         let mut c = Check::new(&plan);
-        dbsizes.push(
-            read_site(s.client_port, &mut c, stop)
-                .with_context(|| format!("reading site {}'s entries", s.id))?,
-        );
+        let read = read_site(port, &mut c, stop)
+            .with_context(|| format!("reading site {}'s entries", i + 1));
+        dbsizes.push(read.map_err(|e| cluster.explain(e, EXIT_WAIT))?);
         checks.push(c);
     }
     let stopped = cluster.stop();
@@ -524,15 +531,16 @@ fn replicate(
             let w = writer.take().map(|w| w.join());
             match w {
                 Some(Ok(Ok(took))) => writing = Some(took),
-                Some(Ok(Err(e))) => return Err(e),
+                Some(Ok(Err(e))) => return Err(cluster.explain(e, EXIT_WAIT)),
                 _ => bail!("the writer thread panicked"),
             }
         }
-        let now = monitor.sample(written)?;
+        let now = monitor
+            .sample(written)
+            .map_err(|e| cluster.explain(e, EXIT_WAIT))?;
         let done = writing.is_some() && now.drained(&expected);
-        if now.at_ms >= shown.at_ms + REFRESH_TTY.as_millis() as u64 || done {
-            let lines = stats::render(&shown, &now, title(&writing));
-            display.show(&lines, done);
+        if display.due() || done {
+            display.show(&stats::render(&shown, &now, title(&writing)));
             shown = now.clone();
         }
         if done {
