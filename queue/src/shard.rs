@@ -22,6 +22,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Wakes every task waiting on it. A waiter that subscribed before a notification sees it.
+/// A task is registered once however often it polls (a loop that waits on a `notified()`
+/// beside other futures polls a fresh one each turn): the waiters are at most the tasks.
 #[derive(Debug, Default)]
 pub struct Notify {
     generation: Cell<u64>,
@@ -59,9 +61,9 @@ impl Future for Notified<'_> {
         if self.notify.generation.get() != self.seen {
             return Poll::Ready(());
         }
-        // One waker per task: a task that polls a fresh `Notified` on every turn of a loop
-        // (and drops it when something else completes first) does not grow the list.
         let mut waiters = self.notify.waiters.borrow_mut();
+        // Not a clone per poll: glommio counts a task's wakers in an i16 and panics at
+        // 32 767, which a loop waiting on a rarely notified `Notify` reached within minutes.
         if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
             waiters.push(cx.waker().clone());
         }
@@ -353,4 +355,57 @@ async fn run(inner: Rc<Inner>, action: Action) {
         }
     }
     inner.progress.notify();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_task_polling_fresh_waits_is_registered_once_and_still_woken() {
+        let notify = Notify::default();
+        let (a, b) = (
+            Arc::new(Counter(AtomicUsize::new(0))),
+            Arc::new(Counter(AtomicUsize::new(0))),
+        );
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        // As a dispatcher's loop does: a new wait each turn, never notified meanwhile.
+        for _ in 0..40_000 {
+            let mut wait = std::pin::pin!(notify.notified());
+            assert!(
+                wait.as_mut()
+                    .poll(&mut Context::from_waker(&wa))
+                    .is_pending()
+            );
+        }
+        let mut other = std::pin::pin!(notify.notified());
+        assert!(
+            other
+                .as_mut()
+                .poll(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        assert_eq!(notify.waiters.borrow().len(), 2);
+        // `a`, `wa` and the one registered clone.
+        assert_eq!(Arc::strong_count(&a), 3);
+        notify.notify();
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        assert!(
+            other
+                .as_mut()
+                .poll(&mut Context::from_waker(&wb))
+                .is_ready()
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! `strait start server --config site.toml` runs a server in the foreground until SIGTERM or
 //! SIGINT, then stops accepting, finishes in-flight work, closes the sender queues and exits
 //! 0. Flags override the file's `[server]` table. `strait start locator` runs a locator the
-//! same way (`docs/locator.md`). `docs/configuration.md` lists every option.
+//! same way (`docs/locator.md`). `docs/configuration.md` lists every option. `strait demo`
+//! runs several sites replicating on loopback (`docs/demo.md`).
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod admin;
 
 use admin::{Op, Target};
+/// `strait demo` (its own folder: the rest of this file is shared by the CLI's commands).
+#[path = "../demo/mod.rs"]
+mod demo;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -106,6 +111,9 @@ enum Top {
         #[command(subcommand)]
         what: DeadLetters,
     },
+    /// Three sites replicating to each other on loopback: writes, live throughput, a check
+    /// that every site holds the same data, and a summary. Needs no configuration.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -459,6 +467,7 @@ fn main() -> ExitCode {
         Top::DeadLetters {
             what: DeadLetters::Replay { target, region },
         } => admin::run(&target, Op::DeadLettersReplay { region }),
+        Top::Demo(args) => return demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
