@@ -586,6 +586,8 @@ async fn accept_senders(shard: &Rc<Shard>, listener: &TcpListener, stop: &Arc<At
                 .detach();
             }
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await,
+            // The receiver stopped (seen at the top of the loop) or the server is stopping.
+            None if stop.load(Ordering::SeqCst) => return,
             None => {}
         }
     }

@@ -379,3 +379,23 @@ fn a_second_server_on_the_same_directory_is_refused() {
         .stop()
         .unwrap();
 }
+
+#[test]
+fn a_server_with_a_gateway_receiver_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_port();
+    let extra = format!(
+        "[gateway-receiver]\nstart-port = {base}\nend-port = {}\nbind-address = \"127.0.0.1\"\n{REGIONS}",
+        base + 1
+    );
+    let s = server::start(site(free_port(), tmp.path(), &extra)).unwrap();
+    let mut c = Client::connect(s.client_addr);
+    assert_eq!(
+        c.call(&["STRAIT.RECEIVER", "STATUS"]),
+        Reply::Simple(b"running".to_vec())
+    );
+    assert_eq!(c.call(&["STRAIT.RECEIVER", "STOP"]), ok());
+    assert_eq!(c.call(&["STRAIT.RECEIVER", "START"]), ok());
+    drop(c);
+    s.stop().unwrap();
+}

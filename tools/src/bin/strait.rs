@@ -15,6 +15,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../cli/admin.rs"]
 mod admin;
+#[path = "../cli/background.rs"]
+mod background;
 
 use admin::{Op, Target};
 /// `strait demo` (its own folder: the rest of this file is shared by the CLI's commands).
@@ -47,10 +49,11 @@ enum Top {
         #[command(subcommand)]
         what: Start,
     },
-    /// Stop a gateway sender or the gateway receiver of a running server.
+    /// Stop a member started in the background, or a gateway sender or the gateway receiver
+    /// of a running server.
     Stop {
         #[command(subcommand)]
-        what: Gateway,
+        what: Member,
     },
     /// Pause a gateway sender: it keeps queueing and sends nothing new.
     Pause {
@@ -62,10 +65,11 @@ enum Top {
         #[command(subcommand)]
         what: SenderOnly,
     },
-    /// The state of a gateway sender or of the gateway receiver.
+    /// Whether a member started in the background runs, or the state of a gateway sender or
+    /// of the gateway receiver.
     Status {
         #[command(subcommand)]
-        what: Gateway,
+        what: Member,
     },
     /// List a server's gateways or regions, or a site's members.
     List {
@@ -139,7 +143,19 @@ enum Start {
 }
 
 #[derive(Subcommand)]
-enum Gateway {
+enum Member {
+    /// The server started in the background in `--dir` (`start server --background`).
+    Server {
+        /// The server's directory (its `server.pid`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// The locator started in the background in `--dir` (`start locator --background`).
+    Locator {
+        /// The locator's directory (its `locator.pid`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     GatewaySender {
         #[command(flatten)]
         target: Target,
@@ -209,6 +225,10 @@ enum DeadLetters {
 
 #[derive(Args)]
 struct ServerArgs {
+    /// Run in the background: the pid in `<directory>/server.pid`, stdout and stderr appended
+    /// to `<directory>/server.log`; returns once the server listens.
+    #[arg(long)]
+    background: bool,
     /// The site configuration (site.toml); without it, a server with no regions.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -235,6 +255,10 @@ struct ServerArgs {
 
 #[derive(Args)]
 struct LocatorArgs {
+    /// Run in the background: the pid in `<dir>/locator.pid`, stdout and stderr appended to
+    /// `<dir>/locator.log`; returns once the locator listens.
+    #[arg(long)]
+    background: bool,
     /// Member name.
     #[arg(long, default_value = "locator")]
     name: String,
@@ -295,7 +319,18 @@ fn locator_config(args: LocatorArgs) -> anyhow::Result<LocatorConfig> {
     Ok(c)
 }
 
+/// This command line without `--background`: what the background child runs.
+fn foreground_args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| a != "--background")
+        .collect()
+}
+
 fn run_locator(args: LocatorArgs) -> anyhow::Result<()> {
+    if args.background {
+        return background::start(background::Kind::Locator, &args.dir, foreground_args());
+    }
     let cfg = locator_config(args)?;
     let name = cfg.name.clone();
     let handle = strait_node::locator::start_locator(cfg).context("the locator did not start")?;
@@ -348,6 +383,13 @@ fn site_config(args: &ServerArgs) -> anyhow::Result<SiteConfig> {
 
 fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let cfg = site_config(&args)?;
+    if args.background {
+        return background::start(
+            background::Kind::Server,
+            &cfg.server.directory,
+            foreground_args(),
+        );
+    }
     let name = cfg.server.name.clone();
     let regions = cfg.regions.len();
     let handle = strait_node::server::start(cfg).context("the server did not start")?;
@@ -395,7 +437,7 @@ fn main() -> ExitCode {
             what: Start::GatewayReceiver { target },
         } => admin::run(&target, Op::ReceiverAction { op: "start" }),
         Top::Stop {
-            what: Gateway::GatewaySender { target, id },
+            what: Member::GatewaySender { target, id },
         } => admin::run(
             &target,
             Op::SenderAction {
@@ -405,7 +447,7 @@ fn main() -> ExitCode {
             },
         ),
         Top::Stop {
-            what: Gateway::GatewayReceiver { target },
+            what: Member::GatewayReceiver { target },
         } => admin::run(&target, Op::ReceiverAction { op: "stop" }),
         Top::Pause {
             what: SenderOnly::GatewaySender { target, id },
@@ -428,11 +470,23 @@ fn main() -> ExitCode {
             },
         ),
         Top::Status {
-            what: Gateway::GatewaySender { target, id },
+            what: Member::GatewaySender { target, id },
         } => admin::run(&target, Op::SenderStatus { id }),
         Top::Status {
-            what: Gateway::GatewayReceiver { target },
+            what: Member::GatewayReceiver { target },
         } => admin::run(&target, Op::ReceiverStatus),
+        Top::Stop {
+            what: Member::Server { dir },
+        } => background::stop(background::Kind::Server, &dir),
+        Top::Stop {
+            what: Member::Locator { dir },
+        } => background::stop(background::Kind::Locator, &dir),
+        Top::Status {
+            what: Member::Server { dir },
+        } => background::status(background::Kind::Server, &dir),
+        Top::Status {
+            what: Member::Locator { dir },
+        } => background::status(background::Kind::Locator, &dir),
         Top::List {
             what: List::Gateways { target },
         } => admin::run(&target, Op::ListGateways),
