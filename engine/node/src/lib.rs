@@ -26,6 +26,7 @@
 
 pub mod command;
 pub mod config;
+pub mod geode;
 pub mod locator;
 pub mod region_log;
 pub mod registration;
