@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`config::SiteConfig`] | a validated `site.toml`: server settings, regions, gateway senders, the gateway receiver; every default a named constant in [`config`] |
 //! | [`config::ConfigError`] | a refusal naming the file, the line, the key and the reason |
+//! | [`geode::load_server`] / [`geode::load_locator`] | Geode's own `cache.xml` and `gemfire.properties` read into the same [`config::SiteConfig`] (or a [`locator::LocatorConfig`]), with a [`geode::Warning`] for each thing Strait does not act on |
 //! | [`config::HostPort`] | a locator address, `host:port` or Geode's `host[port]` |
 //! | [`server::start`] → [`server::ServerHandle`] | a running server: one glommio shard per core |
 //! | [`locator::start_locator`] → [`locator::LocatorHandle`] | a running locator: the site's directory behind HTTP + JSON, on one control-plane thread |
