@@ -1191,7 +1191,10 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
                         Some(run_link(counters, &queue, &def, &config, stream, &stop, &name).await)
                     }
                     Err(e) => {
-                        report(format!("cannot connect to receiver {target}: {e}"));
+                        report(format!(
+                            "cannot connect to receiver {target} of site {}: {e}; the address the site's locator gave is not reachable from here: behind NAT, set that receiver's hostname-for-senders and its locators' hostname-for-clients to an address this site can reach (docs/nat.md)",
+                            def.remote_distributed_system_id.0
+                        ));
                         None
                     }
                 }
