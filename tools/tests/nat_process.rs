@@ -6,9 +6,11 @@
 //!  h1 192.168.201.2 ── lan 192.168.201.1 │ wan 10.201.0.1 ── wan 10.201.0.2 │ lan 192.168.202.1 ── h2 192.168.202.2
 //! ```
 //!
-//! 10.201.0.0/24 is the "public" network. Router 1 masquerades site 1's connections; router 2
-//! masquerades site 2's and forwards (DNAT) public 10.201.0.2's locator port and receiver port
-//! range to site 2. Neither router has a route to the other's private network. Needs root,
+//! 10.201.0.0/24 is the "public" network; each router's default route is the other router.
+//! Router 1 masquerades site 1's connections; router 2 masquerades site 2's and forwards
+//! (DNAT) public 10.201.0.2's locator port and receiver port range to site 2. Each router
+//! silently drops a new connection from the public side that it did not forward, as a cloud's
+//! edge does, so a private address of the other site is a black hole. Needs root,
 //! `ip` (iproute2) and `iptables` (either backend); without them each test prints why and
 //! passes without running. The harness is in `common/mod.rs`.
 
@@ -144,7 +146,19 @@ impl Lab {
         }
         self.ip(&["-n", &h1, "route", "add", "default", "via", "192.168.201.1"]);
         self.ip(&["-n", &h2, "route", "add", "default", "via", "192.168.202.1"]);
-        for (role, lan) in [("r1", "192.168.201.0/24"), ("r2", "192.168.202.0/24")] {
+        for (role, lan, other) in [
+            ("r1", "192.168.201.0/24", PUBLIC_2),
+            ("r2", "192.168.202.0/24", PUBLIC_1),
+        ] {
+            self.ip(&[
+                "-n",
+                &self.ns(role),
+                "route",
+                "add",
+                "default",
+                "via",
+                other,
+            ]);
             self.exec(
                 role,
                 &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
@@ -153,6 +167,10 @@ impl Lab {
                 role,
                 &format!("-A POSTROUTING -s {lan} -o wan -j MASQUERADE"),
             );
+            let drop = "-A FORWARD -i wan -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -j DROP";
+            let mut args = vec![self.iptables];
+            args.extend(drop.split_whitespace());
+            self.exec(role, &args);
         }
     }
 
@@ -370,6 +388,8 @@ fn without_public_names_the_sender_says_the_receivers_are_unreachable_and_nothin
         .wait_line(&format!("cannot connect to receiver {PRIVATE_2}:"));
     assert!(line.contains("gateway sender `to2`"), "{line}");
     assert!(line.contains("of site 2"), "{line}");
+    // Router 2 drops the SYNs silently: the attempt ends at the sender's own timeout.
+    assert!(line.contains("timed out"), "{line}");
     assert!(
         line.contains("hostname-for-senders") && line.contains("hostname-for-clients"),
         "{line}"
