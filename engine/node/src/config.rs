@@ -213,76 +213,76 @@ pub struct ReceiverDef {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawFile {
-    server: Option<Spanned<RawServer>>,
+pub(crate) struct RawFile {
+    pub(crate) server: Option<Spanned<RawServer>>,
     #[serde(default)]
-    region: Vec<Spanned<RawRegion>>,
+    pub(crate) region: Vec<Spanned<RawRegion>>,
     #[serde(default)]
-    gateway_sender: Vec<Spanned<RawSender>>,
-    gateway_receiver: Option<Spanned<RawReceiver>>,
+    pub(crate) gateway_sender: Vec<Spanned<RawSender>>,
+    pub(crate) gateway_receiver: Option<Spanned<RawReceiver>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawServer {
-    name: Option<String>,
-    distributed_system_id: Option<i64>,
+pub(crate) struct RawServer {
+    pub(crate) name: Option<String>,
+    pub(crate) distributed_system_id: Option<i64>,
     #[serde(default)]
-    locators: Vec<String>,
-    start_locator: Option<String>,
-    bind_address: Option<String>,
-    client_port: Option<i64>,
-    shards: Option<i64>,
-    directory: Option<PathBuf>,
-    http_service_port: Option<i64>,
-    http_service_bind_address: Option<String>,
+    pub(crate) locators: Vec<String>,
+    pub(crate) start_locator: Option<String>,
+    pub(crate) bind_address: Option<String>,
+    pub(crate) client_port: Option<i64>,
+    pub(crate) shards: Option<i64>,
+    pub(crate) directory: Option<PathBuf>,
+    pub(crate) http_service_port: Option<i64>,
+    pub(crate) http_service_bind_address: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawRegion {
-    name: String,
+pub(crate) struct RawRegion {
+    pub(crate) name: String,
     #[serde(rename = "type")]
-    kind: RegionType,
-    total_num_buckets: Option<i64>,
+    pub(crate) kind: RegionType,
+    pub(crate) total_num_buckets: Option<i64>,
     #[serde(default)]
-    gateway_sender_ids: Vec<String>,
+    pub(crate) gateway_sender_ids: Vec<String>,
     #[serde(default)]
-    persistent: bool,
+    pub(crate) persistent: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawSender {
-    id: String,
-    remote_distributed_system_id: i64,
-    parallel: Option<bool>,
-    batch_size: Option<i64>,
-    batch_time_interval: Option<i64>,
-    maximum_queue_memory: Option<i64>,
-    enable_persistence: Option<bool>,
-    disk_synchronous: Option<bool>,
-    sync_policy: Option<String>,
-    enable_batch_conflation: Option<bool>,
-    dispatcher_threads: Option<i64>,
-    order_policy: Option<OrderPolicy>,
-    alert_threshold: Option<i64>,
-    socket_buffer_size: Option<i64>,
-    socket_read_timeout: Option<i64>,
-    manual_start: Option<bool>,
-    disk_dir: Option<PathBuf>,
+pub(crate) struct RawSender {
+    pub(crate) id: String,
+    pub(crate) remote_distributed_system_id: i64,
+    pub(crate) parallel: Option<bool>,
+    pub(crate) batch_size: Option<i64>,
+    pub(crate) batch_time_interval: Option<i64>,
+    pub(crate) maximum_queue_memory: Option<i64>,
+    pub(crate) enable_persistence: Option<bool>,
+    pub(crate) disk_synchronous: Option<bool>,
+    pub(crate) sync_policy: Option<String>,
+    pub(crate) enable_batch_conflation: Option<bool>,
+    pub(crate) dispatcher_threads: Option<i64>,
+    pub(crate) order_policy: Option<OrderPolicy>,
+    pub(crate) alert_threshold: Option<i64>,
+    pub(crate) socket_buffer_size: Option<i64>,
+    pub(crate) socket_read_timeout: Option<i64>,
+    pub(crate) manual_start: Option<bool>,
+    pub(crate) disk_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawReceiver {
-    start_port: Option<i64>,
-    end_port: Option<i64>,
-    bind_address: Option<String>,
-    hostname_for_senders: Option<String>,
-    maximum_time_between_pings: Option<i64>,
-    socket_buffer_size: Option<i64>,
-    manual_start: Option<bool>,
+pub(crate) struct RawReceiver {
+    pub(crate) start_port: Option<i64>,
+    pub(crate) end_port: Option<i64>,
+    pub(crate) bind_address: Option<String>,
+    pub(crate) hostname_for_senders: Option<String>,
+    pub(crate) maximum_time_between_pings: Option<i64>,
+    pub(crate) socket_buffer_size: Option<i64>,
+    pub(crate) manual_start: Option<bool>,
 }
 
 /// Reads and validates `path`.
@@ -307,10 +307,16 @@ pub fn parse(path: &Path, text: &str) -> Result<SiteConfig, ConfigError> {
             reason: e.message().trim().to_string(),
         }
     })?;
+    validate(path, text, raw)
+}
+
+/// Validates a file already parsed into its raw form; spans are byte ranges of `text`, which
+/// `path` names in errors. Geode's `cache.xml` comes here too (`crate::geode`).
+pub(crate) fn validate(path: &Path, text: &str, raw: RawFile) -> Result<SiteConfig, ConfigError> {
     Validator { path, text }.validate(raw)
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
         .filter(|&b| b == b'\n')

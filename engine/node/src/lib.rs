@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`config::SiteConfig`] | a validated `site.toml`: server settings, regions, gateway senders, the gateway receiver; every default a named constant in [`config`] |
 //! | [`config::ConfigError`] | a refusal naming the file, the line, the key and the reason |
+//! | [`geode::load_server`] / [`geode::load_locator`] | Geode's own `cache.xml` and `gemfire.properties` read into the same [`config::SiteConfig`] (or a [`locator::LocatorConfig`]), with a [`geode::Warning`] for each thing Strait does not act on |
 //! | [`config::HostPort`] | a locator address, `host:port` or Geode's `host[port]` |
 //! | [`server::start`] → [`server::ServerHandle`] | a running server: one glommio shard per core |
 //! | [`admin::start`] → [`admin::AdminHandle`] | a server's admin API (HTTP + JSON) and `/metrics`, on plain threads that reach the shards through the server's own client port |
@@ -28,6 +29,7 @@
 pub mod admin;
 pub mod command;
 pub mod config;
+pub mod geode;
 pub mod locator;
 pub mod region_log;
 pub mod registration;

@@ -1377,10 +1377,13 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
     let mut backoff = RECONNECT_BACKOFF_MIN_MS;
     let mut attempt = 0usize;
     let mut last_error = String::new();
-    let mut report = |error: String| {
-        if error != last_error {
+    // Logged when the error changes; attempts rotate over the receivers, so the same error
+    // at another receiver of the site is not a change.
+    let mut report = |target: &str, error: String| {
+        let kind = error.replace(target, "<receiver>");
+        if kind != last_error {
             eprintln!("{name}: {error}");
-            last_error = error;
+            last_error = kind;
         }
     };
     loop {
@@ -1422,30 +1425,36 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
         let addr = match resolved {
             Ok(Some(a)) => Some(a),
             Ok(None) => {
-                report(format!("receiver {target}: the name has no address"));
+                report(
+                    &target,
+                    format!("receiver {target}: the name has no address"),
+                );
                 None
             }
             Err(e) => {
-                report(format!("receiver {target}: cannot resolve: {e}"));
+                report(&target, format!("receiver {target}: cannot resolve: {e}"));
                 None
             }
         };
         let end = match addr {
             None => None,
-            Some(addr) => {
-                match TcpStream::connect_timeout(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
-                    .await
-                {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        Some(run_link(counters, &queue, &def, &config, stream, &stop, &name).await)
-                    }
-                    Err(e) => {
-                        report(format!("cannot connect to receiver {target}: {e}"));
-                        None
-                    }
+            Some(addr) => match connect_or_stop(addr, &stop).await {
+                Connect::Connected(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    Some(run_link(counters, &queue, &def, &config, stream, &stop, &name).await)
                 }
-            }
+                Connect::Stopped => Some(LinkEnd::Stopped),
+                Connect::Failed(e) => {
+                    report(
+                        &target,
+                        format!(
+                            "cannot connect to receiver {target} of site {}: {e}; the address the site's locator gave is not reachable from here: behind NAT, set that receiver's hostname-for-senders and its locators' hostname-for-clients to an address this site can reach (docs/nat.md)",
+                            def.remote_distributed_system_id.0
+                        ),
+                    );
+                    None
+                }
+            },
         };
         counters.connected.set(false);
         // Whatever was peeked and not acknowledged is sent again, marked possible-duplicate.
@@ -1461,13 +1470,17 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
                 continue;
             }
             Some(LinkEnd::Refused(e)) => {
-                report(format!("receiver {target} refused the connection: {e}"));
+                report(
+                    &target,
+                    format!("receiver {target} refused the connection: {e}"),
+                );
                 backoff = RECONNECT_BACKOFF_MAX_MS;
             }
             Some(LinkEnd::Failed { error, progressed }) => {
-                report(format!(
-                    "connection to receiver {target} lost: {error}; reconnecting"
-                ));
+                report(
+                    &target,
+                    format!("connection to receiver {target} lost: {error}; reconnecting"),
+                );
                 if progressed {
                     backoff = RECONNECT_BACKOFF_MIN_MS;
                 }
@@ -1477,6 +1490,71 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
         sleep_or_stop(backoff, &stop, counters).await;
         backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX_MS);
     }
+}
+
+/// What became of a connection attempt.
+enum Connect {
+    Connected(TcpStream),
+    Failed(String),
+    Stopped,
+}
+
+/// Connects to `addr`, giving up after [`CONNECT_TIMEOUT_MS`] or when the server stops.
+///
+/// glommio 0.9 connects through io_uring on a blocking socket, which the kernel completes in
+/// a worker thread that neither its linked timeout nor a cancellation interrupts: toward an
+/// address that drops SYNs (a private address across NAT), the connect, and the sender's
+/// stop, waited for the kernel's SYN retries (about two minutes), and a cancelled attempt
+/// could leave the next one reporting success on a socket still in SYN-SENT. So the address
+/// is first proved to answer by a plain non-blocking connect with a timeout, on a thread of
+/// its own (not the shard's blocking thread, whose file work must not wait up to
+/// [`CONNECT_TIMEOUT_MS`]), which the shard polls every [`STOP_POLL_MS`]; only then does
+/// glommio connect, still raced against the timeout and the stop. The receiver sees the probe
+/// as a connection closed before its hello, which it ignores.
+async fn connect_or_stop(addr: SocketAddr, stop: &AtomicBool) -> Connect {
+    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    let probe: Arc<std::sync::OnceLock<Result<(), String>>> = Arc::default();
+    let answer = probe.clone();
+    let spawned = std::thread::Builder::new()
+        .name("connect-probe".into())
+        .spawn(move || {
+            let r = std::net::TcpStream::connect_timeout(&addr, timeout)
+                .map(drop)
+                .map_err(|e| e.to_string());
+            let _ = answer.set(r);
+        });
+    if let Err(e) = spawned {
+        return Connect::Failed(format!("cannot start a thread to connect: {e}"));
+    }
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Connect::Stopped;
+        }
+        match probe.get() {
+            Some(Ok(())) => break,
+            Some(Err(e)) => return Connect::Failed(e.clone()),
+            None => glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await,
+        }
+    }
+    future::or(
+        async {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => Connect::Connected(stream),
+                Err(e) => Connect::Failed(e.to_string()),
+            }
+        },
+        future::or(
+            async {
+                glommio::timer::sleep(timeout).await;
+                Connect::Failed(format!("no answer within {CONNECT_TIMEOUT_MS} ms"))
+            },
+            async {
+                wait_stop(stop).await;
+                Connect::Stopped
+            },
+        ),
+    )
+    .await
 }
 
 /// Peeks the next batch, round-robin over the sender's queues on this shard.

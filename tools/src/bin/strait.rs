@@ -2,7 +2,9 @@
 //!
 //! `strait start server --config site.toml` runs a server in the foreground until SIGTERM or
 //! SIGINT, then stops accepting, finishes in-flight work, closes the sender queues and exits
-//! 0. Flags override the file's `[server]` table. `strait start locator` runs a locator the
+//! 0. Flags override the file's `[server]` table. `--cache-xml` and `--properties-file` read
+//! Geode's own files instead of `site.toml` (`strait_node::geode`), printing a warning for
+//! each thing in them that Strait does not act on. `strait start locator` runs a locator the
 //! same way (`docs/locator.md`). `docs/configuration.md` lists every option. `strait demo`
 //! runs several sites replicating on loopback (`docs/demo.md`).
 
@@ -28,6 +30,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use strait_node::config::{self, HostPort, SiteConfig};
+use strait_node::geode;
 use strait_node::locator::LocatorConfig;
 use strait_queue::ids::SiteId;
 
@@ -232,6 +235,14 @@ struct ServerArgs {
     /// The site configuration (site.toml); without it, a server with no regions.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Geode's cache.xml: disk stores, gateway senders and receiver, regions (instead of
+    /// --config; docs/configuration.md, "Geode's files").
+    #[arg(long, conflicts_with = "config")]
+    cache_xml: Option<PathBuf>,
+    /// Geode's gemfire.properties: distributed-system-id, locators, name, ... (instead of
+    /// --config).
+    #[arg(long, conflicts_with = "config")]
+    properties_file: Option<PathBuf>,
     /// Member name (overrides server.name).
     #[arg(long)]
     name: Option<String>,
@@ -259,15 +270,19 @@ struct LocatorArgs {
     /// `<dir>/locator.log`; returns once the locator listens.
     #[arg(long)]
     background: bool,
-    /// Member name.
-    #[arg(long, default_value = "locator")]
-    name: String,
+    /// Geode's gemfire.properties: name, distributed-system-id, remote-locators,
+    /// hostname-for-clients, bind-address, member-timeout; the flags below override it.
+    #[arg(long)]
+    properties_file: Option<PathBuf>,
+    /// Member name [default: locator].
+    #[arg(long)]
+    name: Option<String>,
     /// The locator port.
     #[arg(long, default_value_t = strait_node::locator::LOCATOR_PORT_DEFAULT)]
     port: u16,
-    /// Address the locator port listens on.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind_address: std::net::IpAddr,
+    /// Address the locator port listens on [default: 0.0.0.0].
+    #[arg(long)]
+    bind_address: Option<std::net::IpAddr>,
     /// Working directory (holds the lock file that keeps a second locator away).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -282,15 +297,14 @@ struct LocatorArgs {
     /// bind address, else the host name).
     #[arg(long)]
     hostname_for_clients: Option<String>,
-    /// Milliseconds of silence after which a server is dropped.
+    /// Milliseconds of silence after which a server is dropped [default: 15000].
     #[arg(
         long,
-        default_value_t = strait_engine::locator::MEMBER_TIMEOUT_MS_DEFAULT,
         value_parser = clap::value_parser!(u64).range(
             strait_engine::locator::MEMBER_TIMEOUT_MS_MIN..=strait_engine::locator::MEMBER_TIMEOUT_MS_MAX
         )
     )]
-    member_timeout: u64,
+    member_timeout: Option<u64>,
     /// Milliseconds between exchanges with remote locators.
     #[arg(long, default_value_t = strait_node::locator::LOCATOR_EXCHANGE_INTERVAL_MS,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -303,17 +317,35 @@ struct LocatorArgs {
 }
 
 fn locator_config(args: LocatorArgs) -> anyhow::Result<LocatorConfig> {
-    let mut c = LocatorConfig::new(args.name, args.dir);
+    let mut c = LocatorConfig::new("locator", args.dir);
+    if let Some(path) = &args.properties_file {
+        for w in geode::load_locator(path, &mut c)? {
+            eprintln!("strait: warning: {w}");
+        }
+    }
     c.port = args.port;
-    c.bind_address = args.bind_address;
-    c.distributed_system_id = args.distributed_system_id.map(SiteId);
-    c.remote_locators = args
-        .remote_locators
-        .iter()
-        .map(|l| HostPort::parse(l).map_err(|e| anyhow::anyhow!("--remote-locators: {e}")))
-        .collect::<anyhow::Result<_>>()?;
-    c.hostname_for_clients = args.hostname_for_clients.filter(|h| !h.is_empty());
-    c.member_timeout_ms = args.member_timeout;
+    if let Some(name) = args.name {
+        c.name = name;
+    }
+    if let Some(ip) = args.bind_address {
+        c.bind_address = ip;
+    }
+    if let Some(id) = args.distributed_system_id {
+        c.distributed_system_id = Some(SiteId(id));
+    }
+    if !args.remote_locators.is_empty() {
+        c.remote_locators = args
+            .remote_locators
+            .iter()
+            .map(|l| HostPort::parse(l).map_err(|e| anyhow::anyhow!("--remote-locators: {e}")))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(h) = args.hostname_for_clients {
+        c.hostname_for_clients = Some(h).filter(|h| !h.is_empty());
+    }
+    if let Some(ms) = args.member_timeout {
+        c.member_timeout_ms = ms;
+    }
     c.exchange_interval_ms = args.exchange_interval_ms;
     c.remote_entry_timeout_ms = args.remote_entry_timeout_ms;
     Ok(c)
@@ -345,9 +377,16 @@ fn run_locator(args: LocatorArgs) -> anyhow::Result<()> {
 }
 
 fn site_config(args: &ServerArgs) -> anyhow::Result<SiteConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => config::load(path)?,
-        None => config::parse("(no --config)".as_ref(), "")?,
+    let mut cfg = match (&args.config, &args.cache_xml, &args.properties_file) {
+        (Some(path), _, _) => config::load(path)?,
+        (None, None, None) => config::parse("(no --config)".as_ref(), "")?,
+        (None, xml, props) => {
+            let loaded = geode::load_server(xml.as_deref(), props.as_deref())?;
+            for w in &loaded.warnings {
+                eprintln!("strait: warning: {w}");
+            }
+            loaded.config
+        }
     };
     let s = &mut cfg.server;
     if let Some(name) = &args.name {

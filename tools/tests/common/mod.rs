@@ -1,5 +1,6 @@
-//! The harness shared by the process tests (`wan_process.rs`, `wan_topology.rs`): real
-//! `strait` locators and servers on loopback, a RESP client, INFO fields, and deadline loops.
+//! The harness shared by the process tests (`wan_process.rs`, `wan_topology.rs`,
+//! `nat_process.rs`): real `strait` locators and servers on loopback (or in a network
+//! namespace), a RESP client, INFO fields, and deadline loops.
 //! Every wait is bounded by [`DEADLINE`]. `server_process.rs` and `locator_process.rs` use
 //! only its [`free_port`], hence the allowance for items a test crate leaves unused.
 
@@ -63,11 +64,22 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(args: &[String], ready: &str) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strait"))
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        Proc::start_in(None, args, ready)
+    }
+
+    /// Starts `strait args` inside network namespace `netns` (`ip netns exec`, which execs
+    /// `strait` itself, so killing the child kills the process).
+    pub fn start_in(netns: Option<&str>, args: &[String], ready: &str) -> Proc {
+        let strait = env!("CARGO_BIN_EXE_strait");
+        let mut cmd = match netns {
+            None => Command::new(strait),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, strait]);
+                c
+            }
+        };
+        let mut child = cmd.args(args).stderr(Stdio::piped()).spawn().unwrap();
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -105,6 +117,28 @@ impl Proc {
             }
         }
     }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited
+    /// with status 0.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -TERM {pid} failed");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not stop after SIGTERM"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -135,6 +169,9 @@ pub struct Site {
     pub admin_port: u16,
     pub locator: Option<Proc>,
     pub server: Option<Proc>,
+    /// When the site runs in a network namespace: the namespace and the address of its client
+    /// port there (else the client port is on 127.0.0.1).
+    pub client_at: Option<(String, std::net::IpAddr)>,
 }
 
 impl Site {
@@ -155,7 +192,32 @@ impl Site {
             admin_port: 0,
             locator: None,
             server: None,
+            client_at: None,
         }
+    }
+
+    /// A connection to the site's client port, made from inside its network namespace when
+    /// it has one (a thread joins the namespace to connect; the socket stays in it).
+    pub fn connect(&self) -> TcpStream {
+        let Some((ns, ip)) = &self.client_at else {
+            return TcpStream::connect(("127.0.0.1", self.client_port)).unwrap();
+        };
+        let addr = std::net::SocketAddr::new(*ip, self.client_port);
+        let path = format!("/run/netns/{ns}");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let f = std::fs::File::open(&path).unwrap();
+                    rustix::thread::move_into_link_name_space(
+                        std::os::fd::AsFd::as_fd(&f),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .unwrap();
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap()
+                })
+                .join()
+                .unwrap()
+        })
     }
 
     pub fn start_locator(&mut self, remote: &[u16]) {
@@ -266,8 +328,8 @@ impl Site {
     }
 
     pub fn call(&self, args: &[&str]) -> Reply {
-        call(
-            self.client_port,
+        call_on(
+            self.connect(),
             &[args.iter().map(|s| s.as_bytes().to_vec()).collect()],
         )
         .pop()
@@ -308,9 +370,13 @@ pub enum Reply {
     Array(Vec<Reply>),
 }
 
-/// Sends `commands` pipelined on one connection and reads their replies.
+/// Sends `commands` pipelined on one connection to 127.0.0.1:`port` and reads their replies.
 pub fn call(port: u16, commands: &[Vec<Vec<u8>>]) -> Vec<Reply> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    call_on(TcpStream::connect(("127.0.0.1", port)).unwrap(), commands)
+}
+
+/// Sends `commands` pipelined on `s` and reads their replies.
+pub fn call_on(mut s: TcpStream, commands: &[Vec<Vec<u8>>]) -> Vec<Reply> {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut out = Vec::new();
     for args in commands {
@@ -380,7 +446,7 @@ pub fn write(site: &Site, region: &str, range: std::ops::Range<usize>) {
             value(site.id, i).into_bytes(),
         ]);
     }
-    let replies = call(site.client_port, &cmds);
+    let replies = call_on(site.connect(), &cmds);
     assert!(
         replies.iter().all(|r| *r == Reply::Simple("OK".into())),
         "a write failed: {:?}",
@@ -395,14 +461,14 @@ pub fn values(site: &Site, region: &str, keys: &[String]) -> Vec<Reply> {
         keys.iter()
             .map(|k| vec![b"GET".to_vec(), k.clone().into_bytes()]),
     );
-    let mut r = call(site.client_port, &cmds);
+    let mut r = call_on(site.connect(), &cmds);
     r.remove(0);
     r
 }
 
 pub fn dbsize(site: &Site, region: &str) -> i64 {
-    let r = call(
-        site.client_port,
+    let r = call_on(
+        site.connect(),
         &[
             vec![b"REGION".to_vec(), region.as_bytes().to_vec()],
             vec![b"DBSIZE".to_vec()],
