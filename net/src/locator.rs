@@ -270,14 +270,22 @@ impl ErrorReply {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     Register,
-    Heartbeat { name: String },
-    Deregister { name: String },
+    Heartbeat {
+        name: String,
+    },
+    Deregister {
+        name: String,
+    },
     Servers,
     LeastLoaded,
     Status,
     Exchange,
     Sites,
-    SiteReceivers { site: u8 },
+    SiteReceivers {
+        site: u8,
+    },
+    /// `GET /metrics`: Prometheus text (the only answer that is not JSON).
+    Metrics,
 }
 
 /// The endpoint of `method` on `target` (a path, with or without a query, which is ignored).
@@ -313,6 +321,7 @@ pub fn route(method: &str, target: &str) -> Result<Route, ErrorReply> {
         }
         ["", "v1", "exchange"] => allowed(method == "POST", Route::Exchange, "POST"),
         ["", "v1", "sites"] => allowed(method == "GET", Route::Sites, "GET"),
+        ["", "metrics"] => allowed(method == "GET", Route::Metrics, "GET"),
         ["", "v1", "sites", id, "receivers"] => {
             let site = match id.parse::<u8>() {
                 Ok(site) if site != 0 => site,

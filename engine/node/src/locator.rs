@@ -356,6 +356,8 @@ fn run_http_worker(
     name: &str,
 ) {
     let json = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).ok();
+    let prometheus =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..]).ok();
     while !stop.load(Ordering::SeqCst) {
         let mut request = match server.recv_timeout(Duration::from_millis(LOCATOR_POLL_MS)) {
             Ok(Some(request)) => request,
@@ -382,7 +384,9 @@ fn run_http_worker(
         };
         let mut response =
             tiny_http::Response::from_string(text).with_status_code(tiny_http::StatusCode(status));
-        if let Some(h) = &json {
+        let metrics = status == 200 && request.url().starts_with("/metrics");
+        let header = if metrics { &prometheus } else { &json };
+        if let Some(h) = header {
             response.add_header(h.clone());
         }
         // A client that went away is its own problem.
@@ -977,6 +981,7 @@ impl Service {
                 to_json(200, &self.sites(now_ms))
             }
             Route::Sites => to_json(200, &self.sites(now_ms)),
+            Route::Metrics => (200, self.metrics(now_ms)),
             Route::SiteReceivers { site } => {
                 let id = SiteId(site);
                 let (Some(receivers), Some(locators)) = (
@@ -1025,6 +1030,76 @@ impl Service {
 }
 
 impl Service {
+    /// The Prometheus text of this locator's directory (docs/admin-api.md, "Metrics").
+    fn metrics(&self, now_ms: u64) -> String {
+        let site = self
+            .directory
+            .site()
+            .map_or_else(|| "none".to_string(), |s| s.0.to_string());
+        let base = format!(
+            "locator=\"{}\",site=\"{site}\"",
+            self.name.replace('"', "'")
+        );
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in samples {
+                out.push_str(&format!("{name}{{{base}{labels}}} {v}\n"));
+            }
+        };
+        family("strait_locator_up", "gauge", "1", vec![(String::new(), 1)]);
+        family(
+            "strait_locator_servers",
+            "gauge",
+            "Servers registered with this locator",
+            vec![(String::new(), self.directory.local().servers.len() as u64)],
+        );
+        let sites = self.sites(now_ms).sites;
+        let per_site = |f: &dyn Fn(&SiteView) -> u64| -> Vec<(String, u64)> {
+            sites
+                .iter()
+                .map(|v| {
+                    (
+                        format!(",remote_site=\"{}\"", v.distributed_system_id),
+                        f(v),
+                    )
+                })
+                .collect()
+        };
+        family(
+            "strait_locator_site_locators",
+            "gauge",
+            "Locators known per site (this one's own included)",
+            per_site(&|v| v.locators.len() as u64),
+        );
+        family(
+            "strait_locator_site_receiver_servers",
+            "gauge",
+            "Servers with a gateway receiver known per site",
+            per_site(&|v| v.servers.len() as u64),
+        );
+        family(
+            "strait_locator_site_receiver_endpoints",
+            "gauge",
+            "Gateway-receiver endpoints known per site",
+            per_site(&|v| v.servers.iter().map(|s| s.receivers.len() as u64).sum()),
+        );
+        family(
+            "strait_locator_site_age_milliseconds",
+            "gauge",
+            "Since the site last vouched for its freshest entry",
+            per_site(&|v| {
+                v.locators
+                    .iter()
+                    .map(|l| l.age_ms)
+                    .chain(v.servers.iter().map(|s| s.age_ms))
+                    .min()
+                    .unwrap_or(0)
+            }),
+        );
+        out
+    }
+
     /// Everything this locator knows of every site, as it would send it.
     fn sites(&self, now_ms: u64) -> SitesReply {
         SitesReply {
@@ -1518,6 +1593,16 @@ mod tests {
             (r.receivers[0].host.as_str(), r.locators[0].host.as_str()),
             ("ldn-r", "ldn")
         );
+        let (status, metrics) = call(&mut s, 130, "GET", "/metrics", "");
+        assert_eq!(status, 200);
+        for line in [
+            "strait_locator_servers{locator=\"loc\",site=\"1\"} 1\n",
+            "strait_locator_site_receiver_endpoints{locator=\"loc\",site=\"1\",remote_site=\"2\"} 1\n",
+            "strait_locator_site_locators{locator=\"loc\",site=\"1\",remote_site=\"1\"} 1\n",
+            "strait_locator_site_age_milliseconds{locator=\"loc\",site=\"1\",remote_site=\"2\"} 30\n",
+        ] {
+            assert!(metrics.contains(line), "{line} not in\n{metrics}");
+        }
         let (status, text) = call(&mut s, 130, "GET", "/v1/sites/9/receivers", "");
         assert_eq!(status, 404);
         let e: ErrorReply = serde_json::from_str(&text).unwrap();
