@@ -59,7 +59,13 @@ impl Future for Notified<'_> {
         if self.notify.generation.get() != self.seen {
             return Poll::Ready(());
         }
-        self.notify.waiters.borrow_mut().push(cx.waker().clone());
+        // One waker per task: a task that polls its wait again (a `select` woken by another
+        // branch) must not pile up clones, which a rarely notified Notify keeps until it fires
+        // (glommio's waker count is 16 bits; 32 767 clones abort the shard).
+        let mut waiters = self.notify.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
         Poll::Pending
     }
 }
@@ -348,4 +354,42 @@ async fn run(inner: Rc<Inner>, action: Action) {
         }
     }
     inner.progress.notify();
+}
+
+#[cfg(test)]
+mod notify_tests {
+    use super::Notify;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    /// A task's waker that counts its wakes.
+    struct Task(AtomicU32);
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_task_waiting_again_and_again_is_registered_once_and_still_woken() {
+        let notify = Notify::default();
+        let task = Arc::new(Task(AtomicU32::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..40_000 {
+            let wait = pin!(notify.notified());
+            assert_eq!(wait.poll(&mut cx), Poll::Pending);
+        }
+        assert_eq!(notify.waiters.borrow().len(), 1);
+        let mut wait = pin!(notify.notified());
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
+        notify.notify();
+        assert_eq!(task.0.load(Ordering::Relaxed), 1);
+        assert_eq!(wait.poll(&mut cx), Poll::Ready(()));
+        assert!(notify.waiters.borrow().is_empty());
+    }
 }
