@@ -640,13 +640,6 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<Summary> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let mut failures = Vec::new();
-    for w in writers {
-        match w.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(format!("a writer: {e:#}")),
-            Err(_) => failures.push("a writer panicked".into()),
-        }
-    }
     let mut hist = histogram();
     let (mut sets, mut gets, mut get_hits, mut errors, mut set_bytes) = (0, 0, 0, 0, 0u64);
     for r in readers {
@@ -661,6 +654,14 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<Summary> {
             }
             Ok(Err(e)) => failures.push(format!("a connection to {}: {e:#}", config.server)),
             Err(_) => failures.push("a reader panicked".into()),
+        }
+    }
+    // After the readers: a writer fails when its reader did, and the reader knows why.
+    for w in writers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("a writer: {e:#}")),
+            Err(_) => failures.push("a writer panicked".into()),
         }
     }
     let e2e = match (poll_handle, skipped, &config.e2e) {

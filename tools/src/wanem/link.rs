@@ -5,12 +5,15 @@
 //!
 //! - [`LinkParams`]: latency, jitter, bandwidth, stalls and resets of one direction, parsed
 //!   from `key=value` words ([`LinkParams::apply`]).
-//! - [`Direction`]: the chunks in flight, each with its release time.
+//! - [`Wire`]: the bandwidth of one direction of the link, shared by every connection
+//!   crossing it.
+//! - [`Direction`]: one connection's chunks in flight, each with its release time.
 //! - [`ResetClock`]: when a connection is to be reset, at a random (Poisson) rate.
 //!
 //! The model, for a chunk of `n` bytes read at time `t`:
-//! 1. serialisation: the link sends one chunk at a time at `bandwidth`; the chunk starts when
-//!    both it has arrived and the previous one has left, and takes `n / bandwidth`;
+//! 1. serialisation: the link ([`Wire`]) sends one chunk at a time at `bandwidth`, whichever
+//!    connection it belongs to; the chunk starts when both it has arrived and the previous one
+//!    has left, and takes `n / bandwidth`;
 //! 2. propagation: it arrives `latency + U(0, jitter)` after its last byte left;
 //! 3. order: a TCP stream is never reordered, so a chunk is never released before the one
 //!    ahead of it (jitter can only add delay);
@@ -190,6 +193,32 @@ fn exp_gap_ns(rng: &mut SmallRng, rate_per_s: f64) -> u64 {
     (seconds * NS_PER_S as f64) as u64
 }
 
+/// One direction's bandwidth, shared by all the connections crossing the link: when it has
+/// finished sending everything accepted so far.
+#[derive(Debug, Default)]
+pub struct Wire {
+    free_ns: u64,
+}
+
+impl Wire {
+    /// Sends `len` bytes that arrived at `now_ns` at `bytes_per_s` (`None`: no cap); returns
+    /// when their last byte has left.
+    pub fn send(&mut self, len: usize, now_ns: u64, bytes_per_s: Option<u64>) -> u64 {
+        let start = now_ns.max(self.free_ns);
+        let sending = match bytes_per_s {
+            None => 0,
+            Some(bw) => (len as u128 * NS_PER_S as u128 / bw as u128) as u64,
+        };
+        self.free_ns = start.saturating_add(sending);
+        self.free_ns
+    }
+
+    /// A new bandwidth applies from `now_ns`: what was being sent is not charged again.
+    pub fn restart(&mut self, now_ns: u64) {
+        self.free_ns = self.free_ns.min(now_ns);
+    }
+}
+
 /// Bytes waiting to be delivered, and when.
 #[derive(Debug)]
 struct Chunk {
@@ -204,8 +233,6 @@ pub struct Direction {
     rng: SmallRng,
     chunks: VecDeque<Chunk>,
     buffered_bytes: usize,
-    /// When the link has finished sending everything accepted so far (bandwidth).
-    wire_free_ns: u64,
     /// Release time of the last chunk accepted: no chunk goes out before it.
     last_release_ns: u64,
     /// The current or next stall, `[start, end)`; `None` until the first is drawn.
@@ -222,7 +249,6 @@ impl Direction {
             rng: SmallRng::seed_from_u64(seed),
             chunks: VecDeque::new(),
             buffered_bytes: 0,
-            wire_free_ns: 0,
             last_release_ns: 0,
             stall: None,
             partitioned_since: None,
@@ -234,10 +260,9 @@ impl Direction {
     }
 
     /// New parameters apply to bytes read from now on; stalls are drawn anew.
-    pub fn set_params(&mut self, params: LinkParams, now_ns: u64) {
+    pub fn set_params(&mut self, params: LinkParams) {
         self.params = params;
         self.stall = None;
-        self.wire_free_ns = self.wire_free_ns.min(now_ns);
     }
 
     /// Partitions the link (`on`) or heals it at `now_ns`.
@@ -258,22 +283,16 @@ impl Direction {
         self.buffered_bytes
     }
 
-    /// Accepts `bytes` read at `now_ns`; returns when they will be released (unless a
-    /// partition holds them longer).
-    pub fn handle_bytes(&mut self, bytes: Vec<u8>, now_ns: u64) -> u64 {
-        let start = now_ns.max(self.wire_free_ns);
-        let sending = match self.params.bandwidth_bytes_per_s {
-            None => 0,
-            Some(bw) => (bytes.len() as u128 * NS_PER_S as u128 / bw as u128) as u64,
-        };
-        self.wire_free_ns = start.saturating_add(sending);
+    /// Accepts `bytes` read at `now_ns`, sent over `wire` (the link's, shared with other
+    /// connections); returns when they will be released (unless a partition holds them longer).
+    pub fn handle_bytes(&mut self, bytes: Vec<u8>, wire: &mut Wire, now_ns: u64) -> u64 {
+        let left = wire.send(bytes.len(), now_ns, self.params.bandwidth_bytes_per_s);
         let jitter = if self.params.jitter_ns == 0 {
             0
         } else {
             self.rng.random_range(0..=self.params.jitter_ns)
         };
-        let arrival = self
-            .wire_free_ns
+        let arrival = left
             .saturating_add(self.params.latency_ns)
             .saturating_add(jitter)
             .max(self.last_release_ns);
@@ -389,7 +408,8 @@ mod tests {
     #[test]
     fn latency_delays_every_chunk_by_at_least_the_latency() {
         let mut d = Direction::new(params("latency=25ms"), 1);
-        assert_eq!(d.handle_bytes(vec![1; 10], 5 * MS), 30 * MS);
+        let mut w = Wire::default();
+        assert_eq!(d.handle_bytes(vec![1; 10], &mut w, 5 * MS), 30 * MS);
         assert_eq!(drain(&mut d, 30 * MS - 1), 0);
         assert_eq!(drain(&mut d, 30 * MS), 10);
         assert_eq!(d.next_release_ns(), None);
@@ -398,9 +418,10 @@ mod tests {
     #[test]
     fn jitter_stays_within_its_bound_and_never_reorders() {
         let mut d = Direction::new(params("latency=10ms jitter=5ms"), 7);
+        let mut w = Wire::default();
         let mut last = 0;
         for i in 0..1000u64 {
-            let r = d.handle_bytes(vec![0; 100], i * 100_000);
+            let r = d.handle_bytes(vec![0; 100], &mut w, i * 100_000);
             assert!(r >= i * 100_000 + 10 * MS, "chunk {i} early");
             assert!(r >= last, "chunk {i} reordered");
             last = r;
@@ -413,20 +434,39 @@ mod tests {
     fn bandwidth_spaces_chunks_by_their_sending_time() {
         // 8 Mbit/s = 1 MB/s: 1000 bytes take 1 ms.
         let mut d = Direction::new(params("bandwidth=8Mbit"), 1);
+        let mut w = Wire::default();
         let mut release = 0;
         for _ in 0..1000 {
-            release = d.handle_bytes(vec![0; 1000], 0);
+            release = d.handle_bytes(vec![0; 1000], &mut w, 0);
         }
         assert_eq!(release, 1000 * MS, "1 MB at 1 MB/s takes one second");
         // A link idle since then sends at once.
-        assert_eq!(d.handle_bytes(vec![0; 1000], 5000 * MS), 5001 * MS);
+        assert_eq!(d.handle_bytes(vec![0; 1000], &mut w, 5000 * MS), 5001 * MS);
+    }
+
+    #[test]
+    fn connections_share_the_bandwidth_of_the_link() {
+        let mut wire = Wire::default();
+        let p = params("bandwidth=8Mbit");
+        let (mut a, mut b) = (Direction::new(p, 1), Direction::new(p, 2));
+        let mut last = 0;
+        for _ in 0..500 {
+            a.handle_bytes(vec![0; 1000], &mut wire, 0);
+            last = b.handle_bytes(vec![0; 1000], &mut wire, 0);
+        }
+        assert_eq!(
+            last,
+            1000 * MS,
+            "1 MB over two connections still takes one second at 1 MB/s"
+        );
     }
 
     #[test]
     fn stalls_hold_what_falls_in_them() {
         let mut d = Direction::new(params("stall-rate=10 stall=50ms"), 3);
+        let mut w = Wire::default();
         let releases: Vec<u64> = (0..10_000u64)
-            .map(|i| d.handle_bytes(vec![0], i * MS))
+            .map(|i| d.handle_bytes(vec![0], &mut w, i * MS))
             .collect();
         let delayed = releases
             .iter()
@@ -451,9 +491,10 @@ mod tests {
     #[test]
     fn a_partition_holds_everything_until_the_heal() {
         let mut d = Direction::new(params("latency=1ms"), 1);
-        d.handle_bytes(vec![1; 5], 0);
+        let mut w = Wire::default();
+        d.handle_bytes(vec![1; 5], &mut w, 0);
         d.set_partitioned(true, MS / 2);
-        d.handle_bytes(vec![2; 5], MS);
+        d.handle_bytes(vec![2; 5], &mut w, MS);
         assert_eq!(drain(&mut d, 100 * MS), 0);
         assert_eq!(d.next_release_ns(), None);
         assert_eq!(d.buffered_bytes(), 10);
@@ -467,8 +508,9 @@ mod tests {
     fn same_seed_same_choices() {
         let run = |seed| {
             let mut d = Direction::new(params("jitter=5ms stall-rate=5 stall=10ms"), seed);
+            let mut w = Wire::default();
             (0..100)
-                .map(|i| d.handle_bytes(vec![0], i * MS))
+                .map(|i| d.handle_bytes(vec![0], &mut w, i * MS))
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(9), run(9));

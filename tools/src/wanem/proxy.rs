@@ -13,7 +13,7 @@
 //! variable. A reader stops reading while [`DIRECTION_BUFFER_BYTES_MAX`] bytes are held, so a
 //! slow link pushes back on its sender as TCP would.
 
-use super::link::{Direction, LinkParams, ResetClock};
+use super::link::{Direction, LinkParams, ResetClock, Wire};
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -159,11 +159,20 @@ struct Shared {
     settings: Mutex<Settings>,
     conns: Mutex<Vec<Weak<Conn>>>,
     counters: Counters,
+    /// The bandwidth of each direction, shared by every connection: up, down.
+    wires: [Mutex<Wire>; 2],
 }
 
 impl Shared {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// The wire of one direction. Locked after a pipe's state, never before.
+    fn wire(&self, up: bool) -> MutexGuard<'_, Wire> {
+        self.wires[usize::from(!up)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn settings(&self) -> MutexGuard<'_, Settings> {
@@ -180,10 +189,12 @@ impl Shared {
     fn apply(&self, settings: Settings) {
         *self.settings() = settings;
         let now = self.now_ns();
+        self.wire(true).restart(now);
+        self.wire(false).restart(now);
         for conn in self.live() {
             for (pipe, params) in [(&conn.up, settings.up), (&conn.down, settings.down)] {
                 let mut s = pipe.lock();
-                s.link.set_params(params, now);
+                s.link.set_params(params);
                 s.link.set_partitioned(settings.partitioned, now);
                 if let Some(r) = &mut s.resets {
                     r.set_rate(params.reset_rate_per_s, now);
@@ -218,6 +229,7 @@ impl Emulator {
             settings: Mutex::new(settings),
             conns: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            wires: Default::default(),
         });
         let mut listeners = Vec::new();
         for m in maps {
@@ -460,7 +472,9 @@ fn reader(shared: &Shared, conn: &Conn, up: bool, mut src: TcpStream) {
         if n == 0 {
             s.eof = true;
         } else {
-            s.link.handle_bytes(buf[..n].to_vec(), shared.now_ns());
+            let mut wire = shared.wire(up);
+            s.link
+                .handle_bytes(buf[..n].to_vec(), &mut wire, shared.now_ns());
         }
         drop(s);
         pipe.changed.notify_all();
