@@ -68,6 +68,9 @@ pub struct E2eArgs {
     /// `batch-size` of the senders (Strait's default: 100).
     #[arg(long)]
     batch_size: Option<u32>,
+    /// Key space of the writes: each site's store grows to about `keys` × value size.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
     /// `strait-load` connections and pipeline depth.
     #[arg(long, default_value_t = 4)]
     connections: u32,
@@ -394,7 +397,7 @@ fn run_case(
             "--value-size",
             &case.size.to_string(),
             "--keys",
-            "1000000",
+            &args.keys.to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
