@@ -212,7 +212,7 @@ fn info_field(port: u16, prefix: &str, field: &str) -> anyhow::Result<u64> {
 struct Sites {
     client1: u16,
     client2: u16,
-    /// Declared last: killed first (servers before locators).
+    /// Killed when dropped, in reverse start order: servers, then the emulator and locators.
     _procs: Vec<Proc>,
 }
 
