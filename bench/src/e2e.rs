@@ -79,6 +79,10 @@ pub struct E2eArgs {
     /// Seconds of the half-rate step.
     #[arg(long, default_value_t = 3.0)]
     half_rate_seconds: f64,
+    /// The latency step's rate, as a share of the replicated rate of the max-rate step (the
+    /// targets are stated at half).
+    #[arg(long, default_value_t = 0.5)]
+    latency_fraction: f64,
     /// Bytes per transfer of the loopback bound.
     #[arg(long, default_value = "512MiB")]
     bound_bytes: String,
@@ -431,7 +435,7 @@ fn run_case(
     let events_per_s = events as f64 / seconds;
     let mb_per_s = events_per_s * case.size as f64 / MB;
     // Step 2: half that rate, with the end-to-end latency sampled at site 2.
-    let half = events_per_s / 2.0;
+    let half = events_per_s * args.latency_fraction;
     let every = ((half * args.half_rate_seconds / E2E_SAMPLES) as u64).max(1);
     let mut a = common(sites.client1);
     a.extend([
@@ -536,6 +540,9 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
         if let Some(bad) = list.iter().find(|v| !allowed.contains(&v.as_str())) {
             bail!("{what}: `{bad}` is not one of {allowed:?}");
         }
+    }
+    if !(args.latency_fraction > 0.0 && args.latency_fraction <= 1.0) {
+        bail!("--latency-fraction must be above 0 and at most 1");
     }
     if args.sizes.contains(&0) {
         bail!("--sizes: a value size must be at least 1 byte");
