@@ -19,6 +19,7 @@
 //! so every batch and ack crosses the emulated link (the locators talk directly).
 
 use crate::site::wait_ready;
+use crate::svg::{Series, line_chart};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::Value;
@@ -86,6 +87,10 @@ pub struct E2eArgs {
     /// Bytes per transfer of the loopback bound.
     #[arg(long, default_value = "512MiB")]
     bound_bytes: String,
+    /// Write two SVG plots per case into this directory: site 2's applies per second during
+    /// the max-rate step, and the latency step's write → visible distribution.
+    #[arg(long)]
+    svg: Option<PathBuf>,
     /// Where `strait`, `strait-load` and `strait-wanem` are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -129,6 +134,12 @@ struct CaseResult {
     e2e_p99_us: u64,
     e2e_p999_us: u64,
     e2e_max_us: u64,
+    /// For the plots: (seconds since the first write, events applied at site 2).
+    #[serde(skip)]
+    applied_timeline: Vec<(f64, u64)>,
+    /// For the plots: (quantile, µs) of the latency step.
+    #[serde(skip)]
+    e2e_ladder: Vec<(f64, u64)>,
 }
 
 /// A child process killed and reaped when dropped, so a failing case leaves nothing running.
@@ -418,8 +429,10 @@ fn run_case(
     let deadline_per_event = Duration::from_millis(2);
     let deadline = start + Duration::from_secs(60) + deadline_per_event * events as u32;
     let mut applied = 0;
+    let mut applied_timeline = Vec::new();
     while applied < events && Instant::now() < deadline {
         applied = info_field(sites.client2, "receiver:", "applied")?;
+        applied_timeline.push((start.elapsed().as_secs_f64(), applied));
         std::thread::sleep(APPLIED_POLL);
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -485,7 +498,84 @@ fn run_case(
         e2e_p99_us: f(e, &["p99"]) as u64,
         e2e_p999_us: f(e, &["p999"]) as u64,
         e2e_max_us: f(e, &["max"]) as u64,
+        applied_timeline,
+        e2e_ladder: e["ladder"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|p| (p[0].as_f64().unwrap_or(0.0), p[1].as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
+}
+
+/// Seconds over which the plotted apply rate is averaged.
+const PLOT_RATE_WINDOW_S: f64 = 0.1;
+/// Where "max" sits on the latency plot's x axis (quantile q sits at -log10(1 - q)).
+const PLOT_MAX_X: f64 = 4.5;
+
+/// Writes `<case>-throughput.svg` and `<case>-latency.svg` into `dir`.
+fn plots(dir: &Path, r: &CaseResult) -> anyhow::Result<()> {
+    let mut rate = Vec::new();
+    let mut last = (0.0, 0u64);
+    for &(t, n) in &r.applied_timeline {
+        if t - last.0 >= PLOT_RATE_WINDOW_S {
+            rate.push(((t + last.0) / 2.0, (n - last.1) as f64 / (t - last.0)));
+            last = (t, n);
+        }
+    }
+    let name = r.case.replace('/', "-");
+    let throughput = line_chart(
+        &format!("{}: applied at site 2, max-rate step", r.case),
+        "seconds since the first write",
+        "events/s",
+        &[Series {
+            name: "applied at site 2".into(),
+            points: rate,
+        }],
+        None,
+    );
+    let ladder: Vec<(f64, f64)> = r
+        .e2e_ladder
+        .iter()
+        .map(|&(q, us)| {
+            let x = if q < 1.0 {
+                -(1.0 - q).log10()
+            } else {
+                PLOT_MAX_X
+            };
+            (x, us as f64 / 1000.0)
+        })
+        .collect();
+    let ticks = [
+        (0.0, "0%"),
+        (0.301, "50%"),
+        (1.0, "90%"),
+        (2.0, "99%"),
+        (3.0, "99.9%"),
+        (4.0, "99.99%"),
+        (PLOT_MAX_X, "max"),
+    ];
+    let latency = line_chart(
+        &format!(
+            "{}: write at site 1 -> visible at site 2, {:.0}/s",
+            r.case, r.half_rate_per_s
+        ),
+        "percentile",
+        "milliseconds",
+        &[Series {
+            name: "write -> visible".into(),
+            points: ladder,
+        }],
+        Some(&ticks),
+    );
+    std::fs::create_dir_all(dir)?;
+    for (kind, svg) in [("throughput", throughput), ("latency", latency)] {
+        let path = dir.join(format!("{name}-{kind}.svg"));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn size_name(size: usize) -> String {
@@ -616,6 +706,9 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
                                 r.e2e_p99_us,
                                 r.half_rate_per_s
                             );
+                            if let Some(dir) = &args.svg {
+                                plots(dir, &r)?;
+                            }
                             results.push(r);
                         }
                         Err(e) => {

@@ -32,6 +32,7 @@ mod queue;
 mod report;
 mod site;
 mod size;
+mod svg;
 
 /// mimalloc: shards allocate buffers that other shards free (a write's key and value cross to
 /// the shard that owns the key), which glibc's per-thread arenas serve through a lock.

@@ -79,6 +79,11 @@ fn a_counted_run_at_full_speed_does_every_operation_and_prints_json() {
             "{a} > {b}: {l}"
         );
     }
+    let ladder = l["ladder"].as_array().unwrap();
+    assert_eq!(ladder.len(), 12);
+    let us: Vec<u64> = ladder.iter().map(|p| p[1].as_u64().unwrap()).collect();
+    assert!(us.windows(2).all(|w| w[0] <= w[1]), "{us:?}");
+    assert_eq!(us[11], l["max"].as_u64().unwrap());
     assert!(j["ops_per_s"].as_f64().unwrap() > 0.0);
     assert!(j["e2e"].is_null());
     // The writes landed: keys written, at most the key space.

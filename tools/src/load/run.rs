@@ -156,7 +156,14 @@ pub struct Latency {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+    /// The distribution for plots: `[quantile, µs]` at each of [`LADDER_QUANTILES`].
+    pub ladder: Vec<(f64, u64)>,
 }
+
+/// Quantiles of [`Latency::ladder`].
+pub const LADDER_QUANTILES: [f64; 12] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0,
+];
 
 impl Latency {
     fn of(h: &Histogram<u64>) -> Latency {
@@ -169,6 +176,10 @@ impl Latency {
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
+            ladder: LADDER_QUANTILES
+                .iter()
+                .map(|&q| (q, h.value_at_quantile(q)))
+                .collect(),
         }
     }
 }
