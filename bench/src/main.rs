@@ -18,15 +18,21 @@
 //!     --sizes 1KiB --queues 1,57 --reopen-bytes 0 --no-dma-write     # segment layout
 //! ```
 //!
+//! `strait-bench site` compares a Strait server with redis-server under redis-benchmark, and
+//! `strait-bench e2e` replicates between two sites run as `strait` processes (needs
+//! `cargo build --release -p strait-tools` for `strait`, `strait-load` and `strait-wanem`).
+//!
 //! `docs/benchmarks.md` describes each case and records figures.
 
 #![forbid(unsafe_code)]
 
 mod bounds;
+mod e2e;
 mod queue;
 mod report;
 mod site;
 mod size;
+mod svg;
 
 /// mimalloc: shards allocate buffers that other shards free (a write's key and value cross to
 /// the shard that owns the key), which glibc's per-thread arenas serve through a lock.
@@ -51,11 +57,15 @@ enum Command {
     /// redis-benchmark SET against a Strait server whose writes are all queued for a gateway
     /// sender, and against redis-server in the same run.
     Site(site::SiteArgs),
+    /// Two sites as separate processes: replicated events/s, MB/s and write → visible-at-the-
+    /// other-site latency, directly and through `strait-wanem`, against loopback TCP.
+    E2e(e2e::E2eArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args),
         Command::Site(args) => site::run(args),
+        Command::E2e(args) => e2e::run(args),
     }
 }

@@ -68,7 +68,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Waits until something on `port` answers PING with PONG.
-fn wait_ready(port: u16) -> anyhow::Result<()> {
+pub(crate) fn wait_ready(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {

@@ -1,0 +1,803 @@
+//! `strait-bench e2e`: two sites on this machine, writes at site 1, measured where they are
+//! applied at site 2. Every piece is a separate process from the same build: two `strait`
+//! locators, two `strait` servers, `strait-load` for the writes (and the end-to-end latency
+//! mode), and for the WAN cases `strait-wanem` in front of site 2's receiver ports.
+//!
+//! Per case (value size × sender kind × queue kind × link):
+//! 1. **Max rate**: `strait-load` writes `events` SETs as fast as it can; the bench polls
+//!    site 2's `INFO` until its receiver has applied them all. Replicated events/s and MB/s
+//!    (of values) are counted from the first write to the last apply.
+//! 2. **Half rate**: `strait-load --rate` at half the replicated rate of step 1, with `--e2e`
+//!    at site 2: the distribution of write at site 1 → value visible at site 2.
+//!
+//! Bounds measured in the same run by `strait-wanem overhead`: raw loopback TCP throughput
+//! between two threads, and the same through the emulator with no impairment. Each case is
+//! compared with the loopback bound, and a WAN case also with the emulated bandwidth.
+//!
+//! The WAN link: site 2's receiver binds 127.0.0.1 and advertises `hostname-for-senders =
+//! 127.0.0.2`; `strait-wanem` listens on 127.0.0.2 at the same ports and forwards to 127.0.0.1,
+//! so every batch and ack crosses the emulated link (the locators talk directly).
+
+use crate::site::wait_ready;
+use crate::svg::{Series, line_chart};
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Receiver ports of site 2 (2 shards need 2; a few more leave room).
+const RECEIVER_PORTS: u16 = 8;
+/// How long site 1's dispatchers may take to connect to site 2.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often site 2's INFO is read while waiting for the applies.
+const APPLIED_POLL: Duration = Duration::from_millis(5);
+/// End-to-end samples aimed at in the half-rate step.
+const E2E_SAMPLES: f64 = 2000.0;
+/// Bytes in a megabyte (decimal).
+const MB: f64 = 1e6;
+
+#[derive(Debug, clap::Args)]
+pub struct E2eArgs {
+    /// Value sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "100,1024,16384")]
+    sizes: Vec<usize>,
+    /// Writes per case in the max-rate step (fewer for large values: see --bytes-max).
+    #[arg(long, default_value_t = 300_000)]
+    events: u64,
+    /// Value bytes per case at most: events = min(--events, --bytes-max / size).
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes_max: u64,
+    /// Sender kinds: parallel, serial.
+    #[arg(long, value_delimiter = ',', default_value = "parallel,serial")]
+    senders: Vec<String>,
+    /// Queue kinds: memory, persistent.
+    #[arg(long, value_delimiter = ',', default_value = "memory,persistent")]
+    queues: Vec<String>,
+    /// Links: direct, wan.
+    #[arg(long, value_delimiter = ',', default_value = "direct,wan")]
+    links: Vec<String>,
+    /// The emulated link of the `wan` cases, both directions (`strait-wanem --link`).
+    #[arg(long, default_value = "latency=25ms bandwidth=1Gbit")]
+    wan: String,
+    /// `sync-policy` of the persistent queues.
+    #[arg(long, default_value = "interval-1000ms")]
+    sync_policy: String,
+    /// `batch-size` of the senders (Strait's default: 100).
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Key space of the writes: each site's store grows to about `keys` × value size.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// `strait-load` connections and pipeline depth.
+    #[arg(long, default_value_t = 4)]
+    connections: u32,
+    #[arg(long, default_value_t = 64)]
+    pipeline: u32,
+    /// Seconds of the half-rate step.
+    #[arg(long, default_value_t = 3.0)]
+    half_rate_seconds: f64,
+    /// The latency step's rate, as a share of the replicated rate of the max-rate step (the
+    /// targets are stated at half).
+    #[arg(long, default_value_t = 0.5)]
+    latency_fraction: f64,
+    /// Bytes per transfer of the loopback bound.
+    #[arg(long, default_value = "512MiB")]
+    bound_bytes: String,
+    /// Write two SVG plots per case into this directory: site 2's applies per second during
+    /// the max-rate step, and the latency step's write → visible distribution.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Where `strait`, `strait-load` and `strait-wanem` are (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Parent of the fresh directory holding both sites' files (removed at the end).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
+/// One case's results: a JSON line and a table row.
+#[derive(Debug, Serialize)]
+struct CaseResult {
+    bench: &'static str,
+    case: String,
+    value_bytes: usize,
+    sender: String,
+    queue: String,
+    link: String,
+    /// The emulated link, for `wan`.
+    link_params: Option<String>,
+    events: u64,
+    /// First write at site 1 → last apply at site 2.
+    seconds: f64,
+    events_per_s: f64,
+    /// Value bytes replicated per second.
+    mb_per_s: f64,
+    /// SETs per second site 1 accepted (strait-load's own figure).
+    write_ops_per_s: f64,
+    /// Events site 2 applied (should equal `events`).
+    applied: u64,
+    loopback_mb_per_s: f64,
+    ratio_to_loopback: f64,
+    /// The emulated bandwidth in MB/s, for `wan`.
+    link_mb_per_s: Option<f64>,
+    ratio_to_link: Option<f64>,
+    /// The half-rate step: the target rate, and write → seen at site 2, µs.
+    half_rate_per_s: f64,
+    half_rate_achieved_per_s: f64,
+    e2e_seen: u64,
+    e2e_missing: u64,
+    e2e_p50_us: u64,
+    e2e_p99_us: u64,
+    e2e_p999_us: u64,
+    e2e_max_us: u64,
+    /// For the plots: (seconds since the first write, events applied at site 2).
+    #[serde(skip)]
+    applied_timeline: Vec<(f64, u64)>,
+    /// For the plots: (quantile, µs) of the latency step.
+    #[serde(skip)]
+    e2e_ladder: Vec<(f64, u64)>,
+}
+
+/// A child process killed and reaped when dropped, so a failing case leaves nothing running.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free port below the kernel's ephemeral range, so no outgoing connection takes it before
+/// the process that is given it binds it; `span` consecutive ports when more than 1.
+fn free_ports(span: u16, seed: &mut u64) -> anyhow::Result<u16> {
+    for _ in 0..5000 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let base = 20_000 + ((*seed >> 33) % 12_000) as u16;
+        let free = |p: u16| {
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.2", p)).is_ok()
+        };
+        if (base..base + span).all(free) {
+            return Ok(base);
+        }
+    }
+    bail!("no {span} free consecutive ports between 20000 and 32000")
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Proc> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Proc { child })
+}
+
+/// One RESP command, its reply as text (bulk or simple string).
+fn call(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(out.as_bytes())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    match line.as_bytes().first() {
+        Some(b'$') => {
+            let n: usize = line[1..].trim().parse()?;
+            let mut body = vec![0; n + 2];
+            r.read_exact(&mut body)?;
+            body.truncate(n);
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        }
+        Some(b'+') => Ok(line[1..].trim().to_string()),
+        _ => bail!("port {port} answered {args:?} with `{}`", line.trim()),
+    }
+}
+
+/// `field` of the INFO line starting `prefix`, e.g. ("receiver:", "applied").
+fn info_field(port: u16, prefix: &str, field: &str) -> anyhow::Result<u64> {
+    let info = call(port, &["INFO"])?;
+    let line = info
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .with_context(|| format!("no `{prefix}` line in INFO of port {port}"))?;
+    line.split([':', ','])
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} in `{line}`"))
+}
+
+/// Both sites of one case, and the emulator when there is one.
+struct Sites {
+    client1: u16,
+    client2: u16,
+    /// Killed when dropped, in reverse start order: servers, then the emulator and locators.
+    _procs: Vec<Proc>,
+}
+
+struct Case<'a> {
+    size: usize,
+    sender: &'a str,
+    queue: &'a str,
+    link: &'a str,
+}
+
+fn start_sites(
+    args: &E2eArgs,
+    bins: &Path,
+    dir: &Path,
+    case: &Case,
+    seed: &mut u64,
+) -> anyhow::Result<Sites> {
+    let strait = bins.join("strait");
+    let (l1, l2) = (free_ports(1, seed)?, free_ports(1, seed)?);
+    let (c1, c2) = (free_ports(1, seed)?, free_ports(1, seed)?);
+    let recv = free_ports(RECEIVER_PORTS, seed)?;
+    let mut procs = Vec::new();
+    for (id, port, other) in [(1u8, l1, l2), (2, l2, l1)] {
+        let d = dir.join(format!("site{id}"));
+        std::fs::create_dir_all(d.join("locator"))?;
+        let a: Vec<String> = [
+            "start",
+            "locator",
+            "--name",
+            &format!("l{id}"),
+            "--port",
+            &port.to_string(),
+            "--bind-address",
+            "127.0.0.1",
+            "--dir",
+            &d.join("locator").display().to_string(),
+            "--distributed-system-id",
+            &id.to_string(),
+            "--remote-locators",
+            &format!("127.0.0.1:{other}"),
+            "--exchange-interval-ms",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        procs.push(spawn(&strait, &a, &d.join("locator.log"))?);
+    }
+    let wan = case.link == "wan";
+    if wan {
+        let map = format!(
+            "127.0.0.2:{recv}-{}=127.0.0.1:{recv}-{}",
+            recv + RECEIVER_PORTS - 1,
+            recv + RECEIVER_PORTS - 1
+        );
+        let a = vec![
+            "proxy".into(),
+            "--map".into(),
+            map,
+            "--link".into(),
+            args.wan.clone(),
+        ];
+        procs.push(spawn(
+            &bins.join("strait-wanem"),
+            &a,
+            &dir.join("wanem.log"),
+        )?);
+    }
+    let persistent = case.queue == "persistent";
+    let sender = format!(
+        "[[gateway-sender]]\nid = \"to2\"\nremote-distributed-system-id = 2\nparallel = {}\nenable-persistence = {persistent}\n{}{}",
+        case.sender == "parallel",
+        if persistent {
+            format!("sync-policy = \"{}\"\n", args.sync_policy)
+        } else {
+            String::new()
+        },
+        args.batch_size
+            .map_or(String::new(), |b| format!("batch-size = {b}\n")),
+    );
+    let receiver = format!(
+        "[gateway-receiver]\nstart-port = {recv}\nend-port = {}\nbind-address = \"127.0.0.1\"\n{}",
+        recv + RECEIVER_PORTS - 1,
+        if wan {
+            "hostname-for-senders = \"127.0.0.2\"\n"
+        } else {
+            ""
+        }
+    );
+    // Site 2 first, so its receiver is known when site 1's dispatchers look.
+    for (id, client, locator, extra, senders) in
+        [(2u8, c2, l2, receiver, ""), (1, c1, l1, sender, "\"to2\"")]
+    {
+        let d = dir.join(format!("site{id}"));
+        let cfg = format!(
+            "[server]\nname = \"s{id}\"\ndistributed-system-id = {id}\nbind-address = \"127.0.0.1\"\nclient-port = {client}\nhttp-service-port = 0\ndirectory = \"{}\"\nlocators = [\"127.0.0.1:{locator}\"]\n\
+             [[region]]\nname = \"bench\"\ntype = \"partition\"\ngateway-sender-ids = [{senders}]\n{extra}",
+            d.display()
+        );
+        let path = d.join("site.toml");
+        std::fs::write(&path, cfg)?;
+        let a = vec![
+            "start".into(),
+            "server".into(),
+            "--config".into(),
+            path.display().to_string(),
+        ];
+        procs.push(spawn(&strait, &a, &d.join("server.log"))?);
+        wait_ready(client).with_context(|| {
+            format!(
+                "site {id}'s server (log: {})",
+                d.join("server.log").display()
+            )
+        })?;
+    }
+    // Until every shard's dispatcher at site 1 is connected: `connected=N/N`.
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let info = call(c1, &["INFO"])?;
+        let connected = info.lines().find(|l| l.starts_with("to2:")).and_then(|l| {
+            let c = l.split(',').find_map(|kv| kv.strip_prefix("connected="))?;
+            let (a, b) = c.split_once('/')?;
+            Some(a == b && a != "0")
+        });
+        if connected == Some(true) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "site 1's senders did not connect to site 2 within {CONNECT_TIMEOUT:?} (logs in {})",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    procs.reverse();
+    Ok(Sites {
+        client1: c1,
+        client2: c2,
+        _procs: procs,
+    })
+}
+
+/// Runs `strait-load` with `args` plus `--json --quiet`; returns its JSON.
+fn load(bins: &Path, args: &[String]) -> anyhow::Result<Value> {
+    let out = Command::new(bins.join("strait-load"))
+        .args(args)
+        .args(["--json", "--quiet"])
+        .output()
+        .context("running strait-load")?;
+    if !out.status.success() {
+        bail!(
+            "strait-load {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("strait-load's JSON")
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(0.0)
+}
+
+fn run_case(
+    args: &E2eArgs,
+    bins: &Path,
+    dir: &Path,
+    case: &Case,
+    bound: (f64, Option<f64>),
+    seed: &mut u64,
+) -> anyhow::Result<CaseResult> {
+    let sites = start_sites(args, bins, dir, case, seed)?;
+    let events = args.events.min(args.bytes_max / case.size as u64).max(1);
+    let common = |server: u16| -> Vec<String> {
+        [
+            "--server",
+            &format!("127.0.0.1:{server}"),
+            "--connections",
+            &args.connections.to_string(),
+            "--pipeline",
+            &args.pipeline.to_string(),
+            "--value-size",
+            &case.size.to_string(),
+            "--keys",
+            &args.keys.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // Step 1: as fast as possible; time until site 2 applied everything.
+    let mut a = common(sites.client1);
+    a.extend(["--requests".to_string(), events.to_string()]);
+    let start = Instant::now();
+    let writer = {
+        let bins = bins.to_path_buf();
+        std::thread::spawn(move || load(&bins, &a))
+    };
+    let deadline_per_event = Duration::from_millis(2);
+    let deadline = start + Duration::from_secs(60) + deadline_per_event * events as u32;
+    let mut applied = 0;
+    let mut applied_timeline = Vec::new();
+    while applied < events && Instant::now() < deadline {
+        applied = info_field(sites.client2, "receiver:", "applied")?;
+        applied_timeline.push((start.elapsed().as_secs_f64(), applied));
+        std::thread::sleep(APPLIED_POLL);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+    if applied < events {
+        bail!(
+            "site 2 applied {applied} of {events} events within {:?}",
+            deadline - start
+        );
+    }
+    let events_per_s = events as f64 / seconds;
+    let mb_per_s = events_per_s * case.size as f64 / MB;
+    // Step 2: half that rate, with the end-to-end latency sampled at site 2.
+    let half = events_per_s * args.latency_fraction;
+    let every = ((half * args.half_rate_seconds / E2E_SAMPLES) as u64).max(1);
+    let mut a = common(sites.client1);
+    a.extend([
+        "--rate".into(),
+        format!("{half:.0}"),
+        "--duration".into(),
+        format!("{}ms", (args.half_rate_seconds * 1000.0) as u64),
+        "--e2e".into(),
+        format!("127.0.0.1:{}", sites.client2),
+        "--e2e-sample-every".into(),
+        every.to_string(),
+        "--key-prefix".into(),
+        "half:".into(),
+    ]);
+    let e2e = load(bins, &a)?;
+    let e = &e2e["e2e"]["latency_us"];
+    let link_mb_per_s = bound.1;
+    Ok(CaseResult {
+        bench: "e2e",
+        case: format!(
+            "{}/{}/{}/{}",
+            size_name(case.size),
+            case.sender,
+            case.queue,
+            case.link
+        ),
+        value_bytes: case.size,
+        sender: case.sender.into(),
+        queue: case.queue.into(),
+        link: case.link.into(),
+        link_params: (case.link == "wan").then(|| args.wan.clone()),
+        events,
+        seconds,
+        events_per_s,
+        mb_per_s,
+        write_ops_per_s: f(&written, &["ops_per_s"]),
+        applied,
+        loopback_mb_per_s: bound.0,
+        ratio_to_loopback: mb_per_s / bound.0,
+        link_mb_per_s,
+        ratio_to_link: link_mb_per_s.map(|l| mb_per_s / l),
+        half_rate_per_s: half,
+        half_rate_achieved_per_s: f(&e2e, &["ops_per_s"]),
+        e2e_seen: f(&e2e, &["e2e", "seen"]) as u64,
+        e2e_missing: f(&e2e, &["e2e", "missing"]) as u64,
+        e2e_p50_us: f(e, &["p50"]) as u64,
+        e2e_p99_us: f(e, &["p99"]) as u64,
+        e2e_p999_us: f(e, &["p999"]) as u64,
+        e2e_max_us: f(e, &["max"]) as u64,
+        applied_timeline,
+        e2e_ladder: e["ladder"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|p| (p[0].as_f64().unwrap_or(0.0), p[1].as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// Seconds over which the plotted apply rate is averaged.
+const PLOT_RATE_WINDOW_S: f64 = 0.1;
+/// Where "max" sits on the latency plot's x axis (quantile q sits at -log10(1 - q)).
+const PLOT_MAX_X: f64 = 4.5;
+
+/// Writes `<case>-throughput.svg` and `<case>-latency.svg` into `dir`.
+fn plots(dir: &Path, r: &CaseResult) -> anyhow::Result<()> {
+    let mut rate = Vec::new();
+    let mut last = (0.0, 0u64);
+    for &(t, n) in &r.applied_timeline {
+        if t - last.0 >= PLOT_RATE_WINDOW_S {
+            rate.push(((t + last.0) / 2.0, (n - last.1) as f64 / (t - last.0)));
+            last = (t, n);
+        }
+    }
+    let name = r.case.replace('/', "-");
+    let throughput = line_chart(
+        &format!("{}: applied at site 2, max-rate step", r.case),
+        "seconds since the first write",
+        "events/s",
+        &[Series {
+            name: "applied at site 2".into(),
+            points: rate,
+        }],
+        None,
+    );
+    let ladder: Vec<(f64, f64)> = r
+        .e2e_ladder
+        .iter()
+        .map(|&(q, us)| {
+            let x = if q < 1.0 {
+                -(1.0 - q).log10()
+            } else {
+                PLOT_MAX_X
+            };
+            (x, us as f64 / 1000.0)
+        })
+        .collect();
+    let ticks = [
+        (0.0, "0%"),
+        (0.301, "50%"),
+        (1.0, "90%"),
+        (2.0, "99%"),
+        (3.0, "99.9%"),
+        (4.0, "99.99%"),
+        (PLOT_MAX_X, "max"),
+    ];
+    let latency = line_chart(
+        &format!(
+            "{}: write at site 1 -> visible at site 2, {:.0}/s",
+            r.case, r.half_rate_per_s
+        ),
+        "percentile",
+        "milliseconds",
+        &[Series {
+            name: "write -> visible".into(),
+            points: ladder,
+        }],
+        Some(&ticks),
+    );
+    std::fs::create_dir_all(dir)?;
+    for (kind, svg) in [("throughput", throughput), ("latency", latency)] {
+        let path = dir.join(format!("{name}-{kind}.svg"));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn size_name(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{}KiB", size / 1024)
+    } else {
+        format!("{size}B")
+    }
+}
+
+/// The emulated bandwidth of `--wan` in MB/s; `None` when uncapped.
+fn wan_mb_per_s(words: &str) -> anyhow::Result<Option<f64>> {
+    for w in words.split_whitespace() {
+        if let Some(bw) = w.strip_prefix("bandwidth=") {
+            let lower = bw.to_ascii_lowercase();
+            let (n, scale) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)]
+                .iter()
+                .find_map(|(u, s)| lower.strip_suffix(u).map(|n| (n, *s)))
+                .with_context(|| {
+                    format!("--wan: bandwidth `{bw}` needs a unit (bit, kbit, Mbit, Gbit)")
+                })?;
+            let n: f64 = n
+                .parse()
+                .with_context(|| format!("--wan: bandwidth `{bw}`"))?;
+            return Ok(Some(n * scale / 8.0 / MB));
+        }
+    }
+    Ok(None)
+}
+
+pub fn run(args: E2eArgs) -> anyhow::Result<()> {
+    let bins = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory of this binary")?
+            .to_path_buf(),
+    };
+    for b in ["strait", "strait-load", "strait-wanem"] {
+        if !bins.join(b).exists() {
+            bail!(
+                "no {b} in {} (cargo build --release -p strait-tools, or --bin-dir)",
+                bins.display()
+            );
+        }
+    }
+    for (what, list, allowed) in [
+        ("--senders", &args.senders, &["parallel", "serial"][..]),
+        ("--queues", &args.queues, &["memory", "persistent"][..]),
+        ("--links", &args.links, &["direct", "wan"][..]),
+    ] {
+        if let Some(bad) = list.iter().find(|v| !allowed.contains(&v.as_str())) {
+            bail!("{what}: `{bad}` is not one of {allowed:?}");
+        }
+    }
+    if !(args.latency_fraction > 0.0 && args.latency_fraction <= 1.0) {
+        bail!("--latency-fraction must be above 0 and at most 1");
+    }
+    if args.sizes.contains(&0) {
+        bail!("--sizes: a value size must be at least 1 byte");
+    }
+    let link_mb = wan_mb_per_s(&args.wan)?;
+    // Bounds: loopback TCP and the emulator with no impairment.
+    eprintln!(
+        "e2e: loopback bound (strait-wanem overhead --bytes {}) ...",
+        args.bound_bytes
+    );
+    let out = Command::new(bins.join("strait-wanem"))
+        .args(["overhead", "--rounds", "1", "--bytes", &args.bound_bytes])
+        .output()
+        .context("running strait-wanem overhead")?;
+    if !out.status.success() {
+        bail!(
+            "strait-wanem overhead failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut loopback = 0.0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Value = serde_json::from_str(line)?;
+        let mut row = v.clone();
+        row["bench"] = "e2e_bound".into();
+        println!("{row}");
+        if v["path"] == "direct" {
+            loopback = f(&v, &["mb_per_s"]);
+        }
+        eprintln!(
+            "  bound {:<7} {:>8.0} MB/s  rtt p50 {:>6.1} us",
+            v["path"].as_str().unwrap_or(""),
+            f(&v, &["mb_per_s"]),
+            f(&v, &["rtt_p50_us"])
+        );
+    }
+    if loopback <= 0.0 {
+        bail!("the loopback bound measured nothing");
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("strait-bench-e2e-")
+        .tempdir_in(&args.dir)?;
+    let mut seed = u64::from(std::process::id());
+    let mut results = Vec::new();
+    let mut n = 0;
+    let mut failed = Vec::new();
+    for &size in &args.sizes {
+        for sender in &args.senders {
+            for queue in &args.queues {
+                for link in &args.links {
+                    n += 1;
+                    let case = Case {
+                        size,
+                        sender,
+                        queue,
+                        link,
+                    };
+                    let dir = tmp.path().join(format!("case{n}"));
+                    std::fs::create_dir_all(&dir)?;
+                    let name = format!("{}/{sender}/{queue}/{link}", size_name(size));
+                    eprintln!("e2e: {name} ...");
+                    let bound = (loopback, if link == "wan" { link_mb } else { None });
+                    match run_case(&args, &bins, &dir, &case, bound, &mut seed) {
+                        Ok(r) => {
+                            println!("{}", serde_json::to_string(&r)?);
+                            eprintln!(
+                                "  {:>10.0} events/s {:>7.1} MB/s  e2e p50 {} us p99 {} us at {:.0}/s",
+                                r.events_per_s,
+                                r.mb_per_s,
+                                r.e2e_p50_us,
+                                r.e2e_p99_us,
+                                r.half_rate_per_s
+                            );
+                            if let Some(dir) = &args.svg {
+                                plots(dir, &r)?;
+                            }
+                            results.push(r);
+                        }
+                        Err(e) => {
+                            eprintln!("  FAILED: {e:#}");
+                            failed.push(dir);
+                            continue;
+                        }
+                    }
+                    std::fs::remove_dir_all(&dir).ok();
+                }
+            }
+        }
+    }
+    table(&results, loopback);
+    if !failed.is_empty() {
+        let kept = tmp.keep();
+        eprintln!(
+            "{} cases failed; their processes' logs are kept in {}:",
+            failed.len(),
+            kept.display()
+        );
+        for d in &failed {
+            eprintln!("  {}", d.display());
+        }
+        bail!("{} of {n} cases failed", failed.len());
+    }
+    Ok(())
+}
+
+fn table(results: &[CaseResult], loopback: f64) {
+    eprintln!("\nloopback TCP bound: {loopback:.0} MB/s");
+    eprintln!(
+        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9}",
+        "case",
+        "events",
+        "events/s",
+        "MB/s",
+        "xloop",
+        "xlink",
+        "half rate",
+        "e2e p50",
+        "e2e p99",
+        "e2e max"
+    );
+    for r in results {
+        eprintln!(
+            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us",
+            r.case,
+            r.events,
+            r.events_per_s,
+            r.mb_per_s,
+            r.ratio_to_loopback,
+            r.ratio_to_link.map_or("-".into(), |x| format!("{x:.3}")),
+            r.half_rate_per_s,
+            r.e2e_p50_us,
+            r.e2e_p99_us,
+            r.e2e_max_us
+        );
+    }
+    eprintln!();
+    let find = |size: usize, queue: &str| {
+        results
+            .iter()
+            .filter(|r| r.value_bytes == size && r.queue == queue && r.link == "direct")
+            .map(|r| r.events_per_s)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
+    for (size, target) in [(1024, 1_000_000.0), (100, 1_500_000.0)] {
+        if let Some(x) = find(size, "persistent") {
+            let v = if x >= target { "PASS" } else { "MISS" };
+            eprintln!(
+                "{v} replicated {size} B events/s, persistent, direct (best sender): {x:.0} (target >= {target:.0})"
+            );
+        }
+    }
+    for r in results.iter().filter(|r| r.link == "direct") {
+        let v = if r.e2e_p99_us <= 2000 { "PASS" } else { "MISS" };
+        eprintln!(
+            "{v} {}: p99 write -> seen at site 2 at half rate = {} us (target <= 2000 us)",
+            r.case, r.e2e_p99_us
+        );
+    }
+    for r in results.iter().filter(|r| r.link == "wan") {
+        if let Some(x) = r.ratio_to_link {
+            let v = if x >= 0.8 { "PASS" } else { "MISS" };
+            eprintln!(
+                "{v} {}: {:.1} MB/s of values = {x:.3} of the emulated bandwidth (target >= 0.8)",
+                r.case, r.mb_per_s
+            );
+        }
+    }
+}

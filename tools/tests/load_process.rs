@@ -1,0 +1,199 @@
+//! `strait-load` against real `strait` servers on loopback: counts and rates it reports, the
+//! JSON it prints, and the end-to-end mode across two sites. The harness is `common/mod.rs`.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::{Command, Output};
+use std::time::Instant;
+
+fn load(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strait-load"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `strait-load ... --json --quiet` and parses its JSON line.
+fn load_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--json", "--quiet"]);
+    let out = load(&all);
+    assert!(
+        out.status.success(),
+        "strait-load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn one_site(root: &std::path::Path) -> Site {
+    let mut s = Site::new(root, 1);
+    s.start_locator(&[]);
+    s.start_server(&[], false, false, &[]);
+    s
+}
+
+#[test]
+fn a_counted_run_at_full_speed_does_every_operation_and_prints_json() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let site = one_site(tmp.path());
+    let server = format!("127.0.0.1:{}", site.client_port);
+    let j = load_json(&[
+        "--server",
+        &server,
+        "--requests",
+        "3001",
+        "--connections",
+        "3",
+        "--pipeline",
+        "8",
+        "--keys",
+        "500",
+        "--reads",
+        "0.3",
+        "--value-size",
+        "50-150",
+    ]);
+    assert_eq!(j["ops"], 3001);
+    assert_eq!(
+        j["sets"].as_u64().unwrap() + j["gets"].as_u64().unwrap(),
+        3001
+    );
+    assert_eq!(j["errors"], 0);
+    assert!(j["get_hits"].as_u64().unwrap() <= j["gets"].as_u64().unwrap());
+    assert!(j["rate"].is_null());
+    let l = &j["latency_us"];
+    assert_eq!(l["count"], 3001);
+    for (a, b) in [
+        ("min", "p50"),
+        ("p50", "p90"),
+        ("p90", "p99"),
+        ("p99", "p999"),
+        ("p999", "max"),
+    ] {
+        assert!(
+            l[a].as_u64().unwrap() <= l[b].as_u64().unwrap(),
+            "{a} > {b}: {l}"
+        );
+    }
+    let ladder = l["ladder"].as_array().unwrap();
+    assert_eq!(ladder.len(), 12);
+    let us: Vec<u64> = ladder.iter().map(|p| p[1].as_u64().unwrap()).collect();
+    assert!(us.windows(2).all(|w| w[0] <= w[1]), "{us:?}");
+    assert_eq!(us[11], l["max"].as_u64().unwrap());
+    assert!(j["ops_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j["e2e"].is_null());
+    // The writes landed: keys written, at most the key space.
+    let keys = dbsize(&site, "orders");
+    assert!((1..=500).contains(&keys), "{keys} keys");
+}
+
+#[test]
+fn an_open_loop_run_sends_at_the_rate_asked_for() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let site = one_site(tmp.path());
+    let server = format!("127.0.0.1:{}", site.client_port);
+    let t = Instant::now();
+    let j = load_json(&[
+        "--server",
+        &server,
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+        "--reads",
+        "0.5",
+        "--key-dist",
+        "zipf:0.9",
+    ]);
+    // Open loop: the operations scheduled in the second, however the server answers.
+    assert_eq!(j["ops"], 2000);
+    let gets = j["gets"].as_u64().unwrap();
+    assert!((850..=1150).contains(&gets), "{gets} GETs of 2000 at 50%");
+    assert!(t.elapsed().as_secs_f64() >= 1.0);
+    assert_eq!(j["rate"], 2000.0);
+}
+
+#[test]
+fn the_table_names_the_figures() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let site = one_site(tmp.path());
+    let out = load(&[
+        "--server",
+        &format!("127.0.0.1:{}", site.client_port),
+        "--requests",
+        "100",
+        "--quiet",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in ["ops 100", "ops/s", "p99", "request -> reply"] {
+        assert!(text.contains(word), "no `{word}` in:\n{text}");
+    }
+}
+
+#[test]
+fn end_to_end_mode_measures_each_sampled_write_until_it_is_seen_at_the_other_site() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    s2.start_server(&[], false, true, &[]);
+    s1.start_server(&[2], false, false, &[]);
+    let j = load_json(&[
+        "--server",
+        &format!("127.0.0.1:{}", s1.client_port),
+        "--e2e",
+        &format!("127.0.0.1:{}", s2.client_port),
+        "--e2e-sample-every",
+        "10",
+        "--requests",
+        "2000",
+        "--connections",
+        "2",
+        "--pipeline",
+        "4",
+        "--value-size",
+        "64",
+    ]);
+    assert_eq!(j["ops"], 2000);
+    let e = &j["e2e"];
+    assert_eq!(e["sampled"], 200, "{e}");
+    assert_eq!(e["seen"], 200, "{e}");
+    assert_eq!(e["missing"], 0);
+    assert_eq!(e["wrong_value"], 0);
+    assert_eq!(e["latency_us"]["count"], 200);
+    assert!(e["latency_us"]["min"].as_u64().unwrap() > 0);
+    // Every write, sampled or not, reached site 2.
+    wait_for("site 2 to apply every write", || s2.applied() == 2000);
+}
+
+#[test]
+fn bad_arguments_and_an_absent_server_are_refused_with_a_reason() {
+    let port = free_port().to_string();
+    let server = format!("127.0.0.1:{port}");
+    for (args, code, says) in [
+        (vec!["--reads", "1.5"], 2, "--reads"),
+        (vec!["--key-dist", "zipf:x"], 2, "zipf exponent"),
+        (vec!["--pipeline", "0"], 2, "--pipeline"),
+        (
+            vec!["--e2e", "127.0.0.1:1", "--value-size", "8"],
+            2,
+            "at least 19 bytes",
+        ),
+        (vec!["--requests", "10"], 1, "connecting to"),
+    ] {
+        let mut all = vec!["--server", server.as_str()];
+        all.extend(&args);
+        let out = load(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
