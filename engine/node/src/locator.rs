@@ -1303,7 +1303,11 @@ impl RemoteSiteLookup {
                         >= Duration::from_millis(SITE_UNKNOWN_WARN_INTERVAL_MS)
                 });
                 if due {
-                    tracing::warn!(site = self.site.0, "gateway sender to site {}: {e}", self.site);
+                    tracing::warn!(
+                        site = self.site.0,
+                        "gateway sender to site {}: {e}",
+                        self.site
+                    );
                     self.last_warned = Some(now);
                 }
             }

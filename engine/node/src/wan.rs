@@ -378,7 +378,11 @@ pub(crate) fn receiver_op(shard: &Shard, op: Option<ReceiverOp>) -> OpReply {
                     w.receiver_running.set(true);
                     shard.receiver_advertised.store(true, Ordering::SeqCst);
                     w.receiver_changed.notify();
-                    tracing::info!(shard = shard.id.0, "gateway receiver (shard {}): started on {at}", shard.id.0);
+                    tracing::info!(
+                        shard = shard.id.0,
+                        "gateway receiver (shard {}): started on {at}",
+                        shard.id.0
+                    );
                 }
                 Err(e) => {
                     return OpReply::Error(format!(
@@ -391,7 +395,11 @@ pub(crate) fn receiver_op(shard: &Shard, op: Option<ReceiverOp>) -> OpReply {
             w.receiver_running.set(false);
             shard.receiver_advertised.store(false, Ordering::SeqCst);
             w.receiver_changed.notify();
-            tracing::info!(shard = shard.id.0, "gateway receiver (shard {}): stopped", shard.id.0);
+            tracing::info!(
+                shard = shard.id.0,
+                "gateway receiver (shard {}): stopped",
+                shard.id.0
+            );
         }
         Some(_) => {}
     }
@@ -717,7 +725,10 @@ async fn flush_receiver(
                     shard = shard.id.0,
                     site = info.sender_site.0,
                     "gateway receiver (shard {}): sender {} of member {} at site {} connected",
-                    shard.id.0, info.sender_id, info.member, info.sender_site
+                    shard.id.0,
+                    info.sender_id,
+                    info.member,
+                    info.sender_site
                 );
                 *peer = Some(Peer {
                     site: info.sender_site,
@@ -1505,7 +1516,9 @@ fn next_batch(queue: &ShardQueue, cursor: &mut u16, events_max: u32, name: &str)
                     return Some(b);
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(queue = id.0, "{name}: cannot read queue {}: {e:?}", id.0),
+                Err(e) => {
+                    tracing::error!(queue = id.0, "{name}: cannot read queue {}: {e:?}", id.0)
+                }
             }
         }
         None
