@@ -246,7 +246,8 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
         .with_remote_entry_timeout_ms(config.remote_entry_timeout_ms),
     };
     if service.directory.site().is_none() && !service.directory.remote_locators().is_empty() {
-        eprintln!(
+        tracing::warn!(
+            locator = %config.name,
             "locator {}: remote-locators is set but distributed-system-id is not: no exchange with other sites",
             config.name
         );
@@ -306,16 +307,21 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
                         let _ = call.reply.send(reply);
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    // The workers also end when the locator is told to stop: no news then.
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        eprintln!(
-                            "locator {}: every HTTP worker has stopped; stopping",
-                            service.name
-                        );
-                        thread_stop.store(true, Ordering::SeqCst);
+                        if !thread_stop.swap(true, Ordering::SeqCst) {
+                            tracing::error!(
+                                locator = %service.name,
+                                "locator {}: every HTTP worker has stopped; stopping",
+                                service.name
+                            );
+                        }
                     }
                 }
                 for name in service.directory.poll_expired(now_ms()) {
-                    eprintln!(
+                    tracing::warn!(
+                        locator = %service.name,
+                        server = %name,
                         "locator {}: dropped server {name}: silent for more than {} ms",
                         service.name,
                         service.directory.member_timeout_ms()
@@ -363,7 +369,7 @@ fn run_http_worker(
             Ok(Some(request)) => request,
             Ok(None) => continue,
             Err(e) => {
-                eprintln!("locator {name}: accepting a request failed: {e}");
+                tracing::warn!(locator = %name, "locator {name}: accepting a request failed: {e}");
                 continue;
             }
         };
@@ -404,11 +410,12 @@ fn join_http_workers(name: &str, workers: Vec<JoinHandle<()>>) {
     }
     for worker in workers {
         if !worker.is_finished() {
-            eprintln!(
-                "locator {name}: warning: an HTTP worker is still held by a client that stalls mid-request; it ends when that client sends or goes away"
+            tracing::warn!(
+                locator = %name,
+                "locator {name}: an HTTP worker is still held by a client that stalls mid-request; it ends when that client sends or goes away"
             );
         } else if worker.join().is_err() {
-            eprintln!("locator {name}: an HTTP worker panicked");
+            tracing::error!(locator = %name, "locator {name}: an HTTP worker panicked");
         }
     }
 }
@@ -550,8 +557,10 @@ impl Exchange {
                 } => self.merge_reply(service, &target, sent_ms, reply),
                 ExchangeResult::Failed { target, error } => {
                     if self.unreachable.insert(target.clone()) {
-                        eprintln!(
-                            "locator {}: warning: remote locator {target} did not take the exchange: {error}; retrying every {} ms",
+                        tracing::warn!(
+                            locator = %service.name,
+                            remote = %target,
+                            "locator {}: remote locator {target} did not take the exchange: {error}; retrying every {} ms",
                             service.name, self.interval_ms
                         );
                     }
@@ -614,13 +623,17 @@ impl Exchange {
         match result {
             Ok(merged) => {
                 if self.unreachable.remove(target) {
-                    eprintln!(
+                    tracing::info!(
+                        locator = %service.name,
+                        remote = %target,
                         "locator {}: remote locator {target} is reachable again",
                         service.name
                     );
                 }
                 if merged.changed > 0 {
-                    eprintln!(
+                    tracing::info!(
+                        locator = %service.name,
+                        remote = %target,
                         "Locator discovery task exchanged locator information {local} with {target}: {}",
                         describe(&merged, &service.directory)
                     );
@@ -628,8 +641,10 @@ impl Exchange {
             }
             Err(e) => {
                 if self.unreachable.insert(target.clone()) {
-                    eprintln!(
-                        "locator {}: warning: remote locator {target} answered the exchange with a map this locator refuses: {}; retrying every {} ms",
+                    tracing::warn!(
+                        locator = %service.name,
+                        remote = %target,
+                        "locator {}: remote locator {target} answered the exchange with a map this locator refuses: {}; retrying every {} ms",
                         service.name, e.message, self.interval_ms
                     );
                 }
@@ -645,7 +660,7 @@ impl Exchange {
         if let Some(t) = exchanger
             && t.join().is_err()
         {
-            eprintln!("locator {name}: the exchange thread panicked");
+            tracing::error!(locator = %name, "locator {name}: the exchange thread panicked");
         }
     }
 }
@@ -681,7 +696,9 @@ fn log_aged_out(service: &Service, gone: &AgedOut) {
         .map(|(n, a)| format!("{n} at {a}"))
         .collect();
     let servers: Vec<String> = gone.servers.iter().map(|n| n.to_string()).collect();
-    eprintln!(
+    tracing::warn!(
+        locator = %service.name,
+        site = gone.site.0,
         "locator {}: site {}: dropped locators [{}] and servers [{}]: not vouched for by their site within {} ms{}",
         service.name,
         gone.site,
@@ -890,12 +907,16 @@ impl Service {
                     .map_err(directory_error)?
                 {
                     Registered::New => {
-                        eprintln!(
+                        tracing::info!(
+                            locator = %self.name,
+                            server = %name,
                             "locator {}: server {name} registered at {client}",
                             self.name
                         )
                     }
-                    Registered::Replaced { previous } => eprintln!(
+                    Registered::Replaced { previous } => tracing::info!(
+                        locator = %self.name,
+                        server = %name,
                         "locator {}: server {name} moved from {previous} to {client}",
                         self.name
                     ),
@@ -927,7 +948,12 @@ impl Service {
                 self.directory
                     .handle_deregister(&name)
                     .map_err(directory_error)?;
-                eprintln!("locator {}: server {name} deregistered", self.name);
+                tracing::info!(
+                    locator = %self.name,
+                    server = %name,
+                    "locator {}: server {name} deregistered",
+                    self.name
+                );
                 (204, String::new())
             }
             Route::Servers => {
@@ -969,7 +995,9 @@ impl Service {
                     .handle_exchange(now_ms, SiteId(r.distributed_system_id), &map)
                     .map_err(directory_error)?;
                 if merged.changed > 0 {
-                    eprintln!(
+                    tracing::info!(
+                        locator = %self.name,
+                        site = r.distributed_system_id,
                         "Locator discovery task exchanged locator information {} with {}@{} of site {}: {}",
                         self.address_text(),
                         r.locator.name,
@@ -1350,7 +1378,11 @@ impl RemoteSiteLookup {
                         >= Duration::from_millis(SITE_UNKNOWN_WARN_INTERVAL_MS)
                 });
                 if due {
-                    eprintln!("gateway sender to site {}: warning: {e}", self.site);
+                    tracing::warn!(
+                        site = self.site.0,
+                        "gateway sender to site {}: {e}",
+                        self.site
+                    );
                     self.last_warned = Some(now);
                 }
             }

@@ -216,7 +216,7 @@ fn run_agent(
     if link.registered
         && let Err(e) = link.client.deregister(&request.name)
     {
-        eprintln!("server {}: deregistering: {e}", request.name);
+        tracing::warn!(server = %request.name, "server {}: deregistering: {e}", request.name);
     }
 }
 
@@ -234,7 +234,9 @@ impl Link {
                 Err(ClientError::Refused { reply, .. })
                     if reply.error == ErrorKind::UnknownServer =>
                 {
-                    eprintln!(
+                    tracing::warn!(
+                        server = %name,
+                        locator = %self.at,
                         "server {name}: locator {} does not know this server (restarted, or dropped it): registering again",
                         self.at
                     );
@@ -249,7 +251,9 @@ impl Link {
         match self.client.register(request) {
             Ok(reply) => {
                 self.set_interval(reply.heartbeat_interval_ms);
-                eprintln!(
+                tracing::info!(
+                    server = %name,
+                    locator = %self.at,
                     "server {name}: registered with locator {} (heartbeat every {} ms)",
                     self.at,
                     self.interval.as_millis()
@@ -268,14 +272,14 @@ impl Link {
 
     fn reached(&mut self, name: &str) {
         if !self.reachable {
-            eprintln!("server {name}: locator {} is reachable again", self.at);
+            tracing::info!(server = %name, locator = %self.at, "server {name}: locator {} is reachable again", self.at);
             self.reachable = true;
         }
     }
 
     fn failed(&mut self, name: &str, e: &ClientError, now: Instant) {
         if self.reachable {
-            eprintln!("server {name}: {e}; retrying every {REGISTER_RETRY_MS} ms");
+            tracing::warn!(server = %name, locator = %self.at, "server {name}: {e}; retrying every {REGISTER_RETRY_MS} ms");
             self.reachable = false;
         }
         // A refusal other than "unknown" (a bad name, a full directory) is retried from a

@@ -763,7 +763,9 @@ async fn shard_main(
             .await
             .map_err(|e| e.to_string())?;
         if restored.records > 0 {
-            eprintln!(
+            tracing::info!(
+                region = %def.name,
+                shard = id.0,
                 "region `{}`, shard {}: restored {} logged writes ({} changed the store)",
                 def.name, id.0, restored.records, restored.applied
             );

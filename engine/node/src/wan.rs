@@ -378,7 +378,11 @@ pub(crate) fn receiver_op(shard: &Shard, op: Option<ReceiverOp>) -> OpReply {
                     w.receiver_running.set(true);
                     shard.receiver_advertised.store(true, Ordering::SeqCst);
                     w.receiver_changed.notify();
-                    eprintln!("gateway receiver (shard {}): started on {at}", shard.id.0);
+                    tracing::info!(
+                        shard = shard.id.0,
+                        "gateway receiver (shard {}): started on {at}",
+                        shard.id.0
+                    );
                 }
                 Err(e) => {
                     return OpReply::Error(format!(
@@ -391,7 +395,11 @@ pub(crate) fn receiver_op(shard: &Shard, op: Option<ReceiverOp>) -> OpReply {
             w.receiver_running.set(false);
             shard.receiver_advertised.store(false, Ordering::SeqCst);
             w.receiver_changed.notify();
-            eprintln!("gateway receiver (shard {}): stopped", shard.id.0);
+            tracing::info!(
+                shard = shard.id.0,
+                "gateway receiver (shard {}): stopped",
+                shard.id.0
+            );
         }
         Some(_) => {}
     }
@@ -424,7 +432,9 @@ pub(crate) fn sender_op(shard: &Shard, index: usize, op: Option<SenderOp>) -> Op
             return OpReply::Error("ERR the server is stopping".into());
         };
         match queue.with(discard_all) {
-            Ok(n) => eprintln!(
+            Ok(n) => tracing::info!(
+                sender = %shard.senders[index].id,
+                shard = shard.id.0,
                 "gateway sender `{}` (shard {}): START CLEAN discarded {n} queued events",
                 shard.senders[index].id, shard.id.0
             ),
@@ -574,7 +584,9 @@ async fn accept_senders(shard: &Rc<Shard>, listener: &TcpListener, stop: &Arc<At
                         .peer_addr()
                         .map_or_else(|_| "?".to_string(), |a| a.to_string());
                     if let Err(e) = serve_sender(&shard, stream, &stop).await {
-                        eprintln!(
+                        tracing::warn!(
+                            shard = shard.id.0,
+                            peer = %peer,
                             "gateway receiver (shard {}): connection from {peer}: {e}",
                             shard.id.0
                         );
@@ -700,7 +712,9 @@ async fn flush_receiver(
                         if let Some(i) = local {
                             let here = shard.regions[usize::from(i)].0.total_buckets;
                             if u32::from(here) != r.total_num_buckets {
-                                eprintln!(
+                                tracing::warn!(
+                                    region = %r.name,
+                                    site = info.sender_site.0,
                                     "gateway receiver: region `{}` has {} buckets at site {} and {here} here: forwarded events keep their order only with equal bucket counts",
                                     r.name, r.total_num_buckets, info.sender_site
                                 );
@@ -709,9 +723,14 @@ async fn flush_receiver(
                         (r.id.0, (r.name.clone(), local))
                     })
                     .collect();
-                eprintln!(
+                tracing::info!(
+                    shard = shard.id.0,
+                    site = info.sender_site.0,
                     "gateway receiver (shard {}): sender {} of member {} at site {} connected",
-                    shard.id.0, info.sender_id, info.member, info.sender_site
+                    shard.id.0,
+                    info.sender_id,
+                    info.member,
+                    info.sender_site
                 );
                 *peer = Some(Peer {
                     site: info.sender_site,
@@ -834,7 +853,9 @@ async fn apply_batch(
     if !letters.is_empty() {
         for region in letters.keys() {
             if shard.wan.logged_regions.borrow_mut().insert(region.clone()) {
-                eprintln!(
+                tracing::warn!(
+                    region = %region,
+                    site = peer.site.0,
                     "gateway receiver: events of region `{region}` from site {} cannot be applied here; they are kept in {}",
                     peer.site,
                     dead_letter_path(&shard.config.server.directory, region).display()
@@ -1334,7 +1355,9 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
         locators.push(own.clone());
     }
     if locators.is_empty() {
-        eprintln!(
+        tracing::warn!(
+            sender = %def.id,
+            shard = shard.id.0,
             "gateway sender `{}` (shard {}): no locator is configured (`locators` or `start-locator`), so the receivers of site {} cannot be found; the sender only queues",
             def.id, shard.id.0, def.remote_distributed_system_id
         );
@@ -1382,7 +1405,7 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
     let mut report = |target: &str, error: String| {
         let kind = error.replace(target, "<receiver>");
         if kind != last_error {
-            eprintln!("{name}: {error}");
+            tracing::warn!(sender = %def.id, shard = shard.id.0, "{name}: {error}");
             last_error = kind;
         }
     };
@@ -1466,7 +1489,11 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
         match end {
             Some(LinkEnd::Stopped) => return,
             Some(LinkEnd::Halted) => {
-                eprintln!("{name}: stopped; disconnected from receiver {target}");
+                tracing::info!(
+                    sender = %def.id,
+                    shard = shard.id.0,
+                    "{name}: stopped; disconnected from receiver {target}"
+                );
                 continue;
             }
             Some(LinkEnd::Refused(e)) => {
@@ -1569,7 +1596,9 @@ fn next_batch(queue: &ShardQueue, cursor: &mut u16, events_max: u32, name: &str)
                     return Some(b);
                 }
                 Ok(None) => {}
-                Err(e) => eprintln!("{name}: cannot read queue {}: {e:?}", id.0),
+                Err(e) => {
+                    tracing::error!(queue = id.0, "{name}: cannot read queue {}: {e:?}", id.0)
+                }
             }
         }
         None
@@ -1657,7 +1686,10 @@ async fn run_link(
                         ..
                     } => {
                         counters.connected.set(true);
-                        eprintln!("{name}: connected to receiver {member} of site {receiver_site}");
+                        tracing::info!(
+                            sender = %def.id,
+                            "{name}: connected to receiver {member} of site {receiver_site}"
+                        );
                     }
                     SenderEvent::Refused(e) => return LinkEnd::Refused(e.to_string()),
                     SenderEvent::Acked(a) => {
@@ -1683,7 +1715,8 @@ async fn run_link(
                             );
                         }
                         if !a.dead_letters.is_empty() {
-                            eprintln!(
+                            tracing::warn!(
+                                sender = %def.id,
                                 "{name}: the receiver kept {} events of batch {} in its dead-letter log",
                                 a.dead_letters.len(),
                                 a.batch
@@ -1742,8 +1775,9 @@ async fn run_link(
                     def.alert_threshold_ms,
                 );
                 if let Some(due) = counters.alerts.borrow_mut().observe(ages, wall_ms()) {
-                    eprintln!(
-                        "{name}: warning: {} events waited longer than alert-threshold {} ms in the queue (longest {} ms)",
+                    tracing::warn!(
+                        sender = %def.id,
+                        "{name}: {} events waited longer than alert-threshold {} ms in the queue (longest {} ms)",
                         due.late, def.alert_threshold_ms, due.longest_ms
                     );
                 }

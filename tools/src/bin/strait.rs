@@ -33,6 +33,7 @@ use strait_node::config::{self, HostPort, SiteConfig};
 use strait_node::geode;
 use strait_node::locator::LocatorConfig;
 use strait_queue::ids::SiteId;
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,49 @@ use strait_queue::ids::SiteId;
 struct Cli {
     #[command(subcommand)]
     command: Top,
+    /// How log lines are written on stderr: `text` (one human-readable line each) or `json`
+    /// (one JSON object per line).
+    #[arg(long, global = true, value_enum, env = "STRAIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Which log lines are written: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// `RUST_LOG`-style directives (`warn,strait_node::wan=debug`).
+    #[arg(long, global = true, env = "STRAIT_LOG", default_value = "info", value_parser = log_filter)]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Checks a `--log-level` value; the filter itself is built in [`init_logs`].
+fn log_filter(directives: &str) -> Result<String, String> {
+    EnvFilter::builder()
+        .parse(directives)
+        .map(|_| directives.to_string())
+        .map_err(|e| format!("not a level or a list of `target=level` directives: {e}"))
+}
+
+/// Log lines (the server's, the locator's, and this command's own start and stop lines) go
+/// to stderr as `tracing` events: a timestamp, the level and the message (then its fields),
+/// or one JSON object per line.
+fn init_logs(format: LogFormat, directives: &str) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(directives))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
+    match format {
+        LogFormat::Text => logs.compact().init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_target(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -370,9 +414,9 @@ fn run_locator(args: LocatorArgs) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    eprintln!("strait locator {name} listening on {}", handle.addr);
+    tracing::info!("strait locator {name} listening on {}", handle.addr);
     handle.join().map_err(|e| anyhow::anyhow!(e))?;
-    eprintln!("strait locator {name} stopped");
+    tracing::info!("strait locator {name} stopped");
     Ok(())
 }
 
@@ -437,19 +481,27 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     if let Some(at) = handle.locator_addr() {
-        eprintln!("strait server {name}: embedded locator listening on {at}");
+        tracing::info!("strait server {name}: embedded locator listening on {at}");
     }
-    eprintln!(
+    tracing::info!(
         "strait server {name} listening on {} ({regions} regions)",
         handle.client_addr
     );
     handle.join().map_err(|e| anyhow::anyhow!(e))?;
-    eprintln!("strait server {name} stopped");
+    tracing::info!("strait server {name} stopped");
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.log_format, &cli.log_level);
+    // A member's failure to start is a log line like its others; a command's is its answer.
+    let member = matches!(
+        cli.command,
+        Top::Start {
+            what: Start::Server(_) | Start::Locator(_)
+        }
+    );
     let result = match cli.command {
         Top::Start {
             what: Start::Server(args),
@@ -564,6 +616,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if member => {
+            tracing::error!("strait: {e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("strait: {e:#}");
             ExitCode::FAILURE

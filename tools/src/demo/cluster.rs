@@ -96,8 +96,11 @@ impl Member {
     fn spawn(what: String, exe: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Member> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
+        // The demo reads the members' start lines in the default log format and level.
         let child = Command::new(exe)
             .args(args)
+            .env_remove("STRAIT_LOG_FORMAT")
+            .env_remove("STRAIT_LOG")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
