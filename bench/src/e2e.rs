@@ -69,6 +69,9 @@ pub struct E2eArgs {
     /// `batch-size` of the senders (Strait's default: 100).
     #[arg(long)]
     batch_size: Option<u32>,
+    /// `batches-in-flight` of the senders (Strait's default: 64).
+    #[arg(long)]
+    batches_in_flight: Option<u16>,
     /// Key space of the writes: each site's store grows to about `keys` × value size.
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
@@ -298,7 +301,7 @@ fn start_sites(
     }
     let persistent = case.queue == "persistent";
     let sender = format!(
-        "[[gateway-sender]]\nid = \"to2\"\nremote-distributed-system-id = 2\nparallel = {}\nenable-persistence = {persistent}\n{}{}",
+        "[[gateway-sender]]\nid = \"to2\"\nremote-distributed-system-id = 2\nparallel = {}\nenable-persistence = {persistent}\n{}{}{}",
         case.sender == "parallel",
         if persistent {
             format!("sync-policy = \"{}\"\n", args.sync_policy)
@@ -307,6 +310,8 @@ fn start_sites(
         },
         args.batch_size
             .map_or(String::new(), |b| format!("batch-size = {b}\n")),
+        args.batches_in_flight
+            .map_or(String::new(), |b| format!("batches-in-flight = {b}\n")),
     );
     let receiver = format!(
         "[gateway-receiver]\nstart-port = {recv}\nend-port = {}\nbind-address = \"127.0.0.1\"\n{}",

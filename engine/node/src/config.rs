@@ -27,6 +27,11 @@ pub const BATCH_TIME_INTERVAL_MS_DEFAULT: u32 = 1000;
 pub const MAXIMUM_QUEUE_MEMORY_MB_DEFAULT: u32 = 100;
 pub const DISPATCHER_THREADS_DEFAULT: u16 = 5;
 pub const SOCKET_BUFFER_SIZE_DEFAULT: u32 = 524_288;
+/// Default `batches-in-flight`: batches a dispatcher sends before the first is acknowledged.
+/// Over a WAN the window, not the link, bounds throughput: a parallel sender serves about
+/// `total-num-buckets / shards` queues per dispatcher, so a window of 8 gave each bucket a
+/// batch only every few round trips (docs/benchmarks.md, `strait-bench e2e`).
+pub const BATCHES_IN_FLIGHT_DEFAULT: u16 = 64;
 /// A non-zero `socket-read-timeout` below this is refused (Geode's minimum).
 pub const SOCKET_READ_TIMEOUT_MS_MIN: u32 = 30_000;
 /// Receiver defaults (Geode's).
@@ -192,6 +197,8 @@ pub struct SenderDef {
     pub socket_buffer_size: u32,
     /// 0: no timeout.
     pub socket_read_timeout_ms: u32,
+    /// `batches-in-flight`: most batches sent and not yet acknowledged, per dispatcher.
+    pub batches_in_flight: u16,
     pub manual_start: bool,
     /// Where this sender's queues keep their segments: `<directory>/queues/<id>` by default.
     pub disk_dir: PathBuf,
@@ -269,6 +276,7 @@ pub(crate) struct RawSender {
     pub(crate) alert_threshold: Option<i64>,
     pub(crate) socket_buffer_size: Option<i64>,
     pub(crate) socket_read_timeout: Option<i64>,
+    pub(crate) batches_in_flight: Option<i64>,
     pub(crate) manual_start: Option<bool>,
     pub(crate) disk_dir: Option<PathBuf>,
 }
@@ -597,6 +605,13 @@ impl Validator<'_> {
                     4096..=i64::from(i32::MAX),
                 )?,
                 socket_read_timeout_ms: read_timeout,
+                batches_in_flight: self.int(
+                    Some(&span),
+                    &key("batches-in-flight"),
+                    s.batches_in_flight,
+                    BATCHES_IN_FLIGHT_DEFAULT,
+                    1..=strait_net::wire::sender::INFLIGHT_BATCHES_MAX as i64,
+                )?,
                 manual_start: s.manual_start.unwrap_or(false),
                 disk_dir: s
                     .disk_dir

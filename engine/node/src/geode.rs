@@ -727,6 +727,7 @@ impl Xml<'_, '_> {
             alert_threshold: None,
             socket_buffer_size: None,
             socket_read_timeout: None,
+            batches_in_flight: None,
             manual_start: None,
             disk_dir: None,
         };

@@ -1395,6 +1395,7 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
     if def.socket_read_timeout_ms > 0 {
         config.ack_timeout_ms = u64::from(def.socket_read_timeout_ms);
     }
+    config.inflight_batches_max = usize::from(def.batches_in_flight);
     let name = format!("gateway sender `{}` (shard {})", def.id, shard.id.0);
     let counters = &shard.wan.senders[index];
     let mut backoff = RECONNECT_BACKOFF_MIN_MS;

@@ -166,6 +166,21 @@ fn each_invalid_value_is_refused_with_key_and_reason() {
             "below the minimum",
         ),
         (
+            "[server]\ndistributed-system-id = 1\n[[gateway-sender]]\nid = \"a\"\nremote-distributed-system-id = 2\nbatches-in-flight = 0\n",
+            "gateway-sender[0].batches-in-flight",
+            "out of range",
+        ),
+        (
+            "[server]\ndistributed-system-id = 1\n[[gateway-sender]]\nid = \"a\"\nremote-distributed-system-id = 2\nbatches-in-flight = 1025\n",
+            "gateway-sender[0].batches-in-flight",
+            "out of range",
+        ),
+        (
+            "[server]\nhttp-service-port = 70000\n",
+            "server.http-service-port",
+            "out of range",
+        ),
+        (
             "[server]\ndistributed-system-id = 1\n[[gateway-sender]]\nid = \"a\"\nremote-distributed-system-id = 2\nsync-policy = \"sometimes\"\n",
             "gateway-sender[0].sync-policy",
             "not a sync policy",

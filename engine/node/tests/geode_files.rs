@@ -66,6 +66,7 @@ fn a_realistic_cache_xml_and_gemfire_properties_give_the_expected_site() {
                 alert_threshold_ms: 0,
                 socket_buffer_size: 524_288,
                 socket_read_timeout_ms: 60_000,
+                batches_in_flight: 64,
                 manual_start: false,
                 // The disk store's directory, one directory per sender inside it.
                 disk_dir: "/var/geode/wan-queues/to-london".into(),
@@ -86,6 +87,7 @@ fn a_realistic_cache_xml_and_gemfire_properties_give_the_expected_site() {
                 alert_threshold_ms: 5000,
                 socket_buffer_size: 524_288,
                 socket_read_timeout_ms: 0,
+                batches_in_flight: 64,
                 manual_start: false,
                 disk_dir: Path::new(".").join("queues").join("to-tokyo"),
             },
