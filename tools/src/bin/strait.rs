@@ -71,10 +71,20 @@ fn log_filter(directives: &str) -> Result<String, String> {
 /// Log lines (the server's, the locator's, and this command's own start and stop lines) go
 /// to stderr as `tracing` events: a timestamp, the level and the message (then its fields),
 /// or one JSON object per line.
-fn init_logs(format: LogFormat, directives: &str) {
+///
+/// A shard that logs does not write: lines go through a queue of up to [`LOG_LINES_QUEUED_MAX`]
+/// to a writer thread (tracing-appender), so a slow or blocked stderr cannot stall the data
+/// plane. A full queue blocks the logging thread rather than drop a line. The returned guard
+/// flushes the queue when dropped, at the end of `main`.
+fn init_logs(format: LogFormat, directives: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_LINES_QUEUED_MAX)
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(directives))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false)
         .with_target(false);
     match format {
@@ -87,7 +97,11 @@ fn init_logs(format: LogFormat, directives: &str) {
             .with_span_list(false)
             .init(),
     }
+    guard
 }
+
+/// Log lines waiting for the writer thread, at most.
+const LOG_LINES_QUEUED_MAX: usize = 65_536;
 
 #[derive(Subcommand)]
 enum Top {
@@ -494,7 +508,7 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format, &cli.log_level);
+    let _logs = init_logs(cli.log_format, &cli.log_level);
     // A member's failure to start is a log line like its others; a command's is its answer.
     let member = matches!(
         cli.command,
