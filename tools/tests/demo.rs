@@ -218,6 +218,36 @@ fn sigint_mid_run_stops_every_process_and_removes_the_directory() {
 }
 
 #[test]
+fn a_demo_killed_with_sigkill_takes_its_sites_with_it() {
+    let _one = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut demo = Demo::start(
+        tmp.path(),
+        &["--entries", "1000000", "--rate", "1000", "--sites", "2"],
+    );
+    demo.wait_line("links connected");
+    let listed = pids(&demo.seen.join("\n"));
+    assert_eq!(listed.len(), 4, "{:?}", demo.seen);
+    // SIGKILL: the demo cannot stop anything itself.
+    let pid = Pid::from_raw(demo.child.id() as i32).unwrap();
+    kill_process(pid, Signal::KILL).unwrap();
+    let (status, _, _) = demo.finish();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while listed.iter().any(|&p| strait_alive(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sites outlived the demo: {:?}",
+            listed
+                .iter()
+                .filter(|&&p| strait_alive(p))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn bad_options_are_refused_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     for (args, says) in [

@@ -506,7 +506,25 @@ fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A member started by `strait demo` (which sets [`demo::EXIT_WITH_PARENT_ENV`] to
+/// its pid) gets SIGTERM, and stops cleanly, when the demo ends however it ends: no member
+/// outlives a demo killed with SIGKILL.
+fn exit_with_parent() {
+    let Some(parent) = std::env::var(demo::EXIT_WITH_PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // The demo may have ended before the request took effect.
+    if rustix::process::getppid().map(|p| p.as_raw_pid()) != Some(parent) {
+        std::process::exit(1);
+    }
+}
+
 fn main() -> ExitCode {
+    exit_with_parent();
     let cli = Cli::parse();
     let _logs = init_logs(cli.log_format, &cli.log_level);
     // A member's failure to start is a log line like its others; a command's is its answer.

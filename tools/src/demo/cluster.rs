@@ -92,6 +92,10 @@ pub struct Member {
     exited: Option<ExitStatus>,
 }
 
+/// Set by the demo on the members it starts, to its own pid: such a member asks the kernel for
+/// SIGTERM when the demo (the thread that started it, the demo's main thread) exits.
+pub const EXIT_WITH_PARENT_ENV: &str = "STRAIT_EXIT_WITH_PARENT";
+
 impl Member {
     fn spawn(what: String, exe: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Member> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -101,6 +105,8 @@ impl Member {
             .args(args)
             .env_remove("STRAIT_LOG_FORMAT")
             .env_remove("STRAIT_LOG")
+            // It ends with the demo, even a demo killed with SIGKILL (see `strait`'s main).
+            .env(EXIT_WITH_PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -24,6 +24,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use client::Client;
 use cluster::Cluster;
+pub use cluster::EXIT_WITH_PARENT_ENV;
 use data::{Check, Plan, REGION};
 use stats::Sample;
 use std::io::{IsTerminal, Write};
