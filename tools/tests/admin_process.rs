@@ -123,6 +123,11 @@ fn gateways_are_listed_and_operated_like_gfsh() {
         )
         .contains("now running")
     );
+    let config = ok_at(&s1, &["describe", "config"]);
+    let back = strait_node::config::parse("site.toml".as_ref(), &config).unwrap();
+    assert_eq!(back.senders[0].id, "to2");
+    assert_eq!(back.server.http_service_port, s1.admin_port);
+    assert_eq!(back.regions[0].name, "orders");
     let members = strait(&[
         "list",
         "members",

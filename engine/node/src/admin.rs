@@ -9,6 +9,8 @@
 //! | [`RespClient`] | a blocking RESP connection to this server's own client port |
 //! | [`metrics`] | the Prometheus text of a `STRAIT.STATS` document |
 //!
+//! `GET /v1/config` answers from the configuration given at start, without a RESP call.
+//!
 //! The admin API runs on its own threads, never on a shard. Each request becomes RESP
 //! commands sent over loopback to this server's client port — the path every client takes —
 //! so the control plane needs no channel into the shards' executors: `STRAIT.STATS` (every
@@ -64,6 +66,8 @@ pub enum Route {
     Replay(Option<String>),
     /// `GET /metrics`.
     Metrics,
+    /// `GET /v1/config`: the configuration the server runs with, as a `site.toml`.
+    Config,
 }
 
 /// An error answer.
@@ -142,6 +146,7 @@ pub fn route(method: &str, target: &str) -> Result<Route, ApiError> {
     let r = match (method, parts.as_slice()) {
         ("GET", ["metrics"]) => Route::Metrics,
         ("GET", ["v1", "member"]) => Route::Member,
+        ("GET", ["v1", "config"]) => Route::Config,
         ("GET", ["v1", "gateways"]) => Route::Gateways,
         ("GET", ["v1", "gateway-senders", id]) => Route::SenderStatus(text(id)?),
         ("POST", ["v1", "gateway-senders", id, op]) => {
@@ -342,11 +347,17 @@ fn gateway_rows(stats: &Value) -> Value {
 }
 
 /// Runs `route` against this server through `c`.
-fn answer(c: &mut RespClient, route: Route, body: Vec<u8>) -> Result<Answer, ApiError> {
+fn answer(
+    c: &mut RespClient,
+    route: Route,
+    body: Vec<u8>,
+    site_toml: &str,
+) -> Result<Answer, ApiError> {
     let call =
         |c: &mut RespClient, args: &[&[u8]]| c.call(args).map_err(|e| unreachable_server(&e));
     match route {
         Route::Member => Ok(json_answer(200, &stats(c)?)),
+        Route::Config => Ok(json_answer(200, &json!({ "site_toml": site_toml }))),
         Route::Metrics => Ok((
             200,
             "text/plain; version=0.0.4",
@@ -718,11 +729,15 @@ impl AdminHandle {
 }
 
 /// Starts the admin API on `at`, answering for the server whose client port is `client`.
+/// Starts the admin API on `at`, answering for the server whose client port is `client` and
+/// whose configuration written out is `site_toml` ([`crate::config::to_toml`]).
 pub fn start(
     at: SocketAddr,
     client: SocketAddr,
+    site_toml: String,
     stop: Arc<AtomicBool>,
 ) -> Result<AdminHandle, AdminError> {
+    let site_toml = Arc::new(site_toml);
     let listener = std::net::TcpListener::bind(at).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             AdminError::PortInUse { addr: at }
@@ -744,10 +759,10 @@ pub fn start(
     let server = Arc::new(server);
     let mut workers = Vec::new();
     for i in 0..ADMIN_WORKERS {
-        let (server, worker_stop) = (server.clone(), stop.clone());
+        let (server, worker_stop, toml) = (server.clone(), stop.clone(), site_toml.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("admin-{i}"))
-            .spawn(move || run_worker(&server, client, &worker_stop));
+            .spawn(move || run_worker(&server, client, &toml, &worker_stop));
         match spawned {
             Ok(w) => workers.push(w),
             Err(e) => {
@@ -759,14 +774,14 @@ pub fn start(
     Ok(AdminHandle { addr, workers })
 }
 
-fn run_worker(server: &tiny_http::Server, client: SocketAddr, stop: &AtomicBool) {
+fn run_worker(server: &tiny_http::Server, client: SocketAddr, site_toml: &str, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let mut request = match server.recv_timeout(Duration::from_millis(ADMIN_POLL_MS)) {
             Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(_) => continue,
         };
-        let (status, kind, body) = match handle(&mut request, client) {
+        let (status, kind, body) = match handle(&mut request, client, site_toml) {
             Ok(a) => a,
             Err(e) => (e.status, JSON, e.body().into_bytes()),
         };
@@ -780,7 +795,11 @@ fn run_worker(server: &tiny_http::Server, client: SocketAddr, stop: &AtomicBool)
     }
 }
 
-fn handle(request: &mut tiny_http::Request, client: SocketAddr) -> Result<Answer, ApiError> {
+fn handle(
+    request: &mut tiny_http::Request,
+    client: SocketAddr,
+    site_toml: &str,
+) -> Result<Answer, ApiError> {
     let route = route(request.method().as_str(), request.url())?;
     let mut body = Vec::new();
     if request.body_length().unwrap_or(0) > ADMIN_BODY_BYTES_MAX {
@@ -805,7 +824,7 @@ fn handle(request: &mut tiny_http::Request, client: SocketAddr) -> Result<Answer
     // A connection per request: an idle one held open would make a stopping server wait
     // for it.
     let mut c = RespClient::connect(client).map_err(|e| unreachable_server(&e))?;
-    answer(&mut c, route, body)
+    answer(&mut c, route, body, site_toml)
 }
 
 #[cfg(test)]

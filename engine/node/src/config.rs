@@ -742,3 +742,160 @@ impl Validator<'_> {
         })
     }
 }
+
+// ---- the configuration as a file -----------------------------------------------------------
+
+/// `cfg` as a `site.toml` that [`parse`] reads back to the same configuration, every option
+/// written out, defaults included (`strait describe config`; also how Geode's files read
+/// into Strait's form).
+pub fn to_toml(cfg: &SiteConfig) -> String {
+    use toml::{Table, Value};
+    let text = |s: &str| Value::String(s.to_string());
+    let int = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let list = |v: &[String]| Value::Array(v.iter().map(|s| text(s)).collect());
+    let path = |p: &Path| text(&p.display().to_string());
+    let s = &cfg.server;
+    let mut server = Table::new();
+    server.insert("name".into(), text(&s.name));
+    if let Some(id) = s.distributed_system_id {
+        server.insert("distributed-system-id".into(), int(u64::from(id.0)));
+    }
+    let locators: Vec<String> = s.locators.iter().map(HostPort::to_string).collect();
+    server.insert("locators".into(), list(&locators));
+    if let Some(at) = &s.start_locator {
+        server.insert("start-locator".into(), text(&at.to_string()));
+    }
+    server.insert("bind-address".into(), text(&s.bind_address.to_string()));
+    server.insert("client-port".into(), int(u64::from(s.client_port)));
+    if let Some(n) = s.shards {
+        server.insert("shards".into(), int(u64::from(n)));
+    }
+    server.insert("directory".into(), path(&s.directory));
+    server.insert(
+        "http-service-port".into(),
+        int(u64::from(s.http_service_port)),
+    );
+    server.insert(
+        "http-service-bind-address".into(),
+        text(&s.http_service_bind_address.to_string()),
+    );
+    let senders: Vec<Value> = cfg
+        .senders
+        .iter()
+        .map(|d| {
+            let mut t = Table::new();
+            t.insert("id".into(), text(&d.id));
+            t.insert(
+                "remote-distributed-system-id".into(),
+                int(u64::from(d.remote_distributed_system_id.0)),
+            );
+            t.insert("parallel".into(), Value::Boolean(d.parallel));
+            t.insert("batch-size".into(), int(u64::from(d.batch_size)));
+            t.insert(
+                "batch-time-interval".into(),
+                int(u64::from(d.batch_time_interval_ms)),
+            );
+            t.insert(
+                "maximum-queue-memory".into(),
+                int(d.maximum_queue_memory_bytes >> 20),
+            );
+            t.insert(
+                "enable-persistence".into(),
+                Value::Boolean(d.enable_persistence),
+            );
+            t.insert(
+                "disk-synchronous".into(),
+                Value::Boolean(d.disk_synchronous),
+            );
+            let sync = match d.sync {
+                SyncPolicy::Never => "never".to_string(),
+                SyncPolicy::EveryBatch => "every-batch".to_string(),
+                SyncPolicy::IntervalMs(ms) => format!("interval-{ms}ms"),
+            };
+            t.insert("sync-policy".into(), text(&sync));
+            t.insert(
+                "enable-batch-conflation".into(),
+                Value::Boolean(d.enable_batch_conflation),
+            );
+            t.insert(
+                "dispatcher-threads".into(),
+                int(u64::from(d.dispatcher_threads)),
+            );
+            let order = match d.order_policy {
+                OrderPolicy::Key => "key",
+                OrderPolicy::Thread => "thread",
+                OrderPolicy::Partition => "partition",
+            };
+            t.insert("order-policy".into(), text(order));
+            t.insert(
+                "alert-threshold".into(),
+                int(u64::from(d.alert_threshold_ms)),
+            );
+            t.insert(
+                "socket-buffer-size".into(),
+                int(u64::from(d.socket_buffer_size)),
+            );
+            t.insert(
+                "socket-read-timeout".into(),
+                int(u64::from(d.socket_read_timeout_ms)),
+            );
+            t.insert(
+                "batches-in-flight".into(),
+                int(u64::from(d.batches_in_flight)),
+            );
+            t.insert("manual-start".into(), Value::Boolean(d.manual_start));
+            t.insert("disk-dir".into(), path(&d.disk_dir));
+            Value::Table(t)
+        })
+        .collect();
+    let regions: Vec<Value> = cfg
+        .regions
+        .iter()
+        .map(|r| {
+            let mut t = Table::new();
+            t.insert("name".into(), text(&r.name));
+            let kind = match r.kind {
+                RegionType::Partition => "partition",
+                RegionType::Replicate => "replicate",
+            };
+            t.insert("type".into(), text(kind));
+            if r.kind == RegionType::Partition {
+                t.insert(
+                    "total-num-buckets".into(),
+                    int(u64::from(r.total_num_buckets)),
+                );
+            }
+            t.insert("gateway-sender-ids".into(), list(&r.gateway_sender_ids));
+            t.insert("persistent".into(), Value::Boolean(r.persistent));
+            Value::Table(t)
+        })
+        .collect();
+    let mut file = Table::new();
+    file.insert("server".into(), Value::Table(server));
+    if !senders.is_empty() {
+        file.insert("gateway-sender".into(), Value::Array(senders));
+    }
+    if !regions.is_empty() {
+        file.insert("region".into(), Value::Array(regions));
+    }
+    if let Some(r) = &cfg.receiver {
+        let mut t = Table::new();
+        t.insert("start-port".into(), int(u64::from(r.start_port)));
+        t.insert("end-port".into(), int(u64::from(r.end_port)));
+        t.insert("bind-address".into(), text(&r.bind_address.to_string()));
+        if let Some(h) = &r.hostname_for_senders {
+            t.insert("hostname-for-senders".into(), text(h));
+        }
+        t.insert(
+            "maximum-time-between-pings".into(),
+            int(u64::from(r.maximum_time_between_pings_ms)),
+        );
+        t.insert(
+            "socket-buffer-size".into(),
+            int(u64::from(r.socket_buffer_size)),
+        );
+        t.insert("manual-start".into(), Value::Boolean(r.manual_start));
+        file.insert("gateway-receiver".into(), Value::Table(t));
+    }
+    toml::to_string(&file).unwrap_or_else(|e| format!("# cannot write the configuration: {e}\n"))
+}

@@ -416,7 +416,8 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         0 => None,
         port => {
             let at = SocketAddr::new(config.server.http_service_bind_address, port);
-            match crate::admin::start(at, addr, stop.clone()) {
+            let site_toml = crate::config::to_toml(&config);
+            match crate::admin::start(at, addr, site_toml, stop.clone()) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     stop.store(true, Ordering::SeqCst);

@@ -285,3 +285,25 @@ fn a_missing_file_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn a_configuration_written_out_reads_back_the_same() {
+    let full = parse(FULL).unwrap();
+    let text = to_toml(&full);
+    assert!(text.contains("[[gateway-sender]]"), "{text}");
+    assert_eq!(parse(&text).unwrap(), full, "{text}");
+    // Every default is written out, so the file says what the server does.
+    let minimal = parse(
+        "[server]\ndistributed-system-id = 3\n[[region]]\nname = \"r\"\ntype = \"replicate\"\n",
+    )
+    .unwrap();
+    let text = to_toml(&minimal);
+    for key in [
+        "client-port = 40404",
+        "http-service-port = 7070",
+        "directory = \".\"",
+    ] {
+        assert!(text.contains(key), "{key} missing from\n{text}");
+    }
+    assert_eq!(parse(&text).unwrap(), minimal, "{text}");
+}

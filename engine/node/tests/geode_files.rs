@@ -415,3 +415,15 @@ fn a_locators_gemfire_properties_fill_its_config() {
     assert_eq!(loaded.warnings.len(), 1);
     assert!(loaded.warnings[0].message.contains("applies to a locator"));
 }
+
+#[test]
+fn geodes_files_written_out_as_site_toml_read_back_the_same() {
+    let loaded = geode::load_server(
+        Some(&testdata("cache.xml")),
+        Some(&testdata("gemfire.properties")),
+    )
+    .unwrap();
+    let text = strait_node::config::to_toml(&loaded.config);
+    let back = strait_node::config::parse(Path::new("site.toml"), &text).unwrap();
+    assert_eq!(back, loaded.config, "{text}");
+}

@@ -267,6 +267,12 @@ enum Describe {
         #[command(flatten)]
         target: Target,
     },
+    /// The configuration the server runs with, as a site.toml with every default written out
+    /// (also what a server started from Geode's cache.xml reads it as).
+    Config {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -622,6 +628,9 @@ fn main() -> ExitCode {
         Top::Describe {
             what: Describe::Member { target },
         } => admin::run(&target, Op::DescribeMember),
+        Top::Describe {
+            what: Describe::Config { target },
+        } => admin::run(&target, Op::DescribeConfig),
         Top::Put {
             target,
             region,

@@ -32,6 +32,7 @@ pub enum Op {
         locator: String,
     },
     DescribeMember,
+    DescribeConfig,
     SenderStatus {
         id: String,
     },
@@ -316,6 +317,10 @@ pub fn run(target: &Target, op: Op) -> anyhow::Result<()> {
                 ],
                 &rows,
             );
+        }
+        Op::DescribeConfig => {
+            let c = admin.json("GET", "/v1/config")?;
+            print!("{}", cell(&c["site_toml"]));
         }
         Op::DescribeMember => {
             let m = admin.json("GET", "/v1/member")?;
