@@ -113,6 +113,8 @@ pub struct ServerInfo {
     pub receivers: Vec<ReceiverEndpoint>,
     /// Client connections open on the server.
     pub load: u32,
+    /// Where its admin API listens (`http-service-port`), when it has one.
+    pub admin: Option<Address>,
 }
 
 /// A server in the directory.
@@ -873,6 +875,7 @@ mod tests {
             client: addr("127.0.0.1", port),
             receivers: Vec::new(),
             load,
+            admin: None,
         }
     }
 

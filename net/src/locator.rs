@@ -78,6 +78,10 @@ pub struct RegisterRequest {
     /// Open client connections.
     #[serde(default)]
     pub load: u32,
+    /// Where its admin API listens, when it has one (`strait ... --locator` reaches servers
+    /// through it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Endpoint>,
 }
 
 /// The reply to a register: the site and how often to heartbeat.
@@ -113,6 +117,9 @@ pub struct ServerView {
     pub load: u32,
     /// Milliseconds since the locator last heard from it.
     pub last_heard_ms_ago: u64,
+    /// Its admin API, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Endpoint>,
 }
 
 /// `GET /v1/servers`: the site's directory.

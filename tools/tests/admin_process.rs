@@ -248,3 +248,75 @@ fn errors_name_what_went_wrong_and_what_to_do() {
     );
     s1.server.take();
 }
+
+#[test]
+fn commands_reach_servers_through_their_locator() {
+    let _serial = common::one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (s1, s2) = admin_sites(tmp.path());
+    let at = format!("127.0.0.1[{}]", s1.locator_port);
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--locator", &at]);
+        let out = strait(&all);
+        assert!(
+            out.status.success(),
+            "strait {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    wait_for("site 1's server to register its admin API", || {
+        strait(&["list", "members", "--locator", &at])
+            .stdout
+            .windows(7)
+            .any(|w| w == b"http://")
+    });
+    let list = run(&["list", "gateways"]);
+    assert!(list.contains("Member server1 (http://"), "{list}");
+    assert!(list.lines().any(|l| l.starts_with("to2")), "{list}");
+    assert!(run(&["pause", "gateway-sender", "--id", "to2"]).contains("now paused"));
+    assert_eq!(
+        s1.call(&["STRAIT.SENDER", "to2", "STATUS"]),
+        Reply::Simple("paused".into())
+    );
+    run(&["resume", "gateway-sender", "--id", "to2"]);
+    run(&[
+        "put",
+        "--region",
+        "orders",
+        "--key",
+        "via-locator",
+        "--value",
+        "yes",
+    ]);
+    assert_eq!(
+        run(&["get", "--region", "orders", "--key", "via-locator"]),
+        "yes\n"
+    );
+    wait_for("site 2 to apply it", || s2.applied() == 1);
+    // Every member failing is an error that names each.
+    let out = strait(&["pause", "gateway-sender", "--id", "nope", "--locator", &at]);
+    assert!(!out.status.success());
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        e.contains("every member failed") && e.contains("server1"),
+        "{e}"
+    );
+    // Servers without an admin API cannot be reached this way, and it says so.
+    let mut s3 = Site::new(tmp.path(), 3);
+    s3.start_locator(&[]);
+    s3.start_server(&[], false, false, &[]);
+    let bare = format!("127.0.0.1[{}]", s3.locator_port);
+    wait_for("site 3's server to register", || {
+        String::from_utf8_lossy(&strait(&["list", "members", "--locator", &bare]).stdout)
+            .contains("server3")
+    });
+    let out = strait(&["list", "gateways", "--locator", &bare]);
+    assert!(!out.status.success());
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        e.contains("none of the 1 servers") && e.contains("admin API"),
+        "{e}"
+    );
+}

@@ -842,6 +842,7 @@ fn view(now_ms: u64, e: &ServerEntry) -> ServerView {
         receivers: e.info.receivers.iter().map(receiver_view).collect(),
         load: e.info.load,
         last_heard_ms_ago: now_ms.saturating_sub(e.last_heard_ms),
+        admin: e.info.admin.as_ref().map(endpoint),
     }
 }
 
@@ -899,6 +900,7 @@ impl Service {
                     client: address(&r.client),
                     receivers: r.receivers.into_iter().map(receiver).collect(),
                     load: r.load,
+                    admin: r.admin.as_ref().map(address),
                 };
                 let (name, client) = (info.name.clone(), info.client.clone());
                 match self

@@ -75,6 +75,7 @@ pub fn start(
     server: &ServerSettings,
     client_addr: SocketAddr,
     (receivers, advertised): (Vec<strait_net::locator::ReceiverEndpoint>, Arc<AtomicBool>),
+    admin: Option<SocketAddr>,
     load: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
 ) -> Result<Registration, RegistrationError> {
@@ -107,6 +108,10 @@ pub fn start(
         },
         receivers: Vec::new(),
         load: 0,
+        admin: admin.map(|a| Endpoint {
+            host: advertised_host(None, a.ip()),
+            port: a.port(),
+        }),
     };
     let mut agents = Vec::new();
     for at in locators {

@@ -433,6 +433,7 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         &config.server,
         addr,
         (receivers, receiver_advertised),
+        admin.as_ref().map(|a| a.addr),
         load,
         stop.clone(),
     ) {

@@ -145,6 +145,7 @@ fn clients_that_stall_mid_body_do_not_hold_up_the_locator() {
             },
             receivers: Vec::new(),
             load: 0,
+            admin: None,
         })
         .unwrap_or_else(|e| panic!("registering {name} while two clients stall: {e}"));
         let listed = c.servers().unwrap();

@@ -104,6 +104,7 @@ fn three_sites_each_knowing_one_other_learn_all_then_a_stopped_site_ages_out() {
             },
             receivers: vec![receiver.clone()],
             load: 0,
+            admin: None,
         })
         .unwrap();
     let reply = wait_for("site 1 to learn site 3's receiver", || {

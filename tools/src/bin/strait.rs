@@ -624,7 +624,13 @@ fn main() -> ExitCode {
         } => admin::run(&target, Op::ListRegions),
         Top::List {
             what: List::Members { locator },
-        } => admin::run(&Target { url: String::new() }, Op::ListMembers { locator }),
+        } => admin::run(
+            &Target {
+                url: String::new(),
+                locator: None,
+            },
+            Op::ListMembers { locator },
+        ),
         Top::Describe {
             what: Describe::Member { target },
         } => admin::run(&target, Op::DescribeMember),

@@ -15,12 +15,18 @@ use std::time::Duration;
 /// How long one admin call may take.
 pub const ADMIN_CALL_TIMEOUT_MS: u64 = 30_000;
 
-/// The server a command talks to.
+/// The server a command talks to: one by its admin API (`--url`), or every server a locator
+/// knows (`--locator`), as gfsh reaches a cluster's members through its locator.
 #[derive(Args, Clone, Debug)]
 pub struct Target {
     /// The server's admin API (its `http-service-port`).
     #[arg(long, default_value = "http://localhost:7070", env = "STRAIT_URL")]
     pub url: String,
+    /// Every server registered with this locator (`host[port]` or `host:port`) that has an
+    /// admin API, instead of `--url`: entries go to the least-loaded one, anything else to
+    /// each in turn.
+    #[arg(long, conflicts_with = "url")]
+    pub locator: Option<String>,
 }
 
 /// One operation on a running member.
@@ -182,9 +188,72 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// Runs `op` against `target` and prints the answer.
+/// The admin APIs of the servers `locator` knows: (member, URL), by name.
+fn members_of(locator: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let at =
+        strait_node::config::HostPort::parse(locator).map_err(|e| anyhow!("--locator: {e}"))?;
+    let client =
+        strait_node::locator::LocatorClient::new(&at, Duration::from_millis(ADMIN_CALL_TIMEOUT_MS));
+    let dir = client
+        .servers()
+        .map_err(|e| anyhow!("locator {at}: {e}; is it running?"))?;
+    let members: Vec<(String, String)> = dir
+        .servers
+        .iter()
+        .filter_map(|s| {
+            let a = s.admin.as_ref()?;
+            let host = if a.host.contains(':') {
+                format!("[{}]", a.host)
+            } else {
+                a.host.clone()
+            };
+            Some((s.name.clone(), format!("http://{host}:{}", a.port)))
+        })
+        .collect();
+    if members.is_empty() {
+        bail!(
+            "none of the {} servers registered with locator {at} has an admin API (http-service-port 0?)",
+            dir.servers.len()
+        );
+    }
+    Ok(members)
+}
+
+/// Runs `op` against `target` and prints the answer; with `--locator`, against each server
+/// it knows (entries: the first that answers), failing only when every one fails.
 pub fn run(target: &Target, op: Op) -> anyhow::Result<()> {
-    let admin = Admin::new(&target.url);
+    let Some(locator) = &target.locator else {
+        return run_one(&target.url, op);
+    };
+    let members = members_of(locator)?;
+    let entries = matches!(op, Op::Put { .. } | Op::Get { .. } | Op::Remove { .. });
+    let mut failures = Vec::new();
+    for (name, url) in &members {
+        if !entries {
+            println!("Member {name} ({url})");
+        }
+        match run_one(url, op.clone()) {
+            Ok(()) if entries => return Ok(()),
+            Ok(()) => {}
+            Err(e) => {
+                if !entries {
+                    println!("  {e:#}");
+                }
+                failures.push(format!("{name}: {e:#}"));
+            }
+        }
+        if !entries {
+            println!();
+        }
+    }
+    if failures.len() == members.len() {
+        bail!("every member failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+fn run_one(url: &str, op: Op) -> anyhow::Result<()> {
+    let admin = Admin::new(url);
     match op {
         Op::ListGateways => {
             let g = admin.json("GET", "/v1/gateways")?;
@@ -300,6 +369,9 @@ pub fn run(target: &Target, op: Op) -> anyhow::Result<()> {
                         s.receivers.len().to_string(),
                         s.load.to_string(),
                         format!("{} ms ago", s.last_heard_ms_ago),
+                        s.admin
+                            .as_ref()
+                            .map_or_else(String::new, |a| format!("http://{}:{}", a.host, a.port)),
                     ]
                 })
                 .collect();
@@ -314,6 +386,7 @@ pub fn run(target: &Target, op: Op) -> anyhow::Result<()> {
                     "Receiver Ports",
                     "Load",
                     "Last Heard",
+                    "Admin API",
                 ],
                 &rows,
             );
