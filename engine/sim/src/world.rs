@@ -232,6 +232,8 @@ pub struct Report {
     pub crashes: u64,
     pub partitions: u64,
     pub resets: u64,
+    /// Most events one in-memory queue set held in overflow segments at once.
+    pub overflow_events_max: u64,
     pub sim_ms: u64,
 }
 
@@ -239,7 +241,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} ms simulated",
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} events overflowed at most, {} ms simulated",
             self.seed,
             self.sites,
             self.shards,
@@ -254,6 +256,7 @@ impl fmt::Display for Report {
             self.crashes,
             self.partitions,
             self.resets,
+            self.overflow_events_max,
             self.sim_ms
         )
     }
@@ -788,7 +791,12 @@ impl World {
         for site in &self.sites {
             for shard in &site.shards {
                 for q in &shard.queues {
-                    let held = q.stats(0).memory_bytes;
+                    let stats = q.stats(0);
+                    if !q.config().persistent {
+                        self.report.overflow_events_max =
+                            self.report.overflow_events_max.max(stats.events_on_disk);
+                    }
+                    let held = stats.memory_bytes;
                     if held > q.config().memory_bytes_max {
                         return Err(format!(
                             "site {}: a sender's queues hold {held} bytes of memory, over the budget of {}",

@@ -28,6 +28,7 @@ fn forty_seeds_pass_and_do_real_work() {
     let mut acked = 0;
     let mut applied = 0;
     let mut faults = 0;
+    let mut overflowed = 0;
     for seed in 1..=40 {
         let report = strait_sim::run(seed, false).unwrap_or_else(|f| {
             for line in f.trace.iter().rev().take(40).rev() {
@@ -38,11 +39,14 @@ fn forty_seeds_pass_and_do_real_work() {
         acked += report.writes_acked;
         applied += report.applied;
         faults += report.crashes + report.partitions + report.resets;
+        overflowed = overflowed.max(report.overflow_events_max);
     }
     // The seeds are not idle: writes were made, replicated, and faults injected.
     assert!(acked > 1_000, "only {acked} writes were acknowledged");
     assert!(applied > 1_000, "only {applied} events were applied");
     assert!(faults > 20, "only {faults} faults were injected");
+    // In-memory queues spilled past their memory budget into segments.
+    assert!(overflowed > 0, "no in-memory queue overflowed to disk");
 }
 
 #[test]
