@@ -19,6 +19,9 @@
 //! | [`region::RegionStore::last_applied`] | the dedupe table: per (origin site, member, stream), the highest stream sequence number processed, kept beside the entries | inside each `RegionStore` |
 //! | [`deadletter::encode_entry`], [`deadletter::scan`], [`deadletter::DeadLetterLog`] | the dead-letter log format (docs/formats.md): entries, torn tail, corruption; list and replay | the node's dead-letter files |
 //! | [`alert::batch_ages`], [`alert::AlertLog`] | Geode's `alert-threshold`: events that waited too long in a sender's queue, counted per batch, a warning at most every 10 s | called by the dispatchers |
+//! | [`write::local_write`] | a local write: plan, room in every sender's queue, queue everywhere, then the store | the shard owning the key |
+//! | [`link::next_batch`], [`link::send_batch`], [`link::handle_event`] | the sender end of a link: peek round-robin, write a batch, carry out acks and failures on the queue | the dispatcher's shard |
+//! | [`receive::ack_outcome`], [`receive::forward_event`] | the receiving end: a batch's ack from its outcomes, the event an applied record is forwarded as | the receiver's shard |
 //! | [`locator::Directory`] | a locator's directory: per site, its locators and its servers ([`locator::ServerInfo`]: client address, receiver endpoints, load, last heard); register, heartbeat, expiry, least-loaded | owned by the locator's control-plane thread, never a shard |
 //!
 //! A client write goes: the node finds the key's bucket and its shard in the `BucketTable` →
@@ -65,7 +68,10 @@ pub mod alert;
 pub mod apply;
 pub mod bucket;
 pub mod deadletter;
+pub mod link;
 pub mod locator;
 pub mod loop_rule;
+pub mod receive;
 pub mod region;
 pub mod version;
+pub mod write;

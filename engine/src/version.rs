@@ -54,12 +54,15 @@ fn next_entry_version(existing: Option<&EntryVersion>) -> u64 {
 
 /// The stamp of a local write at `local_site` and time `now_us` over `existing` (§4.1).
 ///
-/// The timestamp is `now_us`, except when the last writer was another site (or no site) and
-/// `now_us` is not after its timestamp: then it is the stored timestamp + 1, so the local
-/// write beats, at every site, the remote value it overwrites. As in Geode, no bump is made
-/// over a write of the same site: if this site's clock steps back, a later local write carries
-/// an older timestamp and other sites reject it (rule 4). The caller should pass a clock that
-/// never steps back. At `u64::MAX` the bump saturates (and no longer wins on the timestamp).
+/// The timestamp is `now_us`, except when `now_us` is not after the stored timestamp: over
+/// another site's write (or an unstamped one) it is the stored timestamp + 1, so the local
+/// write beats, at every site, the remote value it overwrites; over this site's own write it
+/// is the stored timestamp, never less, so other sites apply it too (rule 4 applies a
+/// same-site write that is not older). Geode stamps the clock reading there, and a local
+/// write made after a bump (whose timestamp runs ahead of the clock) then carried an older
+/// timestamp than the entry it replaced: this site kept the new value and every other site
+/// rejected it, and the sites diverged for good (found by `strait-sim`, seed 716). At
+/// `u64::MAX` the bump saturates (and no longer wins on the timestamp).
 pub fn local_write_tag(
     existing: Option<&EntryVersion>,
     now_us: u64,
@@ -69,6 +72,7 @@ pub fn local_write_tag(
         Some(v) if v.site != Some(local_site) && now_us <= v.timestamp_us => {
             v.timestamp_us.saturating_add(1)
         }
+        Some(v) if v.site == Some(local_site) => now_us.max(v.timestamp_us),
         _ => now_us,
     };
     EntryVersion {
@@ -345,18 +349,28 @@ mod tests {
     }
 
     #[test]
-    fn local_write_over_the_same_site_is_not_bumped() {
-        // Geode's rule exactly: a clock that steps back yields an older timestamp.
+    fn local_write_over_the_same_site_never_goes_back_in_time() {
+        // The stored write of this site is ahead of the clock (it was bumped over another
+        // site's write, or the clock stepped back): the new write keeps its timestamp, so
+        // every other site applies it as this site did.
         let stored = stamp(5_000, 1);
         let v = local_write_tag(Some(&stored), 4_000, SiteId(1));
-        assert_eq!(v.timestamp_us, 4_000);
-        assert_eq!(
-            resolve_remote(Some(&stored), v.tag().unwrap()),
-            reject(RejectReason::SameSiteOlder {
-                incoming_us: 4_000,
-                stored_us: 5_000
-            })
-        );
+        assert_eq!(v.timestamp_us, 5_000);
+        assert!(resolve_remote(Some(&stored), v.tag().unwrap()).is_apply());
+        let later = local_write_tag(Some(&stored), 6_000, SiteId(1));
+        assert_eq!(later.timestamp_us, 6_000);
+    }
+
+    #[test]
+    fn a_write_after_a_bump_wins_at_every_site() {
+        // strait-sim seed 716: site 3's clock is behind site 2's. Site 3 overwrites site 2's
+        // value (bumped to 7_000_795), then writes again at its clock, 6_998_129.
+        let from_2 = stamp(7_000_794, 2);
+        let first = local_write_tag(Some(&from_2), 6_980_129, SiteId(3));
+        assert_eq!(first.timestamp_us, 7_000_795);
+        let second = local_write_tag(Some(&first), 6_998_129, SiteId(3));
+        // Elsewhere the entry holds the first write; the second must replace it there too.
+        assert!(resolve_remote(Some(&first), second.tag().unwrap()).is_apply());
     }
 
     #[test]

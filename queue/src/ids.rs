@@ -60,9 +60,10 @@ id_type!(
 );
 
 impl Seq {
-    /// The sequence number after this one.
+    /// The sequence number after this one; `u64::MAX` stays `u64::MAX` (only a damaged or
+    /// crafted file reaches it, and reading one must not overflow).
     pub const fn next(self) -> Seq {
-        Seq(self.0 + 1)
+        Seq(self.0.saturating_add(1))
     }
 }
 

@@ -138,6 +138,19 @@ pub fn read_header(buf: &[u8]) -> Result<SegmentInfo, HeaderError> {
     if h.segment_seq.get() == 0 {
         return Err(HeaderError::Invalid("segment sequence number is 0"));
     }
+    // Recovery numbers the queue's next segment after the last one, and the next record
+    // after the last: a header at the very end of either range cannot be followed (found by
+    // `strait-fuzz segment`; `fuzz/regressions/segment/`).
+    if h.segment_seq.get() == u64::MAX {
+        return Err(HeaderError::Invalid(
+            "segment sequence number has no successor",
+        ));
+    }
+    if h.first_seq.get() == u64::MAX {
+        return Err(HeaderError::Invalid(
+            "first sequence number has no successor",
+        ));
+    }
     let ack_ok = crc32fast::hash(&h.as_bytes()[36..48]) == h.ack_crc.get();
     Ok(SegmentInfo {
         queue: QueueId(h.queue.get()),

@@ -1,0 +1,1237 @@
+//! The simulated world: sites, shards, connections, faults, the workload and the checkers.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+
+use bytes::Bytes;
+use strait_engine::apply::{
+    ApplyOutcome, SenderIndex, apply_record, forward_targets, restore_logged,
+};
+use strait_engine::bucket::BucketTable;
+use strait_engine::link::{self, LinkStep};
+use strait_engine::receive::{ack_outcome, forward_event};
+use strait_engine::region::{EntryValue, RegionConfig, RegionKind, RegionStore};
+use strait_engine::write::{LocalWrite, WriteError, local_write};
+use strait_net::wire::{
+    ReceiverConfig, ReceiverConn, ReceiverEvent, RegionSpec, SenderConfig, SenderConn,
+};
+use strait_queue::ids::{EventId, MemberId, QueueId, RegionId, Seq, SiteId, VersionTag};
+use strait_queue::mem::{Crash, MemDisk, run_actions};
+use strait_queue::queue::{Durability, QueueConfig, SEGMENT_BYTES_MIN, SenderQueue, SyncPolicy};
+use strait_queue::record::{self, Event, Op};
+use strait_queue::store::recover;
+
+use crate::rng::Rng;
+
+/// The one region every site has.
+const REGION: RegionId = RegionId(0);
+const REGION_NAME: &str = "r";
+/// A sender's ack timeout, and how long a receiver waits for a silent sender.
+const ACK_TIMEOUT_MS: u64 = 2_000;
+const PINGS_MS: u32 = 6_000;
+const BACKOFF_MIN_MS: u64 = 50;
+const BACKOFF_MAX_MS: u64 = 2_000;
+/// How long the heal phase may take before the queues are declared stuck.
+const QUIESCE_MS_MAX: u64 = 300_000;
+/// Trace lines kept (the last ones).
+const TRACE_LINES_MAX: usize = 4_000;
+
+/// How the sites' senders are wired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Every site sends to every other site.
+    Mesh,
+    /// 1 → 2 → … → n → 1.
+    Ring,
+    /// Both ways round the ring.
+    TwoWayRing,
+    /// A ring with a chord 1 → 3.
+    RingChord,
+    /// 1 → 2, 1 → 3, 2 → 4, 3 → 4, 4 → 1: two paths meet at 4.
+    Converging,
+    /// Site 1 and every other site send to each other.
+    Star,
+}
+
+impl Topology {
+    const ALL: [Topology; 6] = [
+        Topology::Mesh,
+        Topology::Ring,
+        Topology::TwoWayRing,
+        Topology::RingChord,
+        Topology::Converging,
+        Topology::Star,
+    ];
+
+    /// The (from, to) sender pairs among `n` sites numbered from 1.
+    fn edges(self, n: u8) -> Vec<(u8, u8)> {
+        let ring: Vec<(u8, u8)> = (1..=n).map(|i| (i, i % n + 1)).collect();
+        let mut e = match self {
+            Topology::Mesh => (1..=n)
+                .flat_map(|a| (1..=n).filter(move |&b| b != a).map(move |b| (a, b)))
+                .collect(),
+            Topology::Ring => ring,
+            Topology::TwoWayRing => ring.iter().flat_map(|&(a, b)| [(a, b), (b, a)]).collect(),
+            Topology::RingChord => {
+                let mut e = ring;
+                if n >= 4 {
+                    e.push((1, 3));
+                }
+                e
+            }
+            Topology::Converging if n >= 4 => {
+                let mut e = vec![(1, 2), (1, 3), (2, 4), (3, 4), (4, 1)];
+                for extra in 5..=n {
+                    e.push((4, extra));
+                    e.push((extra, 1));
+                }
+                e
+            }
+            Topology::Converging => ring,
+            Topology::Star => (2..=n).flat_map(|b| [(1, b), (b, 1)]).collect(),
+        };
+        e.sort_unstable();
+        e.dedup();
+        e
+    }
+}
+
+/// A write a client saw acknowledged.
+#[derive(Clone, Debug)]
+struct Acked {
+    key: Vec<u8>,
+    /// `None`: a destroy.
+    value: Option<Vec<u8>>,
+    tag: VersionTag,
+    seq: u64,
+}
+
+/// One direction of a connection: bytes in order, each piece due at a time.
+#[derive(Debug, Default)]
+struct Pipe {
+    chunks: VecDeque<(u64, Vec<u8>)>,
+    last_at: u64,
+    /// The writer closed its end: the reader sees the end once the chunks are read.
+    closed: bool,
+    /// What the reader has read and not consumed.
+    buf: Vec<u8>,
+}
+
+impl Pipe {
+    fn push(&mut self, rng: &mut Rng, now: u64, latency: u64, bytes: Vec<u8>) {
+        if self.closed || bytes.is_empty() {
+            return;
+        }
+        // A write may reach the reader in several pieces.
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let cut = if rest.len() > 1 && rng.chance(300) {
+                1 + rng.below(rest.len() - 1)
+            } else {
+                rest.len()
+            };
+            let tail = rest.split_off(cut);
+            let at = (now + latency + rng.range(0, latency / 2 + 1)).max(self.last_at);
+            self.last_at = at;
+            self.chunks.push_back((at, rest));
+            rest = tail;
+        }
+    }
+
+    /// Moves the due chunks into the read buffer; true if any moved.
+    fn deliver(&mut self, now: u64) -> bool {
+        let mut moved = false;
+        while let Some((at, _)) = self.chunks.front() {
+            if *at > now {
+                break;
+            }
+            let (_, bytes) = self.chunks.pop_front().expect("front exists");
+            self.buf.extend_from_slice(&bytes);
+            moved = true;
+        }
+        moved
+    }
+
+    fn at_end(&self) -> bool {
+        self.closed && self.chunks.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    from_site: usize,
+    from_shard: usize,
+    to_site: usize,
+    latency: u64,
+    sconn: SenderConn,
+    rconn: ReceiverConn,
+    up: Pipe,
+    down: Pipe,
+    sender_open: bool,
+    receiver_open: bool,
+    /// The sender's region table as its hello gave it: region id → name.
+    regions: Option<Vec<RegionSpec>>,
+}
+
+#[derive(Debug, Default)]
+struct Dispatcher {
+    conn: Option<usize>,
+    retry_at: u64,
+    backoff: u64,
+    cursor: u16,
+}
+
+#[derive(Debug)]
+struct Shard {
+    store: RegionStore,
+    /// One queue set per sender of the site.
+    queues: Vec<SenderQueue>,
+    dispatchers: Vec<Dispatcher>,
+    /// The last stream sequence number given per bucket (lost at a crash).
+    streams: HashMap<u16, u64>,
+}
+
+#[derive(Debug)]
+struct Site {
+    id: SiteId,
+    table: BucketTable,
+    /// How far this site's clock is ahead of the simulation's, in microseconds.
+    skew_us: u64,
+    last_us: u64,
+    /// Each sender's target site.
+    targets: Vec<SiteId>,
+    /// A local write's recipient set: every target.
+    recipients: Vec<SiteId>,
+    persistent: bool,
+    queue_config: QueueConfig,
+    inflight_max: usize,
+    batch_size: u32,
+    shards: Vec<Shard>,
+    /// Per shard, per sender: the disk its queue's segments live on (survives a crash).
+    disks: Vec<Vec<MemDisk>>,
+    /// The region log: every write the site made or applied, in order (survives a crash).
+    log: Vec<Vec<u8>>,
+    up: bool,
+    restart_at: u64,
+}
+
+/// What a passing seed did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub seed: u64,
+    pub topology: String,
+    pub sites: usize,
+    pub shards: usize,
+    pub writes_acked: u64,
+    pub writes_refused: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    pub batches: u64,
+    pub connections: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub resets: u64,
+    /// Most events one in-memory queue set held in overflow segments at once.
+    pub overflow_events_max: u64,
+    pub sim_ms: u64,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} events overflowed at most, {} ms simulated",
+            self.seed,
+            self.sites,
+            self.shards,
+            self.topology,
+            self.writes_acked,
+            self.writes_refused,
+            self.applied,
+            self.duplicates,
+            self.conflicts,
+            self.batches,
+            self.connections,
+            self.crashes,
+            self.partitions,
+            self.resets,
+            self.overflow_events_max,
+            self.sim_ms
+        )
+    }
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub why: String,
+    /// The last [`TRACE_LINES_MAX`] things that happened, oldest first.
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} FAILED: {}\n(replay: cargo run -p strait-sim -- --seed {} --trace)",
+            self.seed, self.why, self.seed
+        )
+    }
+}
+
+struct World {
+    rng: Rng,
+    now: u64,
+    sites: Vec<Site>,
+    conns: Vec<Option<Conn>>,
+    /// Site pairs (lower index first) cut off from each other until a time.
+    partitions: BTreeMap<(usize, usize), u64>,
+    keys: Vec<Vec<u8>>,
+    acked: Vec<(usize, Acked)>,
+    /// Per site, per event: how many times it was applied off the wire.
+    applied: HashMap<(usize, EventId), u32>,
+    report: Report,
+    trace: VecDeque<String>,
+    echo: bool,
+    region_config: RegionConfig,
+}
+
+macro_rules! trace {
+    ($w:expr, $($arg:tt)*) => {{
+        let line = format!("{:>7} {}", $w.now, format!($($arg)*));
+        if $w.echo {
+            println!("{line}");
+        }
+        if $w.trace.len() == TRACE_LINES_MAX {
+            $w.trace.pop_front();
+        }
+        $w.trace.push_back(line);
+    }};
+}
+
+/// Runs one seed; `echo` prints the trace as it happens.
+pub fn run(seed: u64, echo: bool) -> Result<Report, Failure> {
+    let mut w = World::new(seed, echo);
+    let result = w.simulate();
+    w.report.sim_ms = w.now;
+    match result {
+        Ok(()) => Ok(w.report),
+        Err(why) => Err(Failure {
+            seed,
+            why,
+            trace: w.trace.into_iter().collect(),
+        }),
+    }
+}
+
+impl World {
+    fn new(seed: u64, echo: bool) -> World {
+        let mut rng = Rng::new(seed);
+        let n = rng.range(2, 4) as u8;
+        let topology = Topology::ALL[rng.below(Topology::ALL.len())];
+        let edges = topology.edges(n);
+        let buckets = *[3u16, 7, 13].get(rng.below(3)).expect("in range");
+        let mut region_config = RegionConfig::new(REGION_NAME, RegionKind::Partition);
+        region_config.total_buckets = buckets;
+        let shards = rng.range(1, 3) as u16;
+        let mut sites = Vec::new();
+        for id in 1..=n {
+            let targets: Vec<SiteId> = edges
+                .iter()
+                .filter(|(a, _)| *a == id)
+                .map(|&(_, b)| SiteId(b))
+                .collect();
+            let mut recipients = targets.clone();
+            recipients.sort_unstable();
+            let persistent = rng.chance(500);
+            let queue_config = QueueConfig {
+                queue_count: buckets,
+                memory_bytes_max: rng.range(8, 48) << 10,
+                persistent,
+                disk_synchronous: true,
+                sync: SyncPolicy::EveryBatch,
+                conflation: false,
+                segment_bytes: SEGMENT_BYTES_MIN,
+                spare_segments: 1,
+            };
+            let table = BucketTable::new(buckets, shards).expect("valid bucket table");
+            let disks = (0..shards)
+                .map(|_| targets.iter().map(|_| MemDisk::new()).collect())
+                .collect();
+            let mut site = Site {
+                id: SiteId(id),
+                table,
+                skew_us: rng.range(0, 50_000),
+                last_us: 0,
+                targets,
+                recipients,
+                persistent,
+                queue_config,
+                inflight_max: rng.range(1, 8) as usize,
+                batch_size: rng.range(1, 50) as u32,
+                shards: Vec::new(),
+                disks,
+                log: Vec::new(),
+                up: true,
+                restart_at: 0,
+            };
+            site.shards = (0..shards)
+                .map(|_| new_shard(&site, &region_config))
+                .collect();
+            sites.push(site);
+        }
+        let keys = (0..rng.range(3, 24))
+            .map(|k| format!("k{k}").into_bytes())
+            .collect();
+        let report = Report {
+            seed,
+            topology: format!("{topology:?}"),
+            sites: n as usize,
+            shards: shards as usize,
+            ..Report::default()
+        };
+        let mut w = World {
+            rng,
+            now: 0,
+            sites,
+            conns: Vec::new(),
+            partitions: BTreeMap::new(),
+            keys,
+            acked: Vec::new(),
+            applied: HashMap::new(),
+            report,
+            trace: VecDeque::new(),
+            echo,
+            region_config,
+        };
+        trace!(
+            w,
+            "world: {} sites x {} shards, {topology:?} {:?}, {buckets} buckets, persistent {:?}",
+            n,
+            shards,
+            edges,
+            w.sites.iter().map(|s| s.persistent).collect::<Vec<_>>()
+        );
+        w
+    }
+
+    fn simulate(&mut self) -> Result<(), String> {
+        let load_ms = self.rng.range(2_000, 8_000);
+        let write_rate = self.rng.range(50, 600);
+        let fault_rate = self.rng.range(0, 30);
+        while self.now < load_ms {
+            self.now += self.rng.range(1, 10);
+            if self.rng.chance(write_rate) {
+                for _ in 0..self.rng.range(1, 3) {
+                    self.client_write()?;
+                }
+            }
+            if self.rng.chance(fault_rate) {
+                self.fault();
+            }
+            self.step()?;
+        }
+        trace!(self, "load ends; healing");
+        self.partitions.clear();
+        let deadline = self.now + QUIESCE_MS_MAX;
+        while self.now < deadline {
+            self.now += self.rng.range(1, 10);
+            for s in 0..self.sites.len() {
+                if !self.sites[s].up {
+                    self.sites[s].restart_at = self.sites[s].restart_at.min(self.now);
+                }
+            }
+            self.step()?;
+            if self.quiet() {
+                trace!(self, "quiet");
+                return self.check();
+            }
+        }
+        Err(format!(
+            "the queues did not drain within {QUIESCE_MS_MAX} ms of healing: {}",
+            self.backlog()
+        ))
+    }
+
+    fn backlog(&self) -> String {
+        let mut out = Vec::new();
+        for site in &self.sites {
+            for (i, shard) in site.shards.iter().enumerate() {
+                for (s, q) in shard.queues.iter().enumerate() {
+                    let n = q.stats(0).events_queued;
+                    if n > 0 {
+                        out.push(format!(
+                            "site {} shard {i} sender to {}: {n} events",
+                            site.id, site.targets[s]
+                        ));
+                    }
+                }
+            }
+        }
+        out.join("; ")
+    }
+
+    /// Nothing queued anywhere and nothing on the wire.
+    fn quiet(&self) -> bool {
+        self.sites.iter().all(|s| {
+            s.up && s
+                .shards
+                .iter()
+                .all(|sh| sh.queues.iter().all(|q| q.stats(0).events_queued == 0))
+        }) && self.conns.iter().flatten().all(|c| {
+            c.up.chunks.is_empty()
+                && c.down.chunks.is_empty()
+                && c.up.buf.is_empty()
+                && c.down.buf.is_empty()
+                && c.sconn.inflight().len() == 0
+        })
+    }
+
+    fn now_us(&mut self, s: usize) -> u64 {
+        let site = &mut self.sites[s];
+        let t = (self.now * 1000 + site.skew_us).max(site.last_us + 1);
+        site.last_us = t;
+        t
+    }
+
+    fn partitioned(&self, a: usize, b: usize) -> bool {
+        let key = (a.min(b), a.max(b));
+        self.partitions
+            .get(&key)
+            .is_some_and(|&until| until > self.now)
+    }
+
+    // ---- the workload ----------------------------------------------------------------
+
+    fn client_write(&mut self) -> Result<(), String> {
+        let s = self.rng.below(self.sites.len());
+        if !self.sites[s].up {
+            return Ok(());
+        }
+        let key = self.keys[self.rng.below(self.keys.len())].clone();
+        let value = (!self.rng.chance(250)).then(|| {
+            let len = self.rng.range(0, 300) as usize;
+            let tag = self.rng.next_u64();
+            let mut v = tag.to_le_bytes().to_vec();
+            v.resize(len.max(8), b'v');
+            v
+        });
+        let now_us = self.now_us(s);
+        let site = &mut self.sites[s];
+        let bucket = site.table.bucket_of(&key);
+        let shard = site.table.shard_of(bucket).expect("bucket in table").0 as usize;
+        let (id, recipients) = (site.id, site.recipients.clone());
+        let sh = &mut site.shards[shard];
+        let mut last = sh.streams.get(&bucket.0).copied();
+        let write = LocalWrite {
+            site: id,
+            member: MemberId(1),
+            region: REGION,
+            bucket,
+            key: &key,
+            value: value.as_deref(),
+            now_us,
+            recipients: &recipients,
+        };
+        let mut attempt = 0;
+        let result = loop {
+            let mut queues: Vec<(&mut SenderQueue, QueueId)> = sh
+                .queues
+                .iter_mut()
+                .map(|q| (q, QueueId(bucket.0)))
+                .collect();
+            match local_write(&mut sh.store, &mut queues, &mut last, &write) {
+                Err(WriteError::WouldBlock(i)) if attempt == 0 => {
+                    // A segment is being made: let the disk make it, then plan again.
+                    run_actions(&mut sh.queues[i], &site.disks[shard][i], self.now);
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.report.writes_refused += 1;
+                trace!(
+                    self,
+                    "site {id} write {:?} refused: {e}",
+                    String::from_utf8_lossy(&key)
+                );
+                Ok(())
+            }
+            Ok(Some(written)) => {
+                if let Some(l) = last {
+                    sh.streams.insert(bucket.0, l);
+                }
+                for (i, q) in sh.queues.iter_mut().enumerate() {
+                    run_actions(q, &site.disks[shard][i], self.now);
+                }
+                for (i, seq) in written.seqs.iter().enumerate() {
+                    if sh.queues[i].durability(QueueId(bucket.0), *seq) != Durability::Done {
+                        return Err(format!(
+                            "site {id}: a write's queue is not durable after its group commit"
+                        ));
+                    }
+                }
+                // The region log, as the node keeps it for a persistent region.
+                let event = Event {
+                    op: written.outcome.op,
+                    region: REGION,
+                    bucket,
+                    id: written.id,
+                    version: written.outcome.tag,
+                    recipients: &recipients,
+                    key: &key,
+                    value: if written.outcome.op == Op::Destroy {
+                        &[]
+                    } else {
+                        value.as_deref().unwrap_or(&[])
+                    },
+                };
+                site.log.push(encode(&event));
+                self.report.writes_acked += 1;
+                let tag = written.outcome.tag;
+                trace!(
+                    self,
+                    "site {id} {:?} {:?} ts {} seq {} acked",
+                    written.outcome.op,
+                    String::from_utf8_lossy(&key),
+                    tag.timestamp_us,
+                    written.id.seq
+                );
+                self.acked.push((
+                    s,
+                    Acked {
+                        key,
+                        value: if written.outcome.op == Op::Destroy {
+                            None
+                        } else {
+                            value
+                        },
+                        tag,
+                        seq: written.id.seq,
+                    },
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    // ---- faults ----------------------------------------------------------------------
+
+    fn fault(&mut self) {
+        match self.rng.below(4) {
+            0 => {
+                // A crash of a site whose queues and region survive one.
+                let s = self.rng.below(self.sites.len());
+                if self.sites[s].persistent && self.sites[s].up {
+                    let down = self.rng.range(100, 3_000);
+                    self.crash(s, down);
+                }
+            }
+            1 => {
+                let a = self.rng.below(self.sites.len());
+                let b = self.rng.below(self.sites.len());
+                if a != b {
+                    let until = self.now + self.rng.range(50, 6_000);
+                    self.partitions.insert((a.min(b), a.max(b)), until);
+                    self.report.partitions += 1;
+                    trace!(self, "partition sites {} | {} until {until}", a + 1, b + 1);
+                }
+            }
+            _ => {
+                let open: Vec<usize> = (0..self.conns.len())
+                    .filter(|&i| {
+                        self.conns[i]
+                            .as_ref()
+                            .is_some_and(|c| c.sender_open && c.receiver_open)
+                    })
+                    .collect();
+                if !open.is_empty() {
+                    let i = open[self.rng.below(open.len())];
+                    self.reset_conn(i);
+                }
+            }
+        }
+    }
+
+    /// The connection breaks: whatever is in flight either way may be lost.
+    fn reset_conn(&mut self, i: usize) {
+        self.report.resets += 1;
+        let drop_up = self.rng.chance(500);
+        let drop_down = self.rng.chance(500);
+        let c = self.conns[i].as_mut().expect("open connection");
+        if drop_up {
+            c.up.chunks.clear();
+        }
+        if drop_down {
+            c.down.chunks.clear();
+        }
+        c.up.closed = true;
+        c.down.closed = true;
+        let (fs, fh, to) = (c.from_site, c.from_shard, c.to_site);
+        trace!(
+            self,
+            "reset connection {i} site {} shard {fh} -> site {}",
+            fs + 1,
+            to + 1
+        );
+    }
+
+    fn crash(&mut self, s: usize, down_ms: u64) {
+        self.report.crashes += 1;
+        let power = self.rng.chance(300);
+        trace!(
+            self,
+            "crash site {} ({}) for {down_ms} ms",
+            s + 1,
+            if power { "power loss" } else { "process" }
+        );
+        for i in 0..self.conns.len() {
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
+            if c.from_site == s {
+                c.sender_open = false;
+                c.up.closed = true;
+                c.down.chunks.clear();
+                c.down.closed = true;
+            }
+            if c.to_site == s {
+                c.receiver_open = false;
+                c.down.closed = true;
+                c.up.chunks.clear();
+                c.up.closed = true;
+            }
+        }
+        let seed = self.rng.next_u64();
+        let site = &mut self.sites[s];
+        site.up = false;
+        site.restart_at = self.now + down_ms;
+        let shards = std::mem::take(&mut site.shards);
+        for (h, shard) in shards.into_iter().enumerate() {
+            for (i, q) in shard.queues.into_iter().enumerate() {
+                let crash = if power {
+                    Crash::PowerLoss {
+                        seed: seed ^ (h * 64 + i) as u64,
+                    }
+                } else {
+                    Crash::Process
+                };
+                site.disks[h][i].crash(q, crash);
+            }
+        }
+    }
+
+    fn restart(&mut self, s: usize) -> Result<(), String> {
+        let rc = self.region_config.clone();
+        let site = &mut self.sites[s];
+        let mut shards = Vec::new();
+        for h in 0..site.table.shards() as usize {
+            let mut queues = Vec::new();
+            for i in 0..site.targets.len() {
+                let (q, report) = recover(site.queue_config.clone(), &site.disks[h][i])
+                    .map_err(|e| format!("site {} shard {h}: recovery refused: {e}", site.id))?;
+                if !report.corrupt.is_empty() {
+                    return Err(format!(
+                        "site {} shard {h}: recovery found corruption after a crash: {:?}",
+                        site.id, report.corrupt
+                    ));
+                }
+                queues.push(q);
+            }
+            shards.push(Shard {
+                store: RegionStore::new(&rc).expect("valid region"),
+                queues,
+                dispatchers: site.targets.iter().map(|_| Dispatcher::default()).collect(),
+                streams: HashMap::new(),
+            });
+        }
+        for bytes in &site.log {
+            let r = record::decode(bytes).map_err(|e| format!("region log record: {e}"))?;
+            let owner = site
+                .table
+                .shard_of(site.table.bucket_of(r.key()))
+                .expect("bucket")
+                .0;
+            restore_logged(&mut shards[owner as usize].store, &r, site.id)
+                .map_err(|e| format!("site {}: restoring the region log: {e}", site.id))?;
+        }
+        site.shards = shards;
+        site.up = true;
+        let id = site.id;
+        trace!(self, "restart site {id}");
+        Ok(())
+    }
+
+    // ---- one step of every shell ------------------------------------------------------
+
+    fn step(&mut self) -> Result<(), String> {
+        for s in 0..self.sites.len() {
+            if !self.sites[s].up && self.now >= self.sites[s].restart_at {
+                self.restart(s)?;
+            }
+        }
+        for s in 0..self.sites.len() {
+            if !self.sites[s].up {
+                continue;
+            }
+            for h in 0..self.sites[s].shards.len() {
+                for i in 0..self.sites[s].targets.len() {
+                    self.dispatch(s, h, i)?;
+                }
+            }
+        }
+        for i in 0..self.conns.len() {
+            self.carry(i)?;
+        }
+        for site in &self.sites {
+            for shard in &site.shards {
+                for q in &shard.queues {
+                    let stats = q.stats(0);
+                    if !q.config().persistent {
+                        self.report.overflow_events_max =
+                            self.report.overflow_events_max.max(stats.events_on_disk);
+                    }
+                    let held = stats.memory_bytes;
+                    if held > q.config().memory_bytes_max {
+                        return Err(format!(
+                            "site {}: a sender's queues hold {held} bytes of memory, over the budget of {}",
+                            site.id,
+                            q.config().memory_bytes_max
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The dispatcher of sender `i` on shard `h` of site `s`.
+    fn dispatch(&mut self, s: usize, h: usize, i: usize) -> Result<(), String> {
+        let now = self.now;
+        let d = &self.sites[s].shards[h].dispatchers[i];
+        let Some(ci) = d.conn else {
+            if now < d.retry_at {
+                return Ok(());
+            }
+            return self.connect(s, h, i);
+        };
+        let site = &mut self.sites[s];
+        let (batch_size, site_id) = (site.batch_size, site.id);
+        let shard = &mut site.shards[h];
+        let queue = &mut shard.queues[i];
+        let d = &mut shard.dispatchers[i];
+        let Some(c) = self.conns[ci].as_mut() else {
+            return Err("a dispatcher holds a connection that is gone".into());
+        };
+        let used = c.sconn.handle_bytes(&c.down.buf, now);
+        c.down.buf.drain(..used);
+        c.sconn.handle_timer(now);
+        let mut failed = None;
+        while let Some(event) = c.sconn.poll_event() {
+            match link::handle_event(queue, event) {
+                LinkStep::Write(bytes) => c.up.push(&mut self.rng, now, c.latency, bytes),
+                LinkStep::Connected => d.backoff = BACKOFF_MIN_MS,
+                LinkStep::Acked { .. } => {}
+                LinkStep::Refused(e) => return Err(format!("site {site_id}: refused: {e}")),
+                LinkStep::Failed(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if failed.is_none() && c.down.at_end() && c.down.buf.is_empty() {
+            failed = Some("the receiver closed the connection".to_string());
+        }
+        if let Some(why) = failed {
+            c.sender_open = false;
+            c.up.closed = true;
+            d.conn = None;
+            d.backoff = (d.backoff * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+            d.retry_at = now + d.backoff;
+            link::reset_all(queue);
+            trace!(
+                self,
+                "site {site_id} shard {h} sender {i}: connection {ci} ends: {why}"
+            );
+            return Ok(());
+        }
+        while c.sconn.can_send() {
+            let (batch, errors) = link::next_batch(queue, &mut d.cursor, batch_size);
+            if let Some(e) = errors.first() {
+                return Err(format!(
+                    "site {site_id}: a queued record does not read back: {e}"
+                ));
+            }
+            let Some(batch) = batch else { break };
+            let bytes = link::send_batch(&mut c.sconn, queue, &batch, now)
+                .map_err(|e| format!("site {site_id}: sending a batch: {e}"))?;
+            c.up.push(&mut self.rng, now, c.latency, bytes);
+            self.report.batches += 1;
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, s: usize, h: usize, i: usize) -> Result<(), String> {
+        let now = self.now;
+        let target = self.sites[s].targets[i];
+        let t = usize::from(target.0) - 1;
+        if !self.sites[t].up || self.partitioned(s, t) {
+            let d = &mut self.sites[s].shards[h].dispatchers[i];
+            d.backoff = (d.backoff * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+            d.retry_at = now + d.backoff;
+            return Ok(());
+        }
+        let site = &self.sites[s];
+        let mut config = SenderConfig::new(
+            site.id,
+            target,
+            format!("site{}-shard{h}", site.id),
+            format!("to-{target}"),
+            vec![RegionSpec {
+                id: REGION,
+                name: REGION_NAME.into(),
+                total_num_buckets: u32::from(site.table.total_buckets()),
+            }],
+        );
+        config.inflight_batches_max = site.inflight_max;
+        config.ack_timeout_ms = ACK_TIMEOUT_MS;
+        let sconn = SenderConn::new(config, now).map_err(|e| e.to_string())?;
+        let mut rc = ReceiverConfig::new(target, format!("site{target}"));
+        rc.maximum_time_between_pings_ms = PINGS_MS;
+        let to_shard = self.rng.below(self.sites[t].shards.len());
+        let latency = self.rng.range(1, 80);
+        self.conns.push(Some(Conn {
+            from_site: s,
+            from_shard: h,
+            to_site: t,
+            latency,
+            sconn,
+            rconn: ReceiverConn::new(rc, now),
+            up: Pipe::default(),
+            down: Pipe::default(),
+            sender_open: true,
+            receiver_open: true,
+            regions: None,
+        }));
+        let ci = self.conns.len() - 1;
+        self.sites[s].shards[h].dispatchers[i].conn = Some(ci);
+        self.report.connections += 1;
+        trace!(
+            self,
+            "site {} shard {h} sender {i}: connection {ci} to site {target} shard {to_shard}",
+            s + 1
+        );
+        Ok(())
+    }
+
+    /// Moves the due bytes of connection `i` and runs its receiver.
+    fn carry(&mut self, i: usize) -> Result<(), String> {
+        let now = self.now;
+        let Some(c) = self.conns[i].as_mut() else {
+            return Ok(());
+        };
+        let (a, b) = (c.from_site, c.to_site);
+        let cut = {
+            let key = (a.min(b), a.max(b));
+            self.partitions.get(&key).is_some_and(|&until| until > now)
+        };
+        if !cut {
+            c.up.deliver(now);
+            c.down.deliver(now);
+        }
+        if !c.sender_open {
+            c.down.buf.clear();
+        }
+        if c.receiver_open {
+            c.rconn.handle_timer(now);
+            self.receive(i)?;
+        } else {
+            let c = self.conns[i].as_mut().expect("present");
+            c.up.buf.clear();
+        }
+        let c = self.conns[i].as_mut().expect("present");
+        if !c.sender_open && !c.receiver_open {
+            self.conns[i] = None;
+        } else if !c.sender_open && c.up.at_end() && c.up.buf.is_empty() && c.receiver_open {
+            c.receiver_open = false;
+            c.down.closed = true;
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, ci: usize) -> Result<(), String> {
+        let now = self.now;
+        loop {
+            let c = self.conns[ci].as_mut().expect("present");
+            let buf = std::mem::take(&mut c.up.buf);
+            let handled = c.rconn.handle_bytes(&buf, now);
+            let consumed = handled.consumed;
+            let batch = handled.batch.map(|b| {
+                let records: Vec<Vec<u8>> = b.records().map(|r| r.bytes().to_vec()).collect();
+                (b.id, b.possible_duplicate, b.events, records)
+            });
+            let c = self.conns[ci].as_mut().expect("present");
+            c.up.buf = buf[consumed..].to_vec();
+            let mut closed = false;
+            while let Some(event) = c.rconn.poll_event() {
+                match event {
+                    ReceiverEvent::Transmit(bytes) => {
+                        c.down.push(&mut self.rng, now, c.latency, bytes)
+                    }
+                    ReceiverEvent::Connected(hello) => c.regions = Some(hello.regions),
+                    ReceiverEvent::Closed(e) => {
+                        closed = true;
+                        let line = format!("receiver of connection {ci} closes: {e}");
+                        trace!(self, "{line}");
+                        break;
+                    }
+                }
+            }
+            if closed {
+                let c = self.conns[ci].as_mut().expect("present");
+                c.receiver_open = false;
+                c.down.closed = true;
+                return Ok(());
+            }
+            let Some((id, possible_duplicate, events, records)) = batch else {
+                return Ok(());
+            };
+            if records.len() != events as usize {
+                return Err(format!(
+                    "a checked batch of {events} events yields {}",
+                    records.len()
+                ));
+            }
+            let outcomes = self.apply_batch(ci, &records)?;
+            let ack = ack_outcome(&outcomes);
+            if !ack.dead_letters.is_empty() {
+                return Err(format!("dead letters: {:?}", ack.dead_letters));
+            }
+            let c = self.conns[ci].as_mut().expect("present");
+            c.rconn
+                .handle_applied(id, &ack)
+                .map_err(|e| format!("acknowledging a batch: {e}"))?;
+            let (to, from) = (c.to_site, c.from_site);
+            trace!(
+                self,
+                "site {} applies batch {id} from site {}{}: {} applied, {} duplicates, {} conflicts",
+                to + 1,
+                from + 1,
+                if possible_duplicate {
+                    " (possible duplicate)"
+                } else {
+                    ""
+                },
+                ack.applied,
+                ack.duplicates,
+                ack.conflicts
+            );
+            if consumed == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies a batch's records at the connection's receiving site: each on the shard
+    /// owning its bucket, forwarded under the loop rule, logged, and every queue synced
+    /// before the ack, as the node does.
+    fn apply_batch(&mut self, ci: usize, records: &[Vec<u8>]) -> Result<Vec<ApplyOutcome>, String> {
+        let c = self.conns[ci].as_ref().expect("present");
+        let t = c.to_site;
+        let known = c
+            .regions
+            .as_ref()
+            .is_some_and(|r| r.iter().any(|s| s.id == REGION && s.name == REGION_NAME));
+        if !known {
+            return Err("a batch for a region the hello did not name".into());
+        }
+        let mut outcomes = Vec::with_capacity(records.len());
+        let site = &mut self.sites[t];
+        let senders: Vec<(SenderIndex, SiteId)> = site
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, &target)| (SenderIndex(i), target))
+            .collect();
+        for bytes in records {
+            let r = record::decode(bytes).map_err(|e| format!("a checked record: {e}"))?;
+            let bucket = site.table.bucket_of(r.key());
+            let owner = site.table.shard_of(bucket).expect("bucket").0 as usize;
+            let sh = &mut site.shards[owner];
+            let outcome = apply_record(&mut sh.store, &r, site.id);
+            match &outcome {
+                ApplyOutcome::Applied { .. } => {
+                    self.report.applied += 1;
+                    let n = self.applied.entry((t, r.event_id())).or_insert(0);
+                    *n += 1;
+                    if *n > 1 {
+                        return Err(format!(
+                            "site {} applied event {:?} {} times",
+                            site.id,
+                            r.event_id(),
+                            n
+                        ));
+                    }
+                    site.log.push(bytes.clone());
+                    let (chosen, recipients) =
+                        forward_targets(site.id, &r, &senders, &site.recipients);
+                    for SenderIndex(i) in chosen {
+                        let event = forward_event(&r, REGION, bucket, &recipients);
+                        let q = &mut sh.queues[i];
+                        let mut result = q.append(QueueId(bucket.0), &event);
+                        if matches!(result, Err(strait_queue::queue::AppendError::WouldBlock)) {
+                            run_actions(q, &site.disks[owner][i], self.now);
+                            result = q.append(QueueId(bucket.0), &event);
+                        }
+                        if let Err(e) = result {
+                            return Err(format!(
+                                "site {}: forwarding to site {} refused: {e}",
+                                site.id, site.targets[i]
+                            ));
+                        }
+                    }
+                }
+                ApplyOutcome::Duplicate(_) => self.report.duplicates += 1,
+                ApplyOutcome::Rejected { .. } => self.report.conflicts += 1,
+                ApplyOutcome::DeadLetter(_) => {}
+            }
+            outcomes.push(outcome);
+        }
+        for (h, sh) in site.shards.iter_mut().enumerate() {
+            for (i, q) in sh.queues.iter_mut().enumerate() {
+                run_actions(q, &site.disks[h][i], self.now);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    // ---- the checkers ------------------------------------------------------------------
+
+    fn check(&mut self) -> Result<(), String> {
+        // The winner every site must hold per key: the greatest acknowledged version by the
+        // conflict rule's order (timestamp, then site; a later write of the same site wins a tie).
+        let mut winners: BTreeMap<Vec<u8>, &Acked> = BTreeMap::new();
+        for (_, a) in &self.acked {
+            let better = winners.get(&a.key).is_none_or(|w| {
+                (a.tag.timestamp_us, a.tag.site, a.seq) > (w.tag.timestamp_us, w.tag.site, w.seq)
+            });
+            if better {
+                winners.insert(a.key.clone(), a);
+            }
+        }
+        let mut digests: Vec<BTreeMap<u16, u64>> = Vec::new();
+        for site in &self.sites {
+            let mut per_bucket: BTreeMap<u16, u64> = BTreeMap::new();
+            for key in &self.keys {
+                let bucket = site.table.bucket_of(key);
+                let owner = site.table.shard_of(bucket).expect("bucket").0 as usize;
+                let entry = site.shards[owner].store.entry(key);
+                let state = entry.map(|e| (e.live_value().cloned(), e.version.tag()));
+                if let Some(w) = winners.get(key) {
+                    let want = (w.value.clone().map(Bytes::from), Some(w.tag));
+                    if state.as_ref() != Some(&want) {
+                        return Err(format!(
+                            "site {} holds {:?} = {:?}, the acknowledged winner is {:?} (lost write or another winner)",
+                            site.id,
+                            String::from_utf8_lossy(key),
+                            state.map(|(v, t)| (v.map(|v| v.len()), t)),
+                            (w.value.as_ref().map(Vec::len), w.tag)
+                        ));
+                    }
+                } else if entry.is_some_and(|e| matches!(e.value, EntryValue::Live(_))) {
+                    return Err(format!(
+                        "site {} holds {:?}, which no acknowledged write made",
+                        site.id,
+                        String::from_utf8_lossy(key)
+                    ));
+                }
+                let h = entry_digest(key, state.as_ref());
+                let d = per_bucket.entry(bucket.0).or_insert(0);
+                *d = d.wrapping_add(h);
+            }
+            // Every live entry is one of the keys.
+            for shard in &site.shards {
+                let page = shard
+                    .store
+                    .scan(strait_engine::region::ScanCursor::START, 1024);
+                for (k, _) in page.entries {
+                    if !self.keys.iter().any(|key| key[..] == k[..]) {
+                        return Err(format!("site {} holds a key no client wrote", site.id));
+                    }
+                }
+            }
+            digests.push(per_bucket);
+        }
+        for (i, d) in digests.iter().enumerate().skip(1) {
+            if *d != digests[0] {
+                let bucket = d
+                    .iter()
+                    .find(|(b, h)| digests[0].get(b) != Some(h))
+                    .map(|(b, _)| *b);
+                return Err(format!(
+                    "sites {} and {} differ in bucket {bucket:?}",
+                    self.sites[0].id, self.sites[i].id
+                ));
+            }
+        }
+        for site in &self.sites {
+            for shard in &site.shards {
+                for q in &shard.queues {
+                    let st = q.stats(0);
+                    if st.events_queued != 0 || st.events_on_disk != 0 {
+                        return Err(format!("site {}: a queue did not drain: {st:?}", site.id));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn new_shard(site: &Site, rc: &RegionConfig) -> Shard {
+    Shard {
+        store: RegionStore::new(rc).expect("valid region"),
+        queues: site
+            .targets
+            .iter()
+            .map(|_| SenderQueue::new(site.queue_config.clone()))
+            .collect(),
+        dispatchers: site.targets.iter().map(|_| Dispatcher::default()).collect(),
+        streams: HashMap::new(),
+    }
+}
+
+fn encode(event: &Event<'_>) -> Vec<u8> {
+    let len = record::encoded_len(event).expect("a valid event");
+    let mut out = vec![0; len];
+    record::encode_into(&mut out, event, Seq(1));
+    out
+}
+
+/// An order-independent contribution of one key's state to its bucket's digest.
+fn entry_digest(key: &[u8], state: Option<&(Option<Bytes>, Option<VersionTag>)>) -> u64 {
+    let mut h = crc32fast_like(key);
+    if let Some((value, tag)) = state {
+        h = h
+            .wrapping_mul(31)
+            .wrapping_add(value.as_ref().map_or(1, |v| crc32fast_like(v)));
+        if let Some(t) = tag {
+            h = h
+                .wrapping_mul(31)
+                .wrapping_add(t.timestamp_us ^ u64::from(t.site.0) << 56);
+        }
+    }
+    h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// FNV-1a, 64-bit.
+fn crc32fast_like(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
