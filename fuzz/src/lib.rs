@@ -12,7 +12,7 @@
 //!
 //! | item | what it is |
 //! |---|---|
-//! | [`Target`], [`TARGETS`] | the targets: `frame`, `resp`, `segment`, `config`, `deadletter` |
+//! | [`Target`], [`TARGETS`] | the targets: `frame`, `resp`, `segment`, `config`, `cachexml`, `deadletter` |
 //! | [`Fuzzer`] | the loop: corpus, seeded choice of generate or mutate, outcome feedback |
 //! | [`rng::Rng`] | SplitMix64; one seed reproduces a run |
 //! | [`mutate`] | byte-level mutations |
@@ -48,6 +48,7 @@ pub const TARGETS: &[Target] = &[
     targets::resp::TARGET,
     targets::segment::TARGET,
     targets::config::TARGET,
+    targets::cachexml::TARGET,
     targets::deadletter::TARGET,
 ];
 

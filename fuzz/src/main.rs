@@ -17,7 +17,7 @@ use strait_fuzz::{Fuzzer, TARGETS, target};
 #[derive(Parser, Debug)]
 #[command(about = "Fuzz a Strait decoder or parser on stable Rust")]
 struct Args {
-    /// frame, resp, segment, config or deadletter.
+    /// frame, resp, segment, config, cachexml or deadletter.
     target: String,
     /// How long to run.
     #[arg(long, default_value_t = 60)]

@@ -1,7 +1,8 @@
 //! The `site.toml` parser.
 //!
 //! Invariants: nothing panics; a refusal has a message; parsing is deterministic (the same
-//! text gives the same configuration or the same error).
+//! text gives the same configuration or the same error); an accepted configuration written
+//! out (`config::to_toml`) reads back to the same configuration.
 
 use std::path::Path;
 
@@ -24,6 +25,8 @@ const SERVER: &[&str] = &[
     "client-port",
     "shards",
     "directory",
+    "http-service-port",
+    "http-service-bind-address",
 ];
 const SENDER: &[&str] = &[
     "id",
@@ -41,6 +44,7 @@ const SENDER: &[&str] = &[
     "alert-threshold",
     "socket-buffer-size",
     "socket-read-timeout",
+    "batches-in-flight",
     "manual-start",
     "disk-dir",
 ];
@@ -164,12 +168,24 @@ fn run(data: &[u8]) -> Verdict {
         return Err("the same text parsed twice gives two answers".into());
     }
     match first {
-        Ok(c) => Ok(format!(
-            "ok s{} r{} recv{}",
-            c.senders.len().min(2),
-            c.regions.len().min(2),
-            u8::from(c.receiver.is_some())
-        )),
+        Ok(c) => {
+            let site_toml = strait_node::config::to_toml(&c);
+            match strait_node::config::parse(path, &site_toml) {
+                Ok(back) if back == c => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "written out and read back, it differs:\n{site_toml}"
+                    ));
+                }
+                Err(e) => return Err(format!("written out, it is refused: {e}\n{site_toml}")),
+            }
+            Ok(format!(
+                "ok s{} r{} recv{}",
+                c.senders.len().min(2),
+                c.regions.len().min(2),
+                u8::from(c.receiver.is_some())
+            ))
+        }
         Err(e) => {
             let text = e.to_string();
             if text.is_empty() {

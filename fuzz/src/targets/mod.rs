@@ -1,5 +1,6 @@
 //! The fuzz targets, one module each.
 
+pub mod cachexml;
 pub mod config;
 pub mod deadletter;
 pub mod frame;
