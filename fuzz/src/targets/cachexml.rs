@@ -194,7 +194,7 @@ fn fixup(rng: &mut Rng, data: &mut Vec<u8>) {
         return;
     };
     let mut s = text[..start].to_string();
-    let value: &str = rng.pick(VALUES);
+    let value: &&str = rng.pick(VALUES);
     s.push_str(value);
     s.push_str(&text[start + len..]);
     *data = s.into_bytes();
