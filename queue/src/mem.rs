@@ -265,7 +265,9 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
         }
         Action::DeleteSegment { id, buf } => {
             // A failed delete leaves a fully acknowledged file that the next recovery removes.
-            let _ = disk.delete(id, buf);
+            if disk.delete(id, buf).is_ok() {
+                queue.handle_deleted(now_ms);
+            }
         }
     }
 }

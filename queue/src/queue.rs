@@ -1303,6 +1303,17 @@ impl SenderQueue {
         }
     }
 
+    /// A [`Action::DeleteSegment`] removed its file: that room is free again, so a segment
+    /// creation that failed (a full disk) is retried at once rather than at its retry time.
+    /// Without this, a queue that had filled its disk went on refusing appends with the old
+    /// "No space left on device" for up to [`RETRY_MS`] after draining and deleting its
+    /// segments.
+    pub fn handle_deleted(&mut self, now_ms: u64) {
+        if let Some((_, retry_at)) = &mut self.disk_error {
+            *retry_at = (*retry_at).min(now_ms);
+        }
+    }
+
     /// The outcome of an [`Action::Sync`].
     pub fn handle_synced(&mut self, token: u64, result: Result<(), StoreError>, now_ms: u64) {
         let Some((t, covers, segments)) = self.sync_inflight.take() else {

@@ -346,11 +346,12 @@ async fn run(inner: Rc<Inner>, action: Action) {
         Action::DeleteSegment { id, buf } => {
             // A failed delete leaves a fully acknowledged file behind; the next recovery
             // removes it. It is still reported.
-            if let Err(e) = executor()
+            match executor()
                 .spawn_blocking(move || disk.delete(id, buf))
                 .await
             {
-                *inner.last_error.borrow_mut() = Some(e);
+                Ok(()) => inner.queue.borrow_mut().handle_deleted(inner.now_ms()),
+                Err(e) => *inner.last_error.borrow_mut() = Some(e),
             }
         }
     }

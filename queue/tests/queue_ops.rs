@@ -179,6 +179,42 @@ fn full_disk_refuses_new_events_and_keeps_accepted_ones() {
     assert_eq!(drain_numbers(&mut q, Q), accepted);
 }
 
+/// Found by `tools/tests/faults.rs`: a queue that filled its disk, then drained, went on
+/// refusing appends with the old "No space left on device" until the retry time, although
+/// deleting its acknowledged segments had made room. A delete now brings the retry forward.
+#[test]
+fn a_drained_queue_retries_a_failed_creation_as_soon_as_its_segments_are_deleted() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(QueueConfig {
+        spare_segments: 1,
+        ..cfg(true)
+    });
+    let mut accepted = Vec::new();
+    for n in 0..400 {
+        append(&mut q, &disk, Op::Create, n, b"k", 500).unwrap();
+        accepted.push(n);
+    }
+    disk.set_full(true);
+    let err = loop {
+        let n = accepted.len() as u64;
+        match append(&mut q, &disk, Op::Create, n, b"k", 500) {
+            Ok(_) => accepted.push(n),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    // Everything is sent and acknowledged; deleting the segments gives the room back (the
+    // in-memory disk is told so). No time passes: the retry is not due yet.
+    disk.set_full(false);
+    while let Some(b) = q.peek(Q, 1000, 1 << 20).unwrap() {
+        q.ack(Q, b.last_seq).unwrap();
+    }
+    run_actions(&mut q, &disk, 0);
+    assert!(q.stats(0).segments < 4, "{:?}", q.stats(0));
+    let n = accepted.len() as u64;
+    append(&mut q, &disk, Op::Create, n, b"k", 500).unwrap();
+}
+
 #[test]
 fn persistent_queue_reports_an_unwritable_directory() {
     let disk = MemDisk::new();
