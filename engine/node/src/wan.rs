@@ -39,7 +39,7 @@ use strait_queue::record::{self, Event, Record};
 use strait_queue::shard::ShardQueue;
 
 /// Most bytes of records in one batch (with at most `batch-size` events).
-pub const BATCH_BYTES_MAX: u64 = 4 << 20;
+pub use strait_engine::link::BATCH_BYTES_MAX;
 /// How often a dispatcher asks the locators again for a remote site's receivers.
 pub const LOOKUP_RETRY_MS: u64 = 1_000;
 /// How long a connection attempt to a receiver may take.
@@ -1013,25 +1013,19 @@ impl ForwardPlan {
         plan
     }
 
-    fn log_event<'r>(region: u16, record: &'r Record<'_>, recipients: &'r [SiteId]) -> Event<'r> {
-        Event {
-            op: record.op(),
-            region: RegionId(region),
-            bucket: record.bucket(),
-            id: record.event_id(),
-            version: record.version(),
-            recipients,
-            key: record.key(),
-            value: record.value(),
-        }
+    /// The record as the region's log keeps it: its own bucket and recipients.
+    fn log_event<'r>(region: u16, record: &Record<'r>, recipients: &'r [SiteId]) -> Event<'r> {
+        strait_engine::receive::forward_event(record, RegionId(region), record.bucket(), recipients)
     }
 
-    fn forward_event<'r>(&'r self, region: u16, record: &'r Record<'_>) -> Event<'r> {
-        Event {
-            bucket: self.bucket,
-            recipients: &self.recipients,
-            ..Self::log_event(region, record, &[])
-        }
+    /// The record as a local sender forwards it (the step the simulator runs).
+    fn forward_event<'r>(&'r self, region: u16, record: &Record<'r>) -> Event<'r> {
+        strait_engine::receive::forward_event(
+            record,
+            RegionId(region),
+            self.bucket,
+            &self.recipients,
+        )
     }
 
     fn check_room(&self, shard: &Shard, region: u16, record: &Record<'_>) -> Room {
@@ -1482,11 +1476,7 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
         };
         counters.connected.set(false);
         // Whatever was peeked and not acknowledged is sent again, marked possible-duplicate.
-        queue.with(|q| {
-            for id in 0..q.config().queue_count {
-                q.reset(QueueId(id));
-            }
-        });
+        queue.with(strait_engine::link::reset_all);
         match end {
             Some(LinkEnd::Stopped) => return,
             Some(LinkEnd::Halted) => {
@@ -1587,23 +1577,12 @@ async fn connect_or_stop(addr: SocketAddr, stop: &AtomicBool) -> Connect {
 
 /// Peeks the next batch, round-robin over the sender's queues on this shard.
 fn next_batch(queue: &ShardQueue, cursor: &mut u16, events_max: u32, name: &str) -> Option<Batch> {
-    queue.with(|q| {
-        let count = q.config().queue_count.max(1);
-        for i in 0..count {
-            let id = QueueId(((u32::from(*cursor) + u32::from(i)) % u32::from(count)) as u16);
-            match q.peek(id, events_max, BATCH_BYTES_MAX) {
-                Ok(Some(b)) => {
-                    *cursor = ((u32::from(id.0) + 1) % u32::from(count)) as u16;
-                    return Some(b);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(queue = id.0, "{name}: cannot read queue {}: {e:?}", id.0)
-                }
-            }
-        }
-        None
-    })
+    // The same step the simulator runs (`strait_engine::link`).
+    let (batch, errors) = queue.with(|q| strait_engine::link::next_batch(q, cursor, events_max));
+    for e in errors {
+        tracing::warn!("{name}: cannot read a queue: {e:?}");
+    }
+    batch
 }
 
 #[allow(clippy::too_many_arguments)]
