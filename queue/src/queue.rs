@@ -448,6 +448,9 @@ pub struct SenderQueue {
     /// A record larger than the default segment needs a segment of at least this size.
     oversize_demand: Option<u32>,
     disk_error: Option<(StoreError, u64)>,
+    /// `check_room` found no segment for an event that needs one: make a segment even if
+    /// nothing else asks for one.
+    segment_demand: bool,
     next_segment_id: u64,
     dirty: BTreeSet<SegmentId>,
     /// A segment was put to use since the last sync: its directory entry must be synced too.
@@ -496,6 +499,7 @@ impl SenderQueue {
             creating: 0,
             oversize_demand: None,
             disk_error: None,
+            segment_demand: false,
             next_segment_id: next_segment_id.0,
             dirty: BTreeSet::new(),
             dirty_directory: false,
@@ -651,6 +655,11 @@ impl SenderQueue {
         if need > self.config.segment_bytes as usize {
             self.oversize_demand = Some(self.oversize_demand.unwrap_or(0).max(need as u32));
         }
+        // Nothing else may be asking for a segment (an in-memory queue below three quarters of
+        // its budget that is not overflowing yet, since only `append` marks that): ask for
+        // one, or a caller waiting for progress would wait for ever, and a failed creation
+        // would never be retried once the disk has room again.
+        self.segment_demand = true;
         Err(match &self.disk_error {
             Some((e, _)) if self.config.persistent => AppendError::Disk(e.clone()),
             Some((e, _)) => AppendError::Full {
@@ -1162,11 +1171,15 @@ impl SenderQueue {
         } else {
             let near_budget = self.memory_bytes.saturating_mul(4)
                 >= self.config.memory_bytes_max.saturating_mul(3);
-            let wanted = self.config.persistent || self.overflowing_queues > 0 || near_budget;
+            let wanted = self.config.persistent
+                || self.overflowing_queues > 0
+                || near_budget
+                || self.segment_demand;
             let target = self.config.spare_segments as usize + self.tails_past_half as usize;
-            if !wanted || self.spares.len() + self.creating as usize >= target {
+            if !wanted || self.spares.len() + self.creating as usize >= target.max(1) {
                 return None;
             }
+            self.segment_demand = false;
             self.config.segment_bytes
         };
         if self.disk_error.is_some() && self.creating > 0 {

@@ -397,3 +397,51 @@ fn invalid_configuration_is_refused_with_the_reason() {
     }
     assert_eq!(QueueConfig::default().validate(), Ok(()));
 }
+
+#[test]
+fn check_room_asks_for_the_segment_it_needs_and_recovers_after_a_full_disk() {
+    // A writer that checks every queue before appending to any (a local write, a forward)
+    // never calls `append` while refused: `check_room` itself must ask for a segment, or the
+    // queue would keep answering with the old disk error after the disk has room again.
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(QueueConfig {
+        memory_bytes_max: 32 << 10,
+        spare_segments: 1,
+        ..cfg(false)
+    });
+    disk.set_full(true);
+    let mut n = 0;
+    let (_, v) = event_parts(0, 500);
+    let refused = loop {
+        let e = event(Op::Create, n, b"k", &v);
+        match q.check_room(Q, &e) {
+            Ok(()) => {
+                q.append(Q, &e).unwrap();
+                n += 1;
+            }
+            Err(AppendError::WouldBlock) => {
+                run_actions(&mut q, &disk, 0);
+            }
+            Err(e) => break e,
+        }
+        assert!(n < 10_000, "the budget never ran out");
+    };
+    assert!(matches!(refused, AppendError::Full { .. }), "{refused}");
+    disk.set_full(false);
+    let e = event(Op::Create, n, b"k", &v);
+    // After the retry interval the queue makes a segment and takes the event.
+    let mut now = RETRY_MS;
+    let taken = loop {
+        run_actions(&mut q, &disk, now);
+        match q.check_room(Q, &e) {
+            Ok(()) => break true,
+            Err(_) if now < 10 * RETRY_MS => now += RETRY_MS,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        taken,
+        "the queue kept refusing after the disk had room again"
+    );
+    q.append(Q, &e).unwrap();
+}

@@ -213,6 +213,8 @@ struct Site {
     log: Vec<Vec<u8>>,
     up: bool,
     restart_at: u64,
+    /// The site's disks refuse new segment files until then (a full disk).
+    disk_full_until: Option<u64>,
 }
 
 /// What a passing seed did.
@@ -232,6 +234,10 @@ pub struct Report {
     pub crashes: u64,
     pub partitions: u64,
     pub resets: u64,
+    /// Times a site's disk filled up (new segment files refused until it healed).
+    pub disk_full: u64,
+    /// Batches a receiver refused because a queue it had to forward to was full.
+    pub forward_refusals: u64,
     /// Most events one in-memory queue set held in overflow segments at once.
     pub overflow_events_max: u64,
     pub sim_ms: u64,
@@ -241,7 +247,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} events overflowed at most, {} ms simulated",
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most, {} ms simulated",
             self.seed,
             self.sites,
             self.shards,
@@ -256,6 +262,8 @@ impl fmt::Display for Report {
             self.crashes,
             self.partitions,
             self.resets,
+            self.disk_full,
+            self.forward_refusals,
             self.overflow_events_max,
             self.sim_ms
         )
@@ -376,6 +384,7 @@ impl World {
                 log: Vec::new(),
                 up: true,
                 restart_at: 0,
+                disk_full_until: None,
             };
             site.shards = (0..shards)
                 .map(|_| new_shard(&site, &region_config))
@@ -435,6 +444,11 @@ impl World {
         }
         trace!(self, "load ends; healing");
         self.partitions.clear();
+        for s in 0..self.sites.len() {
+            if self.sites[s].disk_full_until.take().is_some() {
+                self.set_disk_full(s, false);
+            }
+        }
         let deadline = self.now + QUIESCE_MS_MAX;
         while self.now < deadline {
             self.now += self.rng.range(1, 10);
@@ -623,7 +637,18 @@ impl World {
     // ---- faults ----------------------------------------------------------------------
 
     fn fault(&mut self) {
-        match self.rng.below(4) {
+        match self.rng.below(5) {
+            4 => {
+                // A site's disk fills up: every queue of it is refused new segment files.
+                let s = self.rng.below(self.sites.len());
+                if self.sites[s].disk_full_until.is_none() {
+                    let until = self.now + self.rng.range(50, 3_000);
+                    self.set_disk_full(s, true);
+                    self.sites[s].disk_full_until = Some(until);
+                    self.report.disk_full += 1;
+                    trace!(self, "site {}: disk full until {until}", s + 1);
+                }
+            }
             0 => {
                 // A crash of a site whose queues and region survive one.
                 let s = self.rng.below(self.sites.len());
@@ -654,6 +679,14 @@ impl World {
                     let i = open[self.rng.below(open.len())];
                     self.reset_conn(i);
                 }
+            }
+        }
+    }
+
+    fn set_disk_full(&mut self, s: usize, full: bool) {
+        for disks in &self.sites[s].disks {
+            for d in disks {
+                d.set_full(full);
             }
         }
     }
@@ -771,8 +804,30 @@ impl World {
 
     fn step(&mut self) -> Result<(), String> {
         for s in 0..self.sites.len() {
+            if self.sites[s].disk_full_until.is_some_and(|t| self.now >= t) {
+                self.sites[s].disk_full_until = None;
+                self.set_disk_full(s, false);
+                trace!(self, "site {}: disk has room again", s + 1);
+            }
+        }
+        for s in 0..self.sites.len() {
             if !self.sites[s].up && self.now >= self.sites[s].restart_at {
                 self.restart(s)?;
+            }
+        }
+        // As the node's queue driver, which wakes at each queue's deadline: time-based work
+        // (interval syncs, a segment creation retried after a full disk) happens as time
+        // passes, whether or not anything is written.
+        for site in &mut self.sites {
+            if !site.up {
+                continue;
+            }
+            for (h, sh) in site.shards.iter_mut().enumerate() {
+                for (i, q) in sh.queues.iter_mut().enumerate() {
+                    if q.next_deadline_ms().is_some_and(|d| d <= self.now) {
+                        run_actions(q, &site.disks[h][i], self.now);
+                    }
+                }
             }
         }
         for s in 0..self.sites.len() {
@@ -1007,7 +1062,18 @@ impl World {
                     records.len()
                 ));
             }
-            let outcomes = self.apply_batch(ci, &records)?;
+            let outcomes = match self.apply_batch(ci, &records)? {
+                Ok(outcomes) => outcomes,
+                Err(why) => {
+                    // As the node: no ack, the connection closes, the sender resends later.
+                    self.report.forward_refusals += 1;
+                    trace!(self, "receiver of connection {ci} refuses a batch: {why}");
+                    let c = self.conns[ci].as_mut().expect("present");
+                    c.receiver_open = false;
+                    c.down.closed = true;
+                    return Ok(());
+                }
+            };
             let ack = ack_outcome(&outcomes);
             if !ack.dead_letters.is_empty() {
                 return Err(format!("dead letters: {:?}", ack.dead_letters));
@@ -1040,7 +1106,15 @@ impl World {
     /// Applies a batch's records at the connection's receiving site: each on the shard
     /// owning its bucket, forwarded under the loop rule, logged, and every queue synced
     /// before the ack, as the node does.
-    fn apply_batch(&mut self, ci: usize, records: &[Vec<u8>]) -> Result<Vec<ApplyOutcome>, String> {
+    ///
+    /// As the node, a record changes nothing unless every queue it is forwarded to has room
+    /// (`check_room`, then apply and append with nothing in between); a queue that refuses
+    /// ends the batch unacknowledged (`Ok(Err(why))`), the records before it applied.
+    fn apply_batch(
+        &mut self,
+        ci: usize,
+        records: &[Vec<u8>],
+    ) -> Result<Result<Vec<ApplyOutcome>, String>, String> {
         let c = self.conns[ci].as_ref().expect("present");
         let t = c.to_site;
         let known = c
@@ -1063,6 +1137,23 @@ impl World {
             let bucket = site.table.bucket_of(r.key());
             let owner = site.table.shard_of(bucket).expect("bucket").0 as usize;
             let sh = &mut site.shards[owner];
+            let (chosen, recipients) = forward_targets(site.id, &r, &senders, &site.recipients);
+            for &SenderIndex(i) in &chosen {
+                let event = forward_event(&r, REGION, bucket, &recipients);
+                let q = &mut sh.queues[i];
+                let mut room = q.check_room(QueueId(bucket.0), &event);
+                if matches!(room, Err(strait_queue::queue::AppendError::WouldBlock)) {
+                    run_actions(q, &site.disks[owner][i], self.now);
+                    room = q.check_room(QueueId(bucket.0), &event);
+                }
+                match room {
+                    Ok(()) => {}
+                    // Still making a segment, or out of room: the batch waits for a resend.
+                    Err(e) => {
+                        return Ok(Err(format!("forwarding to site {}: {e}", site.targets[i])));
+                    }
+                }
+            }
             let outcome = apply_record(&mut sh.store, &r, site.id);
             match &outcome {
                 ApplyOutcome::Applied { .. } => {
@@ -1078,19 +1169,12 @@ impl World {
                         ));
                     }
                     site.log.push(bytes.clone());
-                    let (chosen, recipients) =
-                        forward_targets(site.id, &r, &senders, &site.recipients);
                     for SenderIndex(i) in chosen {
                         let event = forward_event(&r, REGION, bucket, &recipients);
-                        let q = &mut sh.queues[i];
-                        let mut result = q.append(QueueId(bucket.0), &event);
-                        if matches!(result, Err(strait_queue::queue::AppendError::WouldBlock)) {
-                            run_actions(q, &site.disks[owner][i], self.now);
-                            result = q.append(QueueId(bucket.0), &event);
-                        }
-                        if let Err(e) = result {
+                        // It had room a moment ago, with nothing in between.
+                        if let Err(e) = sh.queues[i].append(QueueId(bucket.0), &event) {
                             return Err(format!(
-                                "site {}: forwarding to site {} refused: {e}",
+                                "site {}: forwarding to site {} refused after check_room said yes: {e}",
                                 site.id, site.targets[i]
                             ));
                         }
@@ -1107,7 +1191,7 @@ impl World {
                 run_actions(q, &site.disks[h][i], self.now);
             }
         }
-        Ok(outcomes)
+        Ok(Ok(outcomes))
     }
 
     // ---- the checkers ------------------------------------------------------------------
