@@ -627,34 +627,19 @@ fn connections_reset_at_a_rate_under_load_lose_nothing_and_apply_nothing_twice()
     );
 }
 
-/// Unmounts a tmpfs when dropped.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_persistent_queue_whose_disk_fills_during_a_partition_refuses_writes_and_recovers() {
     let _serial = one_at_a_time();
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let small = tmp.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "strait-faults"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!(
-            "SKIPPED a_persistent_queue_whose_disk_fills_during_a_partition_refuses_writes_and_recovers: cannot mount a tmpfs here (needs root)"
-        );
+    let Some(disk) = small_disk(
+        tmp.path(),
+        "48m",
+        "a_persistent_queue_whose_disk_fills_during_a_partition_refuses_writes_and_recovers",
+    ) else {
         return;
-    }
-    let _unmount = Unmount(small.clone());
+    };
+    let small = disk.0.clone();
     let (mut s1, mut s2) = two_sites_behind_emulator(tmp.path());
     let wanem = Wanem::in_front_of(&s2, &["--partitioned"]);
     // Four buckets: the queue keeps the last 4 MiB segment of each, which must fit.

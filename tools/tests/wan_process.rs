@@ -319,36 +319,18 @@ fn sender_operations_name_what_is_wrong() {
     );
 }
 
-/// Unmounts a tmpfs when dropped.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_forward_refused_by_a_full_queue_disk_holds_the_link_back_and_loses_nothing() {
     let _serial = common::one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
-    let small = tmp.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "strait-test"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!(
-            "SKIPPED a_forward_refused_by_a_full_queue_disk_holds_the_link_back_and_loses_nothing: cannot mount a tmpfs here (needs root)"
-        );
+    let Some(disk) = small_disk(
+        tmp.path(),
+        "64m",
+        "a_forward_refused_by_a_full_queue_disk_holds_the_link_back_and_loses_nothing",
+    ) else {
         return;
-    }
-    let _unmount = Unmount(small.clone());
+    };
+    let small = disk.0.clone();
     // A chain 1 → 2 → 3: site 2 forwards what it receives to site 3 through a persistent queue
     // on a 64 MiB disk. Site 3 is down, so that disk fills up. Four buckets: a persistent
     // queue keeps the last segment of each bucket it has seen (4 MiB), which must fit.

@@ -501,3 +501,30 @@ pub fn two_sites(root: &Path) -> (Site, Site) {
     s2.start_locator(&[s1.locator_port]);
     (s1, s2)
 }
+
+/// A tmpfs the test mounted; unmounted when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (e.g. `64m`) at `dir`/small, for a test that needs a disk that
+/// fills up; `None`, after printing why `test` is skipped, when this machine does not allow
+/// it (not root).
+pub fn small_disk(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+    let small = dir.join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "strait-test"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED {test}: cannot mount a tmpfs here (needs root)");
+        return None;
+    }
+    Some(Tmpfs(small))
+}
