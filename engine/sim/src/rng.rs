@@ -1,20 +1,17 @@
 //! SplitMix64: every choice of a simulation comes from one seed.
 
-/// SplitMix64.
+/// SplitMix64: the queue crate's generator (`strait_queue::mem::SplitMix`, the one its
+/// model tests use), with the draws this crate needs.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(strait_queue::mem::SplitMix);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(strait_queue::mem::SplitMix(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `lo..=hi`.

@@ -224,16 +224,7 @@ fn run(data: &[u8]) -> Verdict {
     }
     match first {
         Ok(loaded) => {
-            let site_toml = strait_node::config::to_toml(&loaded.config);
-            match strait_node::config::parse(Path::new("site.toml"), &site_toml) {
-                Ok(back) if back == loaded.config => {}
-                Ok(_) => {
-                    return Err(format!(
-                        "written out and read back, it differs:\n{site_toml}"
-                    ));
-                }
-                Err(e) => return Err(format!("written out, it is refused: {e}\n{site_toml}")),
-            }
+            super::config::reads_back(&loaded.config)?;
             Ok(format!(
                 "ok s{} r{} recv{} w{}",
                 loaded.config.senders.len().min(2),
@@ -249,15 +240,7 @@ fn run(data: &[u8]) -> Verdict {
             {
                 return Err(format!("a refusal that names no file: `{message}`"));
             }
-            let label: String = message
-                .split(['"', '\'', '`'])
-                .step_by(2)
-                .collect::<String>()
-                .chars()
-                .filter(|c| !c.is_ascii_digit())
-                .take(60)
-                .collect();
-            Ok(label)
+            Ok(super::config::error_label(&message))
         }
     }
 }

@@ -169,16 +169,7 @@ fn run(data: &[u8]) -> Verdict {
     }
     match first {
         Ok(c) => {
-            let site_toml = strait_node::config::to_toml(&c);
-            match strait_node::config::parse(path, &site_toml) {
-                Ok(back) if back == c => {}
-                Ok(_) => {
-                    return Err(format!(
-                        "written out and read back, it differs:\n{site_toml}"
-                    ));
-                }
-                Err(e) => return Err(format!("written out, it is refused: {e}\n{site_toml}")),
-            }
+            reads_back(&c)?;
             Ok(format!(
                 "ok s{} r{} recv{}",
                 c.senders.len().min(2),
@@ -191,16 +182,33 @@ fn run(data: &[u8]) -> Verdict {
             if text.is_empty() {
                 return Err("a refusal with no message".into());
             }
-            // The label: the message with its numbers and quoted parts dropped.
-            let label: String = text
-                .split(['"', '\'', '`'])
-                .step_by(2)
-                .collect::<String>()
-                .chars()
-                .filter(|c| !c.is_ascii_digit())
-                .take(60)
-                .collect();
-            Ok(label)
+            Ok(error_label(&text))
         }
     }
+}
+
+/// An accepted configuration written out as a `site.toml` (`config::to_toml`) must read back
+/// to the same configuration (shared with the `cachexml` target).
+pub fn reads_back(c: &strait_node::config::SiteConfig) -> Result<(), String> {
+    let site_toml = strait_node::config::to_toml(c);
+    match strait_node::config::parse(Path::new("site.toml"), &site_toml) {
+        Ok(back) if back == *c => Ok(()),
+        Ok(_) => Err(format!(
+            "written out and read back, it differs:\n{site_toml}"
+        )),
+        Err(e) => Err(format!("written out, it is refused: {e}\n{site_toml}")),
+    }
+}
+
+/// A refusal's outcome label: its message with numbers and quoted parts dropped, so one kind
+/// of error is one outcome (shared with the `cachexml` target).
+pub fn error_label(message: &str) -> String {
+    message
+        .split(['"', '\'', '`'])
+        .step_by(2)
+        .collect::<String>()
+        .chars()
+        .filter(|c| !c.is_ascii_digit())
+        .take(60)
+        .collect()
 }
