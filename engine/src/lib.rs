@@ -22,7 +22,8 @@
 //! | [`write::local_write`] | a local write: plan, room in every sender's queue, queue everywhere, then the store | the shard owning the key |
 //! | [`link::next_batch`], [`link::send_batch`], [`link::handle_event`] | the sender end of a link: peek round-robin, write a batch, carry out acks and failures on the queue | the dispatcher's shard |
 //! | [`receive::ack_outcome`], [`receive::forward_event`] | the receiving end: a batch's ack from its outcomes, the event an applied record is forwarded as | the receiver's shard |
-//! | [`locator::Directory`] | a locator's directory: per site, its locators and its servers ([`locator::ServerInfo`]: client address, receiver endpoints, load, last heard); register, heartbeat, expiry, least-loaded | owned by the locator's control-plane thread, never a shard |
+//! | [`locator::Directory`] | a locator's directory: per site, its locators and its servers ([`locator::ServerInfo`]: client address, receiver endpoints, load, last heard); register, heartbeat, expiry, least-loaded; the exchange of site maps ([`locator::ExchangeRounds`]) | owned by the locator's control-plane thread, never a shard |
+//! | [`registration::RegistrationLink`] | a server's standing with one locator: register, heartbeat, register again when forgotten, retry when unreachable | the node's registration agent (a plain thread); the simulator |
 //!
 //! A client write goes: the node finds the key's bucket and its shard in the `BucketTable` →
 //! that shard's `RegionStore::put_local` stamps it and returns a `WriteOutcome` → each sender
@@ -73,5 +74,6 @@ pub mod locator;
 pub mod loop_rule;
 pub mod receive;
 pub mod region;
+pub mod registration;
 pub mod version;
 pub mod write;

@@ -16,6 +16,7 @@
 //! vouched for it as a relative age (clocks differ between machines), so relaying never makes an
 //! entry younger: the freshest report wins, and [`Directory::poll_aged_out`] drops an entry its
 //! own site has not vouched for within the remote-entry timeout, wherever the report came from.
+//! [`ExchangeRounds`] says when a locator starts a round of exchanges and with whom.
 
 use crate::bucket::BUCKETS_MAX;
 use std::collections::BTreeMap;
@@ -543,7 +544,10 @@ impl Directory {
         map
     }
 
-    /// Merges the map a locator of site `from` sent (or answered with). Entries about this
+    /// Merges the map a locator of site `from` answered with, `now_ms` being when this
+    /// directory's call left: the answer's ages count from then, so the round trip only ever
+    /// makes entries older. (A map that comes with another locator's request goes to
+    /// [`Directory::handle_exchange_request`].) Entries about this
     /// directory's own site are ignored: only its own servers and locator speak for it. For every
     /// other entry the freshest report wins, so an older relayed report never overwrites a newer
     /// one, and a fresher report of a changed address replaces the old address. Reports older
@@ -557,10 +561,20 @@ impl Directory {
         from: SiteId,
         map: &SiteMap,
     ) -> Result<Merged, DirectoryError> {
+        self.check_map(from, map)?;
+        Ok(self.merge_map(now_ms, map))
+    }
+
+    /// Whether a map from site `from` may be merged: this directory has a site, and the map
+    /// keeps to the limits.
+    fn check_map(&self, from: SiteId, map: &SiteMap) -> Result<(), DirectoryError> {
         if self.site.is_none() {
             return Err(DirectoryError::NoSite);
         }
-        validate_map(from, map)?;
+        validate_map(from, map)
+    }
+
+    fn merge_map(&mut self, now_ms: u64, map: &SiteMap) -> Merged {
         let timeout = self.remote_entry_timeout_ms;
         let mut merged = Merged::default();
         for (&id, report) in map {
@@ -632,7 +646,30 @@ impl Directory {
             merged.evicted +=
                 evict_oldest(&mut site.servers, SERVERS_PER_SITE_MAX, |s| s.vouched_ms);
         }
-        Ok(merged)
+        merged
+    }
+
+    /// Merges the map a locator of site `from` sent with its exchange request, arriving at
+    /// `now_ms`, as [`Directory::handle_exchange`] does, but only the requester's own site: the
+    /// request's ages do not count the time it spent on the wire, so each relay by request would
+    /// make an entry younger, and entries passed round a cycle of locators could outlive the
+    /// remote-entry timeout for good (found by `strait-sim`). The requester's own entries are
+    /// vouched for by it directly, so they are at most one transit too young; everything it
+    /// relays comes later in answers, whose ages only ever grow. The whole map is still
+    /// checked: one that breaks the limits is refused.
+    pub fn handle_exchange_request(
+        &mut self,
+        now_ms: u64,
+        from: SiteId,
+        map: &SiteMap,
+    ) -> Result<Merged, DirectoryError> {
+        self.check_map(from, map)?;
+        let own: SiteMap = map
+            .get(&from)
+            .map(|report| (from, report.clone()))
+            .into_iter()
+            .collect();
+        Ok(self.merge_map(now_ms, &own))
     }
 
     /// Drops the remote locators and servers their own site has not vouched for within the
@@ -705,6 +742,99 @@ impl Directory {
             .get(&site)
             .map(|r| r.locators.values().map(|l| l.address.clone()).collect())
     }
+}
+
+/// When a locator exchanges its map with the locators of other sites: a round at start, then
+/// one every interval, never two at once (a round calls its targets one after another, and an
+/// unreachable one may hold it up to the shell's call timeout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeRounds {
+    interval_ms: u64,
+    next_ms: u64,
+    busy: bool,
+}
+
+/// A round to make: send `map` to each of `targets` and merge each answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeRound {
+    pub targets: Vec<Address>,
+    pub map: SiteMap,
+}
+
+impl ExchangeRounds {
+    /// Rounds every `interval_ms` (at least 1 ms), the first due at once.
+    pub fn new(interval_ms: u64) -> ExchangeRounds {
+        ExchangeRounds {
+            interval_ms: interval_ms.max(1),
+            next_ms: 0,
+            busy: false,
+        }
+    }
+
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms
+    }
+
+    /// Whether a round is under way.
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
+    /// The round to start at `now_ms`, if one is due, none is under way, and the directory has
+    /// a site and someone to exchange with ([`Directory::exchange_targets`]); the map is
+    /// [`Directory::export`] at `now_ms`. The round is under way until
+    /// [`ExchangeRounds::handle_round_done`].
+    pub fn poll_round(&mut self, now_ms: u64, directory: &Directory) -> Option<ExchangeRound> {
+        directory.site()?;
+        if self.busy || now_ms < self.next_ms {
+            return None;
+        }
+        self.next_ms = now_ms.saturating_add(self.interval_ms);
+        let targets = directory.exchange_targets();
+        if targets.is_empty() {
+            return None;
+        }
+        self.busy = true;
+        Some(ExchangeRound {
+            targets,
+            map: directory.export(now_ms),
+        })
+    }
+
+    /// The round is over (every target answered or failed, or it could not start); the next
+    /// starts when due.
+    pub fn handle_round_done(&mut self) {
+        self.busy = false;
+    }
+}
+
+/// `map` as it is `waited_ms` after it was made: every entry that much older (saturating). A
+/// round's map waits while the calls before it in the round are made.
+pub fn round_map_aged(map: &SiteMap, waited_ms: u64) -> SiteMap {
+    let mut map = map.clone();
+    for site in map.values_mut() {
+        for l in &mut site.locators {
+            l.age_ms = l.age_ms.saturating_add(waited_ms);
+        }
+        for s in &mut site.servers {
+            s.age_ms = s.age_ms.saturating_add(waited_ms);
+        }
+    }
+    map
+}
+
+/// The receiver a gateway sender's shard tries at its `attempt`-th connection (from 0), among
+/// the `endpoints` its locator gave: those serving most of the shard's buckets (`mine`) first,
+/// in the locator's order among equals, then round the others as attempts go on. `None` when
+/// there is no endpoint.
+pub fn choose_receiver(
+    endpoints: &[ReceiverEndpoint],
+    mine: impl Fn(BucketId) -> bool,
+    attempt: usize,
+) -> Option<&ReceiverEndpoint> {
+    let mut ranked: Vec<&ReceiverEndpoint> = endpoints.iter().collect();
+    ranked.sort_by_key(|e| std::cmp::Reverse(e.buckets.iter().filter(|&&b| mine(b)).count()));
+    ranked.get(attempt.checked_rem(ranked.len())?).copied()
 }
 
 /// A time in this directory's ms as a signed number (the shell's clock never nears `i64::MAX`).
@@ -881,6 +1011,59 @@ mod tests {
 
     fn names(d: &Directory) -> Vec<&str> {
         d.local().servers.keys().map(|n| n.0.as_str()).collect()
+    }
+
+    #[test]
+    fn exchange_rounds_start_at_once_then_every_interval_one_at_a_time() {
+        let mut rounds = ExchangeRounds::new(100);
+        // No remote locator known: nothing to do, and the next try waits for the interval.
+        assert_eq!(rounds.poll_round(0, &dir()), None);
+        let d = Directory::new(
+            Some(SiteId(1)),
+            addr("loc", 1),
+            vec![addr("far", 2)],
+            TIMEOUT,
+        );
+        assert_eq!(rounds.poll_round(99, &d), None);
+        let round = rounds.poll_round(100, &d).expect("due");
+        assert_eq!(round.targets, vec![addr("far", 2)]);
+        assert_eq!(round.map, d.export(100));
+        assert!(rounds.busy());
+        // Due again, but the last round is still under way.
+        assert_eq!(rounds.poll_round(250, &d), None);
+        rounds.handle_round_done();
+        assert!(rounds.poll_round(250, &d).is_some());
+        // A directory without a site takes no part.
+        let mut rounds = ExchangeRounds::new(100);
+        let none = Directory::new(None, addr("loc", 1), vec![addr("far", 2)], TIMEOUT);
+        assert_eq!(rounds.poll_round(0, &none), None);
+    }
+
+    #[test]
+    fn a_round_map_ages_while_it_waits() {
+        let map = dir().export(0);
+        let own = |m: &SiteMap| m[&SiteId(1)].locators[0].age_ms;
+        assert_eq!(own(&round_map_aged(&map, 40)), 40);
+        assert_eq!(
+            own(&round_map_aged(&round_map_aged(&map, 40), u64::MAX)),
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn a_sender_tries_the_receiver_serving_most_of_its_buckets_first_then_rotates() {
+        let ep = |port: u16, buckets: &[u16]| ReceiverEndpoint {
+            address: addr("r", port),
+            buckets: buckets.iter().map(|&b| BucketId(b)).collect(),
+        };
+        let endpoints = [ep(1, &[0, 2]), ep(2, &[1, 3, 5]), ep(3, &[4])];
+        let odd = |b: BucketId| b.0 % 2 == 1;
+        let port = |attempt| choose_receiver(&endpoints, odd, attempt).map(|e| e.address.port);
+        assert_eq!(
+            (0..4).map(port).collect::<Vec<_>>(),
+            [Some(2), Some(1), Some(3), Some(2)]
+        );
+        assert_eq!(choose_receiver(&[], odd, 0), None);
     }
 
     #[test]
@@ -1336,6 +1519,58 @@ mod tests {
             Ok(Merged::default())
         );
         assert_eq!(a.locators_of(SiteId(3)), None);
+    }
+
+    #[test]
+    fn requests_passed_round_a_cycle_never_keep_a_dead_server_alive() {
+        // Site 3's server was last vouched for at 0, in an answer both sites 1 and 2 took.
+        let map3 = |age_ms: u64| {
+            let mut map = SiteMap::new();
+            map.insert(
+                SiteId(3),
+                SiteReport {
+                    locators: Vec::new(),
+                    servers: vec![ServerReport {
+                        name: MemberName("s3".into()),
+                        receivers: vec![receiver(5003)],
+                        age_ms,
+                    }],
+                },
+            );
+            map
+        };
+        let (mut a, mut b) = (site_dir(1, &[]), site_dir(2, &[]));
+        a.handle_exchange(0, SiteId(3), &map3(0)).unwrap();
+        b.handle_exchange(0, SiteId(3), &map3(0)).unwrap();
+        // Sites 1 and 2 then send each other requests every 10 ms, each 40 ms on the wire. Were
+        // a request's relayed entries merged, each transit would make s3 40 ms younger and it
+        // would live for ever; only the requester's own site is taken from a request.
+        let transit = 40;
+        let mut now = 0;
+        while now <= 3 * REMOTE_TIMEOUT {
+            let (from_a, from_b) = (a.export(now), b.export(now));
+            now += 10;
+            a.handle_exchange_request(now + transit, SiteId(2), &from_b)
+                .unwrap();
+            b.handle_exchange_request(now + transit, SiteId(1), &from_a)
+                .unwrap();
+            a.poll_aged_out(now);
+            b.poll_aged_out(now);
+            if now > REMOTE_TIMEOUT {
+                assert_eq!(a.receivers_of(SiteId(3)), None, "at {now}");
+                assert_eq!(b.receivers_of(SiteId(3)), None, "at {now}");
+            }
+        }
+        // The requester's own site is taken in.
+        assert!(a.locators_of(SiteId(2)).is_some());
+        // Answers (dated when the call left) still carry relayed sites.
+        let mut c = site_dir(4, &[]);
+        c.handle_exchange(now, SiteId(1), &map3(5)).unwrap();
+        assert!(c.receivers_of(SiteId(3)).is_some());
+        assert_eq!(
+            c.handle_exchange_request(now, SiteId(0), &map3(5)),
+            Err(DirectoryError::InvalidSite(SiteId(0)))
+        );
     }
 
     #[test]

@@ -29,10 +29,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use strait_engine::locator::{
-    Address, AgedOut, Directory, DirectoryError, LocatorReport, MEMBER_TIMEOUT_MS_DEFAULT,
-    MEMBER_TIMEOUT_MS_MAX, MEMBER_TIMEOUT_MS_MIN, MemberName, Merged,
+    Address, AgedOut, Directory, DirectoryError, ExchangeRounds, LocatorReport,
+    MEMBER_TIMEOUT_MS_DEFAULT, MEMBER_TIMEOUT_MS_MAX, MEMBER_TIMEOUT_MS_MIN, MemberName, Merged,
     REMOTE_ENTRY_TIMEOUT_MS_DEFAULT, ReceiverEndpoint, Registered, ServerEntry, ServerInfo,
-    ServerReport, SiteMap, SiteReport,
+    ServerReport, SiteMap, SiteReport, round_map_aged,
 };
 use strait_net::locator::{
     self as proto, Endpoint, ErrorKind, ErrorReply, ExchangeRequest, HeartbeatReply,
@@ -265,9 +265,7 @@ pub fn start_locator(config: LocatorConfig) -> Result<LocatorHandle, LocatorErro
         jobs,
         results,
         exchanger: Some(exchanger),
-        busy: false,
-        interval_ms: config.exchange_interval_ms,
-        next_ms: 0,
+        rounds: ExchangeRounds::new(config.exchange_interval_ms),
         unreachable: BTreeSet::new(),
     };
     let server = Arc::new(server);
@@ -462,7 +460,9 @@ fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ErrorReply> {
 /// send it to.
 struct ExchangeJob {
     targets: Vec<Address>,
+    /// The request, its `sites` left empty: they are `map`, aged, at each send.
     request: ExchangeRequest,
+    map: SiteMap,
     made_ms: u64,
 }
 
@@ -500,7 +500,10 @@ fn run_exchanger(
             let sent_ms = started.elapsed().as_millis() as u64;
             // The map has waited since it was made: its entries are that much older now.
             let mut request = job.request.clone();
-            add_age(&mut request.sites, sent_ms.saturating_sub(job.made_ms));
+            request.sites = site_views(&round_map_aged(
+                &job.map,
+                sent_ms.saturating_sub(job.made_ms),
+            ));
             let client = LocatorClient::new(&host_port(&target), timeout);
             let result = match client.exchange(&request) {
                 Ok(reply) => ExchangeResult::Reply {
@@ -520,26 +523,13 @@ fn run_exchanger(
     }
 }
 
-fn add_age(sites: &mut [SiteView], ms: u64) {
-    for site in sites {
-        for l in &mut site.locators {
-            l.age_ms = l.age_ms.saturating_add(ms);
-        }
-        for s in &mut site.servers {
-            s.age_ms = s.age_ms.saturating_add(ms);
-        }
-    }
-}
-
 /// The control thread's side of the exchange: when the next round is due, whether the
 /// exchanger is still busy with the last one, and which remote locators did not answer.
 struct Exchange {
     jobs: mpsc::SyncSender<ExchangeJob>,
     results: mpsc::Receiver<ExchangeResult>,
     exchanger: Option<JoinHandle<()>>,
-    busy: bool,
-    interval_ms: u64,
-    next_ms: u64,
+    rounds: ExchangeRounds,
     /// Warned about once each; cleared when they answer again.
     unreachable: BTreeSet<Address>,
 }
@@ -561,29 +551,24 @@ impl Exchange {
                             locator = %service.name,
                             remote = %target,
                             "locator {}: remote locator {target} did not take the exchange: {error}; retrying every {} ms",
-                            service.name, self.interval_ms
+                            service.name, self.rounds.interval_ms()
                         );
                     }
                 }
-                ExchangeResult::Done => self.busy = false,
+                ExchangeResult::Done => self.rounds.handle_round_done(),
             }
         }
         for gone in service.directory.poll_aged_out(now_ms) {
             log_aged_out(service, &gone);
         }
-        let Some(site) = service.directory.site() else {
+        let (Some(site), Some(round)) = (
+            service.directory.site(),
+            self.rounds.poll_round(now_ms, &service.directory),
+        ) else {
             return;
         };
-        if self.busy || now_ms < self.next_ms {
-            return;
-        }
-        self.next_ms = now_ms.saturating_add(self.interval_ms);
-        let targets = service.directory.exchange_targets();
-        if targets.is_empty() {
-            return;
-        }
         let job = ExchangeJob {
-            targets,
+            targets: round.targets,
             request: ExchangeRequest {
                 distributed_system_id: site.0,
                 locator: SiteLocator {
@@ -591,13 +576,16 @@ impl Exchange {
                     address: service.address.clone(),
                     age_ms: 0,
                 },
-                sites: site_views(&service.directory.export(now_ms)),
+                sites: Vec::new(),
             },
+            map: round.map,
             made_ms: now_ms,
         };
-        // The exchanger is idle (not busy), so the one-slot channel has room; if the
+        // The exchanger is idle (no round under way), so the one-slot channel has room; if the
         // exchanger has gone, nothing is exchanged any more and the locator serves on.
-        self.busy = self.jobs.try_send(job).is_ok();
+        if self.jobs.try_send(job).is_err() {
+            self.rounds.handle_round_done();
+        }
     }
 
     fn merge_reply(
@@ -645,7 +633,7 @@ impl Exchange {
                         locator = %service.name,
                         remote = %target,
                         "locator {}: remote locator {target} answered the exchange with a map this locator refuses: {}; retrying every {} ms",
-                        service.name, e.message, self.interval_ms
+                        service.name, e.message, self.rounds.interval_ms()
                     );
                 }
             }
@@ -994,7 +982,7 @@ impl Service {
                 let map = site_map(r.sites)?;
                 let merged = self
                     .directory
-                    .handle_exchange(now_ms, SiteId(r.distributed_system_id), &map)
+                    .handle_exchange_request(now_ms, SiteId(r.distributed_system_id), &map)
                     .map_err(directory_error)?;
                 if merged.changed > 0 {
                     tracing::info!(
@@ -1664,15 +1652,6 @@ mod tests {
             assert!(text.contains(words), "{text}");
         }
         assert!(s.directory.remote_sites().is_empty());
-    }
-
-    #[test]
-    fn exchanged_maps_age_while_they_wait() {
-        let mut views = site_views(&service().directory.export(0));
-        add_age(&mut views, 40);
-        assert_eq!(views[0].locators[0].age_ms, 40);
-        add_age(&mut views, u64::MAX);
-        assert_eq!(views[0].locators[0].age_ms, u64::MAX);
     }
 
     #[test]

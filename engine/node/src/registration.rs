@@ -15,17 +15,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use strait_engine::locator::HEARTBEAT_INTERVAL_MS_DEFAULT;
+use strait_engine::registration::{
+    AgentCall, CallOutcome, Notice, REGISTER_RETRY_MS, RegistrationLink,
+};
 use strait_net::locator::{Endpoint, ErrorKind, RegisterRequest};
 
 /// How long one call to a locator may take.
 pub const LOCATOR_CALL_TIMEOUT_MS: u64 = 2_000;
-/// How often the agent tries a locator it cannot reach or that refused it.
-pub const REGISTER_RETRY_MS: u64 = 1_000;
 /// The longest the agent sleeps before it checks whether the server is stopping.
 pub const AGENT_POLL_MS: u64 = 50;
-/// The shortest heartbeat interval the agent accepts from a locator.
-pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
 
 /// Why the server's locator side did not start.
 #[derive(Debug, thiserror::Error)]
@@ -169,15 +167,14 @@ fn start_embedded(
     })
 }
 
-/// One locator as the agent sees it.
+/// One locator as the agent sees it: the client that makes the calls, and the pure
+/// [`RegistrationLink`] that says which call is due and what an answer means.
 struct Link {
     client: LocatorClient,
     at: HostPort,
-    registered: bool,
-    /// Whether the last call got through; failures are logged when this changes.
-    reachable: bool,
-    interval: Duration,
-    next_at: Instant,
+    link: RegistrationLink,
+    /// The agent's clock: milliseconds since this instant are handed to `link`.
+    started: Instant,
 }
 
 /// Registers with the locator `at`, heartbeats until `stop`, then deregisters.
@@ -194,31 +191,27 @@ fn run_agent(
     let mut link = Link {
         client: LocatorClient::new(&at, timeout),
         at,
-        registered: false,
-        reachable: true,
-        interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS_DEFAULT),
-        next_at: Instant::now(),
+        link: RegistrationLink::new(0),
+        started: Instant::now(),
     };
     while !stop.load(Ordering::SeqCst) {
         let on = advertised.load(Ordering::SeqCst);
         let listed = !request.receivers.is_empty();
         if on != listed && !receivers.is_empty() {
             request.receivers = if on { receivers.clone() } else { Vec::new() };
-            link.registered = false;
-            link.next_at = Instant::now();
+            link.link.register_again(link.now_ms());
         }
-        if Instant::now() >= link.next_at {
-            request.load = load.load(Ordering::Relaxed);
-            link.step(&request);
-        }
+        request.load = load.load(Ordering::Relaxed);
+        link.step(&request);
         // Wakes at least every AGENT_POLL_MS to see the stop flag.
         let wait = link
-            .next_at
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(AGENT_POLL_MS));
-        std::thread::sleep(wait);
+            .link
+            .next_ms()
+            .saturating_sub(link.now_ms())
+            .min(AGENT_POLL_MS);
+        std::thread::sleep(Duration::from_millis(wait));
     }
-    if link.registered
+    if link.link.registered()
         && let Err(e) = link.client.deregister(&request.name)
     {
         tracing::warn!(server = %request.name, "server {}: deregistering: {e}", request.name);
@@ -226,75 +219,59 @@ fn run_agent(
 }
 
 impl Link {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Makes the call that is due, if any, and logs what its outcome changed.
     fn step(&mut self, request: &RegisterRequest) {
-        let now = Instant::now();
-        let name = &request.name;
-        if self.registered {
-            match self.client.heartbeat(name, request.load) {
-                Ok(reply) => {
-                    self.set_interval(reply.heartbeat_interval_ms);
-                    self.reached(name);
-                    self.next_at = now + self.interval;
-                }
-                Err(ClientError::Refused { reply, .. })
-                    if reply.error == ErrorKind::UnknownServer =>
-                {
-                    tracing::warn!(
-                        server = %name,
-                        locator = %self.at,
-                        "server {name}: locator {} does not know this server (restarted, or dropped it): registering again",
-                        self.at
-                    );
-                    self.registered = false;
-                    self.reachable = true;
-                    self.next_at = now;
-                }
-                Err(e) => self.failed(name, &e, now),
-            }
+        let Some(call) = self.link.poll_call(self.now_ms()) else {
             return;
-        }
-        match self.client.register(request) {
-            Ok(reply) => {
-                self.set_interval(reply.heartbeat_interval_ms);
-                tracing::info!(
-                    server = %name,
-                    locator = %self.at,
-                    "server {name}: registered with locator {} (heartbeat every {} ms)",
-                    self.at,
-                    self.interval.as_millis()
-                );
-                self.registered = true;
-                self.reachable = true;
-                self.next_at = now + self.interval;
+        };
+        let name = &request.name;
+        let result = match call {
+            AgentCall::Register => self
+                .client
+                .register(request)
+                .map(|r| r.heartbeat_interval_ms),
+            AgentCall::Heartbeat => self
+                .client
+                .heartbeat(name, request.load)
+                .map(|r| r.heartbeat_interval_ms),
+        };
+        let outcome = match &result {
+            Ok(interval) => CallOutcome::Accepted {
+                heartbeat_interval_ms: *interval,
+            },
+            Err(ClientError::Refused { reply, .. }) if reply.error == ErrorKind::UnknownServer => {
+                CallOutcome::UnknownServer
             }
-            Err(e) => self.failed(name, &e, now),
+            Err(ClientError::Refused { .. } | ClientError::BadReply { .. }) => CallOutcome::Refused,
+            Err(_) => CallOutcome::Failed,
+        };
+        let at = &self.at;
+        match self.link.handle_outcome(self.now_ms(), call, outcome) {
+            Some(Notice::Registered { interval_ms }) => tracing::info!(
+                server = %name,
+                locator = %at,
+                "server {name}: registered with locator {at} (heartbeat every {interval_ms} ms)"
+            ),
+            Some(Notice::Forgotten) => tracing::warn!(
+                server = %name,
+                locator = %at,
+                "server {name}: locator {at} does not know this server (restarted, or dropped it): registering again"
+            ),
+            Some(Notice::ReachableAgain) => tracing::info!(
+                server = %name,
+                locator = %at,
+                "server {name}: locator {at} is reachable again"
+            ),
+            Some(Notice::Unreachable) => {
+                if let Err(e) = &result {
+                    tracing::warn!(server = %name, locator = %at, "server {name}: {e}; retrying every {REGISTER_RETRY_MS} ms");
+                }
+            }
+            None => {}
         }
-    }
-
-    fn set_interval(&mut self, ms: u64) {
-        self.interval = Duration::from_millis(ms.max(HEARTBEAT_INTERVAL_MS_MIN));
-    }
-
-    fn reached(&mut self, name: &str) {
-        if !self.reachable {
-            tracing::info!(server = %name, locator = %self.at, "server {name}: locator {} is reachable again", self.at);
-            self.reachable = true;
-        }
-    }
-
-    fn failed(&mut self, name: &str, e: &ClientError, now: Instant) {
-        if self.reachable {
-            tracing::warn!(server = %name, locator = %self.at, "server {name}: {e}; retrying every {REGISTER_RETRY_MS} ms");
-            self.reachable = false;
-        }
-        // A refusal other than "unknown" (a bad name, a full directory) is retried from a
-        // fresh register.
-        if matches!(
-            e,
-            ClientError::Refused { .. } | ClientError::BadReply { .. }
-        ) {
-            self.registered = false;
-        }
-        self.next_at = now + Duration::from_millis(REGISTER_RETRY_MS);
     }
 }

@@ -28,7 +28,7 @@ use strait_engine::apply::{
 };
 use strait_engine::bucket::{BucketTable, ShardId};
 use strait_engine::deadletter::{DeadLetterLog, encode_entry};
-use strait_engine::locator::ReceiverEndpoint;
+use strait_engine::locator::choose_receiver;
 use strait_net::wire::{
     self, AckOutcome, BatchIn, BatchOut, FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, ReceiverConfig,
     ReceiverConn, ReceiverEvent, RegionSpec, SenderConfig, SenderConn, SenderEvent,
@@ -1417,19 +1417,15 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
             })
             .await;
         lookup = Some(l);
-        let mut endpoints = match found {
-            Ok(e) if !e.is_empty() => e,
-            // The lookup logs its own warning.
-            _ => {
-                sleep_or_stop(LOOKUP_RETRY_MS, &stop, counters).await;
-                continue;
-            }
-        };
         // Best coverage of this shard's buckets first; later attempts rotate.
-        endpoints.sort_by_key(|e: &ReceiverEndpoint| {
-            std::cmp::Reverse(e.buckets.iter().filter(|b| mine.contains(&b.0)).count())
-        });
-        let endpoint = endpoints[attempt % endpoints.len()].clone();
+        let chosen = found
+            .ok()
+            .and_then(|e| choose_receiver(&e, |b| mine.contains(&b.0), attempt).cloned());
+        let Some(endpoint) = chosen else {
+            // The lookup logs its own warning.
+            sleep_or_stop(LOOKUP_RETRY_MS, &stop, counters).await;
+            continue;
+        };
         attempt += 1;
         let target = endpoint.address.to_string();
         let host = (endpoint.address.host.clone(), endpoint.address.port);

@@ -31,6 +31,8 @@ const ACK_TIMEOUT_MS: u64 = 2_000;
 const PINGS_MS: u32 = 6_000;
 const BACKOFF_MIN_MS: u64 = 50;
 const BACKOFF_MAX_MS: u64 = 2_000;
+/// The simulation's clock advances 1 to this many ms a step.
+const STEP_MS_MAX: u64 = 10;
 /// How long the heal phase may take before the queues are declared stuck.
 const QUIESCE_MS_MAX: u64 = 300_000;
 /// Trace lines kept (the last ones).
@@ -179,6 +181,8 @@ struct Dispatcher {
     retry_at: u64,
     backoff: u64,
     cursor: u16,
+    /// Connections tried: the receivers the locator gave are tried in turn.
+    attempt: usize,
 }
 
 #[derive(Debug)]
@@ -240,6 +244,22 @@ pub struct Report {
     pub forward_refusals: u64,
     /// Most events one in-memory queue set held in overflow segments at once.
     pub overflow_events_max: u64,
+    /// Locator processes that crashed (their directory lost), on their own or with their site.
+    pub locator_crashes: u64,
+    /// Times a site's server was cut off from its locator (its calls lost for a while).
+    pub blackouts: u64,
+    /// Servers a locator dropped after its member timeout (`poll_expired`).
+    pub servers_expired: u64,
+    /// Remote locators and servers a locator aged out (`poll_aged_out`).
+    pub remote_aged_out: u64,
+    /// Registrations a locator took (first ones and again after a restart or a drop).
+    pub registrations: u64,
+    /// Heartbeats a locator answered "unknown server" (it had restarted or dropped the server).
+    pub forgotten: u64,
+    /// Site maps merged (exchange requests and answers).
+    pub exchanges: u64,
+    /// A sender's lookups that found no receiver (locator down, site unknown, no receiver).
+    pub lookups_failed: u64,
     pub sim_ms: u64,
 }
 
@@ -247,7 +267,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most, {} ms simulated",
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} crashes, {} blackouts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed; {} ms simulated",
             self.seed,
             self.sites,
             self.shards,
@@ -265,6 +285,14 @@ impl fmt::Display for Report {
             self.disk_full,
             self.forward_refusals,
             self.overflow_events_max,
+            self.locator_crashes,
+            self.blackouts,
+            self.servers_expired,
+            self.remote_aged_out,
+            self.registrations,
+            self.forgotten,
+            self.exchanges,
+            self.lookups_failed,
             self.sim_ms
         )
     }
@@ -304,6 +332,8 @@ struct World {
     trace: VecDeque<String>,
     echo: bool,
     region_config: RegionConfig,
+    /// The locators and the servers' registration agents.
+    disc: Discovery,
 }
 
 macro_rules! trace {
@@ -312,12 +342,16 @@ macro_rules! trace {
         if $w.echo {
             println!("{line}");
         }
-        if $w.trace.len() == TRACE_LINES_MAX {
+        if $w.trace.len() == $crate::world::TRACE_LINES_MAX {
             $w.trace.pop_front();
         }
         $w.trace.push_back(line);
     }};
 }
+
+// After `trace!`, which it uses.
+mod locators;
+use locators::{Discovery, LOOKUP_RETRY_MS};
 
 /// Runs one seed; `echo` prints the trace as it happens.
 pub fn run(seed: u64, echo: bool) -> Result<Report, Failure> {
@@ -391,6 +425,7 @@ impl World {
                 .collect();
             sites.push(site);
         }
+        let disc = Discovery::new(&mut rng, &sites);
         let keys = (0..rng.range(3, 24))
             .map(|k| format!("k{k}").into_bytes())
             .collect();
@@ -414,6 +449,7 @@ impl World {
             trace: VecDeque::new(),
             echo,
             region_config,
+            disc,
         };
         trace!(
             w,
@@ -423,6 +459,8 @@ impl World {
             edges,
             w.sites.iter().map(|s| s.persistent).collect::<Vec<_>>()
         );
+        let line = w.disc.describe();
+        trace!(w, "{line}");
         w
     }
 
@@ -431,7 +469,7 @@ impl World {
         let write_rate = self.rng.range(50, 600);
         let fault_rate = self.rng.range(0, 30);
         while self.now < load_ms {
-            self.now += self.rng.range(1, 10);
+            self.now += self.rng.range(1, STEP_MS_MAX);
             if self.rng.chance(write_rate) {
                 for _ in 0..self.rng.range(1, 3) {
                     self.client_write()?;
@@ -444,6 +482,7 @@ impl World {
         }
         trace!(self, "load ends; healing");
         self.partitions.clear();
+        self.heal_discovery();
         for s in 0..self.sites.len() {
             if self.sites[s].disk_full_until.take().is_some() {
                 self.set_disk_full(s, false);
@@ -451,7 +490,7 @@ impl World {
         }
         let deadline = self.now + QUIESCE_MS_MAX;
         while self.now < deadline {
-            self.now += self.rng.range(1, 10);
+            self.now += self.rng.range(1, STEP_MS_MAX);
             for s in 0..self.sites.len() {
                 if !self.sites[s].up {
                     self.sites[s].restart_at = self.sites[s].restart_at.min(self.now);
@@ -637,7 +676,29 @@ impl World {
     // ---- faults ----------------------------------------------------------------------
 
     fn fault(&mut self) {
-        match self.rng.below(5) {
+        match self.rng.below(7) {
+            5 => {
+                // A locator process of its own crashes (an embedded one goes with its site).
+                let l = self.rng.below(self.sites.len());
+                if !self.disc.locators[l].embedded {
+                    let down = self.rng.range(100, 5_000);
+                    self.crash_locator(l, down);
+                }
+            }
+            6 => {
+                // A site's server stops reaching its locator: its heartbeats are lost, often
+                // for longer than the member timeout.
+                let s = self.rng.below(self.sites.len());
+                let t = self.disc.member_timeout_ms();
+                let until = self.now + self.rng.range(t / 2, t * 3);
+                self.disc.silent_until[s] = until;
+                self.report.blackouts += 1;
+                trace!(
+                    self,
+                    "server{}: calls to its locator lost until {until}",
+                    s + 1
+                );
+            }
             4 => {
                 // A site's disk fills up: every queue of it is refused new segment files.
                 let s = self.rng.below(self.sites.len());
@@ -740,6 +801,7 @@ impl World {
                 c.up.closed = true;
             }
         }
+        self.server_down(s, down_ms);
         let seed = self.rng.next_u64();
         let site = &mut self.sites[s];
         site.up = false;
@@ -797,6 +859,7 @@ impl World {
         site.up = true;
         let id = site.id;
         trace!(self, "restart site {id}");
+        self.server_up(s);
         Ok(())
     }
 
@@ -815,6 +878,7 @@ impl World {
                 self.restart(s)?;
             }
         }
+        self.discovery_step()?;
         // As the node's queue driver, which wakes at each queue's deadline: time-based work
         // (interval syncs, a segment creation retried after a full disk) happens as time
         // passes, whether or not anything is written.
@@ -934,7 +998,28 @@ impl World {
     fn connect(&mut self, s: usize, h: usize, i: usize) -> Result<(), String> {
         let now = self.now;
         let target = self.sites[s].targets[i];
-        let t = usize::from(target.0) - 1;
+        // The receivers of the target site, as this site's locator knows them.
+        let attempt = self.sites[s].shards[h].dispatchers[i].attempt;
+        let (t, to_shard) = match self.lookup(s, h, target, attempt) {
+            Ok(found) => found,
+            Err(why) => {
+                self.report.lookups_failed += 1;
+                self.sites[s].shards[h].dispatchers[i].retry_at = now + LOOKUP_RETRY_MS;
+                trace!(
+                    self,
+                    "site {} shard {h} sender {i}: no receiver of site {target}: {why}",
+                    s + 1
+                );
+                return Ok(());
+            }
+        };
+        self.sites[s].shards[h].dispatchers[i].attempt += 1;
+        if t != usize::from(target.0) - 1 || to_shard >= self.sites[t].table.shards() as usize {
+            return Err(format!(
+                "site {}: its locator gave a receiver that is not site {target}'s",
+                s + 1
+            ));
+        }
         if !self.sites[t].up || self.partitioned(s, t) {
             let d = &mut self.sites[s].shards[h].dispatchers[i];
             d.backoff = (d.backoff * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
@@ -958,7 +1043,6 @@ impl World {
         let sconn = SenderConn::new(config, now).map_err(|e| e.to_string())?;
         let mut rc = ReceiverConfig::new(target, format!("site{target}"));
         rc.maximum_time_between_pings_ms = PINGS_MS;
-        let to_shard = self.rng.below(self.sites[t].shards.len());
         let latency = self.rng.range(1, 80);
         self.conns.push(Some(Conn {
             from_site: s,

@@ -7,6 +7,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         "a local write after a bumped one carried an older timestamp; the sites diverged",
     ),
     (
+        2,
+        "a locator merged the sites another locator relayed in its exchange request, dated at arrival: each transit made an entry younger, so entries passed round a cycle of locators outlived the remote-entry timeout (a dropped server's receivers still handed out)",
+    ),
+    (
         1,
         "after a full disk, an in-memory queue below 3/4 of its budget kept refusing forwards: check_room never asked for a segment, so the failed creation was never retried",
     ),
@@ -40,6 +44,7 @@ fn ci_seeds_pass_and_do_real_work() {
     let mut overflowed = 0;
     let mut full_disks = 0;
     let mut refusals = 0;
+    let mut locator = strait_sim::Report::default();
     for seed in 1..=CI_SEEDS {
         let report = strait_sim::run(seed, false).unwrap_or_else(|f| {
             for line in f.trace.iter().rev().take(40).rev() {
@@ -53,6 +58,13 @@ fn ci_seeds_pass_and_do_real_work() {
         overflowed = overflowed.max(report.overflow_events_max);
         full_disks += report.disk_full;
         refusals += report.forward_refusals;
+        locator.locator_crashes += report.locator_crashes;
+        locator.blackouts += report.blackouts;
+        locator.servers_expired += report.servers_expired;
+        locator.remote_aged_out += report.remote_aged_out;
+        locator.forgotten += report.forgotten;
+        locator.exchanges += report.exchanges;
+        locator.lookups_failed += report.lookups_failed;
     }
     // The seeds are not idle: writes were made, replicated, and faults injected.
     assert!(acked > 1_000, "only {acked} writes were acknowledged");
@@ -63,6 +75,27 @@ fn ci_seeds_pass_and_do_real_work() {
     // Disks filled up, and receivers pushed back on batches they could not forward.
     assert!(full_disks > 10, "only {full_disks} full disks");
     assert!(refusals > 0, "no batch was refused for a full queue");
+    // Locators crashed and lost their directories; servers were cut off from their locators
+    // long enough to be dropped, and registered again when told they were forgotten; remote
+    // entries aged out; maps were exchanged; senders asked for sites not (yet) known.
+    let l = &locator;
+    let seen = [
+        ("locator crashes", l.locator_crashes, 100),
+        ("server blackouts", l.blackouts, 100),
+        ("servers expired", l.servers_expired, 100),
+        (
+            "registrations again after being forgotten",
+            l.forgotten,
+            100,
+        ),
+        ("remote entries aged out", l.remote_aged_out, 100),
+        ("maps merged", l.exchanges, 1_000),
+        ("lookups that found no receiver", l.lookups_failed, 100),
+    ];
+    for (what, n, min) in seen {
+        eprintln!("{CI_SEEDS} seeds: {n} {what}");
+        assert!(n > min, "only {n} {what} in {CI_SEEDS} seeds");
+    }
 }
 
 #[test]
