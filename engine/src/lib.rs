@@ -23,6 +23,7 @@
 //! | [`link::next_batch`], [`link::send_batch`], [`link::handle_event`] | the sender end of a link: peek round-robin, write a batch, carry out acks and failures on the queue | the dispatcher's shard |
 //! | [`receive::ack_outcome`], [`receive::forward_event`] | the receiving end: a batch's ack from its outcomes, the event an applied record is forwarded as | the receiver's shard |
 //! | [`locator::Directory`] | a locator's directory: per site, its locators and its servers ([`locator::ServerInfo`]: client address, receiver endpoints, load, last heard); register, heartbeat, expiry, least-loaded; the exchange of site maps ([`locator::ExchangeRounds`]) | owned by the locator's control-plane thread, never a shard |
+//! | [`sender::SenderState`], [`sender::SenderOp`], [`sender::discard_all`] | a gateway sender's operations: start (clean), stop, pause, resume, and what START CLEAN discards | applied on every shard by the node |
 //! | [`registration::RegistrationLink`] | a server's standing with one locator: register, heartbeat, register again when forgotten, retry when unreachable | the node's registration agent (a plain thread); the simulator |
 //!
 //! A client write goes: the node finds the key's bucket and its shard in the `BucketTable` →
@@ -75,5 +76,6 @@ pub mod loop_rule;
 pub mod receive;
 pub mod region;
 pub mod registration;
+pub mod sender;
 pub mod version;
 pub mod write;

@@ -63,18 +63,7 @@ pub enum ReceiverOp {
     Stop,
 }
 
-/// A gateway sender operation (Geode's `start`, `startWithCleanQueue`, `stop`, `pause`,
-/// `resume`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SenderOp {
-    /// Start; with `clean`, first discard everything queued.
-    Start {
-        clean: bool,
-    },
-    Stop,
-    Pause,
-    Resume,
-}
+pub use strait_engine::sender::SenderOp;
 
 /// What `STRAIT.SENDER` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

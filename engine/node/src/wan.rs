@@ -59,44 +59,7 @@ pub const DEAD_LETTER_DIR: &str = "dead-letters";
 /// Most dead-letter entries `STRAIT.DEADLETTERS LIST` describes one by one per region.
 pub const DEAD_LETTERS_LISTED_MAX: usize = 100;
 
-/// A gateway sender's state on one shard, as Geode's `list gateways` names it
-/// (docs/wan.md "Sender operations").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SenderState {
-    /// Queues local writes and dispatches them.
-    #[default]
-    Running,
-    /// Queues local writes; sends no new batch (those in flight are still acknowledged).
-    Paused,
-    /// Disconnected; local writes are not queued for it (Geode drops them too).
-    NotRunning,
-}
-
-impl SenderState {
-    /// The name INFO and `STRAIT.SENDER ... STATUS` give.
-    pub fn name(self) -> &'static str {
-        match self {
-            SenderState::Running => "running",
-            SenderState::Paused => "paused",
-            SenderState::NotRunning => "not-running",
-        }
-    }
-
-    /// The state after `op`, or why `op` does not apply now. Starting a started sender and
-    /// resuming a running one change nothing, as in Geode.
-    pub fn after(self, op: SenderOp) -> Result<SenderState, &'static str> {
-        use SenderState::*;
-        match (self, op) {
-            (NotRunning, SenderOp::Start { .. }) => Ok(Running),
-            (_, SenderOp::Start { clean: true }) => Err("is running; STOP it before START CLEAN"),
-            (s, SenderOp::Start { clean: false }) => Ok(s),
-            (_, SenderOp::Stop) => Ok(NotRunning),
-            (NotRunning, SenderOp::Pause | SenderOp::Resume) => Err("is not running"),
-            (_, SenderOp::Pause) => Ok(Paused),
-            (_, SenderOp::Resume) => Ok(Running),
-        }
-    }
-}
+pub use strait_engine::sender::SenderState;
 
 /// Largest latency a histogram records (an hour, in microseconds); longer ones count as it.
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
@@ -431,7 +394,7 @@ pub(crate) fn sender_op(shard: &Shard, index: usize, op: Option<SenderOp>) -> Op
         let Some(queue) = queue else {
             return OpReply::Error("ERR the server is stopping".into());
         };
-        match queue.with(discard_all) {
+        match queue.with(|q| strait_engine::sender::discard_all(q, |_, _| {})) {
             Ok(n) => tracing::info!(
                 sender = %shard.senders[index].id,
                 shard = shard.id.0,
@@ -449,20 +412,6 @@ pub(crate) fn sender_op(shard: &Shard, index: usize, op: Option<SenderOp>) -> Op
     counters.state.set(next);
     counters.changed.notify();
     OpReply::Sender(next)
-}
-
-/// Acknowledges every event of every queue: what `start --clean-queues` discards. Events sent
-/// and not yet acknowledged go too; an ack that still arrives for them changes nothing.
-fn discard_all(q: &mut strait_queue::queue::SenderQueue) -> Result<u64, String> {
-    let mut discarded = 0;
-    for id in 0..q.config().queue_count {
-        let id = QueueId(id);
-        q.reset(id);
-        while let Some(batch) = q.peek(id, u32::MAX, u64::MAX).map_err(|e| e.to_string())? {
-            discarded += q.ack(id, batch.last_seq).map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(discarded)
 }
 
 // ---- ports and registration ------------------------------------------------------------
@@ -1798,31 +1747,6 @@ async fn run_link(
 mod tests {
     use super::*;
     use SenderState::*;
-
-    #[test]
-    fn sender_states_follow_geodes_operations() {
-        let start = SenderOp::Start { clean: false };
-        let clean = SenderOp::Start { clean: true };
-        assert_eq!(NotRunning.after(start), Ok(Running));
-        assert_eq!(NotRunning.after(clean), Ok(Running));
-        assert_eq!(Running.after(start), Ok(Running));
-        assert_eq!(Paused.after(start), Ok(Paused));
-        assert!(Running.after(clean).is_err());
-        assert!(Paused.after(clean).is_err());
-        for s in [Running, Paused, NotRunning] {
-            assert_eq!(s.after(SenderOp::Stop), Ok(NotRunning));
-        }
-        assert_eq!(Running.after(SenderOp::Pause), Ok(Paused));
-        assert_eq!(Paused.after(SenderOp::Pause), Ok(Paused));
-        assert_eq!(Paused.after(SenderOp::Resume), Ok(Running));
-        assert_eq!(Running.after(SenderOp::Resume), Ok(Running));
-        assert_eq!(NotRunning.after(SenderOp::Pause), Err("is not running"));
-        assert_eq!(NotRunning.after(SenderOp::Resume), Err("is not running"));
-        assert_eq!(
-            [Running, Paused, NotRunning].map(SenderState::name),
-            ["running", "paused", "not-running"]
-        );
-    }
 
     #[test]
     fn sender_figures_sum_and_a_state_only_while_shards_agree() {

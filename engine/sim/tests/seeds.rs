@@ -44,7 +44,7 @@ fn ci_seeds_pass_and_do_real_work() {
     let mut overflowed = 0;
     let mut full_disks = 0;
     let mut refusals = 0;
-    let mut locator = strait_sim::Report::default();
+    let mut totals = strait_sim::Report::default();
     for seed in 1..=CI_SEEDS {
         let report = strait_sim::run(seed, false).unwrap_or_else(|f| {
             for line in f.trace.iter().rev().take(40).rev() {
@@ -58,13 +58,19 @@ fn ci_seeds_pass_and_do_real_work() {
         overflowed = overflowed.max(report.overflow_events_max);
         full_disks += report.disk_full;
         refusals += report.forward_refusals;
-        locator.locator_crashes += report.locator_crashes;
-        locator.blackouts += report.blackouts;
-        locator.servers_expired += report.servers_expired;
-        locator.remote_aged_out += report.remote_aged_out;
-        locator.forgotten += report.forgotten;
-        locator.exchanges += report.exchanges;
-        locator.lookups_failed += report.lookups_failed;
+        totals.locator_crashes += report.locator_crashes;
+        totals.blackouts += report.blackouts;
+        totals.servers_expired += report.servers_expired;
+        totals.remote_aged_out += report.remote_aged_out;
+        totals.forgotten += report.forgotten;
+        totals.exchanges += report.exchanges;
+        totals.lookups_failed += report.lookups_failed;
+        totals.pauses += report.pauses;
+        totals.stops += report.stops;
+        totals.clean_starts += report.clean_starts;
+        totals.events_dropped += report.events_dropped;
+        totals.keys_exempt += report.keys_exempt;
+        totals.keys_checked += report.keys_checked;
     }
     // The seeds are not idle: writes were made, replicated, and faults injected.
     assert!(acked > 1_000, "only {acked} writes were acknowledged");
@@ -78,7 +84,7 @@ fn ci_seeds_pass_and_do_real_work() {
     // Locators crashed and lost their directories; servers were cut off from their locators
     // long enough to be dropped, and registered again when told they were forgotten; remote
     // entries aged out; maps were exchanged; senders asked for sites not (yet) known.
-    let l = &locator;
+    let l = &totals;
     let seen = [
         ("locator crashes", l.locator_crashes, 100),
         ("server blackouts", l.blackouts, 100),
@@ -91,11 +97,24 @@ fn ci_seeds_pass_and_do_real_work() {
         ("remote entries aged out", l.remote_aged_out, 100),
         ("maps merged", l.exchanges, 1_000),
         ("lookups that found no receiver", l.lookups_failed, 100),
+        // Senders were paused and resumed, stopped and started (some with clean queues), and
+        // events were dropped for stopped senders as the node drops them.
+        ("sender pauses", l.pauses, 100),
+        ("sender stops", l.stops, 30),
+        ("clean starts", l.clean_starts, 5),
+        ("events dropped for stopped senders", l.events_dropped, 100),
     ];
     for (what, n, min) in seen {
         eprintln!("{CI_SEEDS} seeds: {n} {what}");
         assert!(n > min, "only {n} {what} in {CI_SEEDS} seeds");
     }
+    // The keys a dropped write exempts from the same-winner check stay a small share.
+    let (exempt, checked) = (l.keys_exempt, l.keys_checked);
+    eprintln!("{CI_SEEDS} seeds: {checked} keys checked for one winner, {exempt} exempt");
+    assert!(
+        exempt * 10 < checked,
+        "{exempt} keys exempt from the same-winner check, against {checked} checked"
+    );
 }
 
 #[test]
