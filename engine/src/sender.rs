@@ -8,8 +8,9 @@
 //! | [`SenderState`] | running, paused or not running, and [`SenderState::after`] an operation |
 //! | [`SenderOp`] | an operation |
 //! | [`discard_all`] | `START CLEAN`: acknowledge everything queued for the sender |
+//! | [`QueueLayout`] | parallel (a queue per bucket) or serial (a queue per dispatcher): which queue an event of a bucket goes to |
 
-use strait_queue::ids::QueueId;
+use strait_queue::ids::{BucketId, QueueId};
 use strait_queue::queue::{Batch, SenderQueue};
 
 /// A gateway sender operation (Geode's `start`, `startWithCleanQueue`, `stop`, `pause`,
@@ -63,6 +64,36 @@ impl SenderState {
     }
 }
 
+/// How a sender spreads events over its queues on a shard (`parallel`, `dispatcher-threads`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueLayout {
+    /// A queue per bucket.
+    Parallel,
+    /// A queue per dispatcher (`dispatcher-threads`, at least 1).
+    Serial { dispatchers: u16 },
+}
+
+impl QueueLayout {
+    /// The queue of an event of `bucket`. A serial sender sends bucket `b` through dispatcher
+    /// `b % dispatcher-threads` for every order policy, so each event stream (region, bucket)
+    /// stays in order on every path, which the receiver's dedupe relies on (docs/wan.md
+    /// "Per-stream order"); a key's order follows from its bucket's.
+    pub fn queue_of(self, bucket: BucketId) -> QueueId {
+        match self {
+            QueueLayout::Parallel => QueueId(bucket.0),
+            QueueLayout::Serial { dispatchers } => QueueId(bucket.0 % dispatchers.max(1)),
+        }
+    }
+
+    /// How many queues the sender has on a shard, for regions of at most `total_buckets`.
+    pub fn queue_count(self, total_buckets: u16) -> u16 {
+        match self {
+            QueueLayout::Parallel => total_buckets,
+            QueueLayout::Serial { dispatchers } => dispatchers.max(1),
+        }
+    }
+}
+
 /// Acknowledges every event of every queue: what `start --clean-queues` discards. Events sent
 /// and not yet acknowledged go too; an ack that still arrives for them changes nothing.
 /// `discarded` sees each batch before it goes (`SenderQueue::batch_slices` reads its records).
@@ -87,6 +118,20 @@ pub fn discard_all(
 mod tests {
     use super::SenderState::*;
     use super::*;
+
+    #[test]
+    fn a_serial_sender_keeps_each_bucket_on_one_queue() {
+        let serial = QueueLayout::Serial { dispatchers: 5 };
+        assert_eq!(serial.queue_count(113), 5);
+        assert_eq!(serial.queue_of(BucketId(17)), QueueId(2));
+        assert_eq!(QueueLayout::Parallel.queue_of(BucketId(17)), QueueId(17));
+        assert_eq!(QueueLayout::Parallel.queue_count(113), 113);
+        let none = QueueLayout::Serial { dispatchers: 0 };
+        assert_eq!(
+            (none.queue_count(7), none.queue_of(BucketId(6))),
+            (1, QueueId(0))
+        );
+    }
 
     #[test]
     fn sender_operations_follow_geode() {

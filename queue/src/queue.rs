@@ -848,6 +848,13 @@ impl SenderQueue {
             extent: serial,
             offset,
         };
+        // The index counts against the memory budget: a key it has no room for is not indexed,
+        // so this update stays (it is only not a candidate for conflation).
+        if !queue.conflation.contains_key(&slot)
+            && self.memory_bytes + CONFLATION_ENTRY_BYTES > self.config.memory_bytes_max
+        {
+            return;
+        }
         let Some(old) = queue.conflation.insert(slot, entry) else {
             self.memory_bytes += CONFLATION_ENTRY_BYTES;
             return;

@@ -69,6 +69,30 @@ fn conflation_replaces_unpeeked_updates_only() {
 }
 
 #[test]
+fn the_conflation_index_stays_within_the_memory_budget() {
+    // A persistent queue keeps no records in memory: its budget is the conflation index's.
+    let disk = MemDisk::new();
+    let budget = 4 * strait_queue::queue::CONFLATION_ENTRY_BYTES;
+    let mut q = SenderQueue::new(QueueConfig {
+        conflation: true,
+        memory_bytes_max: budget,
+        ..cfg(true)
+    });
+    let keys: Vec<Vec<u8>> = (0..10).map(|k| format!("k{k}").into_bytes()).collect();
+    for (n, key) in keys.iter().enumerate() {
+        append(&mut q, &disk, Op::Update, n as u64 + 1, key, 10).unwrap();
+        assert!(q.stats(0).memory_bytes <= budget, "{:?}", q.stats(0));
+    }
+    // Keys the index holds still conflate; the others are simply queued.
+    append(&mut q, &disk, Op::Update, 11, &keys[0], 10).unwrap();
+    append(&mut q, &disk, Op::Update, 12, &keys[9], 10).unwrap();
+    assert_eq!(q.stats(0).conflated, 1);
+    assert_eq!(q.stats(0).memory_bytes, budget);
+    let all: Vec<u64> = (2..=10).chain([11, 12]).collect();
+    assert_eq!(drain_numbers(&mut q, Q), all);
+}
+
+#[test]
 fn reset_resends_unacked_events_marked_possible_duplicate() {
     let disk = MemDisk::new();
     let mut q = SenderQueue::new(cfg(false));

@@ -28,6 +28,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strait_engine::bucket::{BucketTable, ShardId};
 use strait_engine::region::{RegionConfig, RegionKind, RegionStore, ScanCursor};
+use strait_engine::sender::QueueLayout;
 use strait_net::resp::{self, Limits, Parsed};
 use strait_queue::ids::{BucketId, EventId, MemberId, QueueId, RegionId, SiteId, StreamId};
 use strait_queue::queue::{AppendError, QueueConfig};
@@ -570,14 +571,14 @@ pub(crate) struct SenderRt {
 
 impl SenderRt {
     pub(crate) fn queue_id(&self, bucket: BucketId) -> QueueId {
-        if self.parallel {
-            return QueueId(bucket.0);
-        }
-        // Every order policy maps a bucket to one dispatcher, so each event stream (region,
-        // bucket) stays in order on every path, which the receiver's dedupe relies on
-        // (docs/wan.md "Per-stream order"); a key's order follows from its bucket's.
-        let d = u32::from(self.dispatchers.max(1));
-        QueueId((u32::from(bucket.0) % d) as u16)
+        let layout = if self.parallel {
+            QueueLayout::Parallel
+        } else {
+            QueueLayout::Serial {
+                dispatchers: self.dispatchers,
+            }
+        };
+        layout.queue_of(bucket)
     }
 }
 

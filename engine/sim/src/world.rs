@@ -11,7 +11,7 @@ use strait_engine::bucket::BucketTable;
 use strait_engine::link::{self, LinkStep};
 use strait_engine::receive::{ack_outcome, forward_event};
 use strait_engine::region::{EntryValue, RegionConfig, RegionKind, RegionStore};
-use strait_engine::sender::{SenderOp, SenderState, discard_all};
+use strait_engine::sender::{QueueLayout, SenderOp, SenderState, discard_all};
 use strait_engine::write::{LocalWrite, WriteError, local_write};
 use strait_net::wire::{
     ReceiverConfig, ReceiverConn, ReceiverEvent, RegionSpec, SenderConfig, SenderConn,
@@ -213,6 +213,9 @@ struct Site {
     /// A local write's recipient set: every target.
     recipients: Vec<SiteId>,
     persistent: bool,
+    /// Every sender's layout and queue settings (`parallel`, `dispatcher-threads`,
+    /// `enable-batch-conflation`, ...).
+    layout: QueueLayout,
     queue_config: QueueConfig,
     inflight_max: usize,
     batch_size: u32,
@@ -266,6 +269,8 @@ pub struct Report {
     pub exchanges: u64,
     /// A sender's lookups that found no receiver (locator down, site unknown, no receiver).
     pub lookups_failed: u64,
+    /// New clients a locator sent to a server (`least_loaded`).
+    pub clients_placed: u64,
     /// Sender operations: pauses (each resumed later), stops (each started again later), and
     /// starts that discarded the queues (START CLEAN).
     pub pauses: u64,
@@ -278,6 +283,11 @@ pub struct Report {
     pub keys_exempt: u64,
     /// Keys checked for the same winner at every site.
     pub keys_checked: u64,
+    /// Sites whose senders are serial (a queue per dispatcher), and whose senders conflate.
+    pub serial_sites: u64,
+    pub conflating_sites: u64,
+    /// Queued updates superseded by a later update of their key (`enable-batch-conflation`).
+    pub conflated: u64,
     pub sim_ms: u64,
 }
 
@@ -285,7 +295,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} crashes, {} blackouts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} ms simulated",
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} crashes, {} blackouts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} ms simulated",
             self.seed,
             self.sites,
             self.shards,
@@ -311,12 +321,16 @@ impl fmt::Display for Report {
             self.forgotten,
             self.exchanges,
             self.lookups_failed,
+            self.clients_placed,
             self.pauses,
             self.stops,
             self.clean_starts,
             self.events_dropped,
             self.keys_exempt,
             self.keys_checked,
+            self.serial_sites,
+            self.conflating_sites,
+            self.conflated,
             self.sim_ms
         )
     }
@@ -415,13 +429,21 @@ impl World {
             let mut recipients = targets.clone();
             recipients.sort_unstable();
             let persistent = rng.chance(500);
+            // A parallel sender (a queue per bucket) or a serial one (a queue per dispatcher).
+            let layout = if rng.chance(600) {
+                QueueLayout::Parallel
+            } else {
+                QueueLayout::Serial {
+                    dispatchers: rng.range(1, 5) as u16,
+                }
+            };
             let queue_config = QueueConfig {
-                queue_count: buckets,
+                queue_count: layout.queue_count(buckets),
                 memory_bytes_max: rng.range(8, 48) << 10,
                 persistent,
                 disk_synchronous: true,
                 sync: SyncPolicy::EveryBatch,
-                conflation: false,
+                conflation: rng.chance(300),
                 segment_bytes: SEGMENT_BYTES_MIN,
                 spare_segments: 1,
             };
@@ -439,6 +461,7 @@ impl World {
                 targets,
                 recipients,
                 persistent,
+                layout,
                 queue_config,
                 inflight_max: rng.range(1, 8) as usize,
                 batch_size: rng.range(1, 50) as u32,
@@ -459,6 +482,11 @@ impl World {
             .map(|k| format!("k{k}").into_bytes())
             .collect();
         let report = Report {
+            serial_sites: sites
+                .iter()
+                .filter(|s| s.layout != QueueLayout::Parallel)
+                .count() as u64,
+            conflating_sites: sites.iter().filter(|s| s.queue_config.conflation).count() as u64,
             seed,
             topology: format!("{topology:?}"),
             sites: n as usize,
@@ -483,11 +511,16 @@ impl World {
         };
         trace!(
             w,
-            "world: {} sites x {} shards, {topology:?} {:?}, {buckets} buckets, persistent {:?}",
+            "world: {} sites x {} shards, {topology:?} {:?}, {buckets} buckets, persistent {:?}, senders {:?}, conflation {:?}",
             n,
             shards,
             edges,
-            w.sites.iter().map(|s| s.persistent).collect::<Vec<_>>()
+            w.sites.iter().map(|s| s.persistent).collect::<Vec<_>>(),
+            w.sites.iter().map(|s| s.layout).collect::<Vec<_>>(),
+            w.sites
+                .iter()
+                .map(|s| s.queue_config.conflation)
+                .collect::<Vec<_>>()
         );
         let line = w.disc.describe();
         trace!(w, "{line}");
@@ -606,6 +639,11 @@ impl World {
         if !self.sites[s].up {
             return Ok(());
         }
+        // A new client asks the site's locator for a server; without an answer it keeps to
+        // the server its pool already knows.
+        if self.rng.chance(100) {
+            self.find_server(s)?;
+        }
         let key = self.keys[self.rng.below(self.keys.len())].clone();
         let value = (!self.rng.chance(250)).then(|| {
             let len = self.rng.range(0, 300) as usize;
@@ -618,7 +656,7 @@ impl World {
         let site = &mut self.sites[s];
         let bucket = site.table.bucket_of(&key);
         let shard = site.table.shard_of(bucket).expect("bucket in table").0 as usize;
-        let (id, recipients) = (site.id, site.recipients.clone());
+        let (id, recipients, layout) = (site.id, site.recipients.clone(), site.layout);
         // A sender that is not running does not queue the write (Geode drops it too).
         let running: Vec<usize> = (0..site.targets.len())
             .filter(|&i| site.senders[i] != SenderState::NotRunning)
@@ -643,7 +681,7 @@ impl World {
                 .iter_mut()
                 .enumerate()
                 .filter(|(i, _)| running.contains(i))
-                .map(|(_, q)| (q, QueueId(bucket.0)))
+                .map(|(_, q)| (q, layout.queue_of(bucket)))
                 .collect();
             match local_write(&mut sh.store, &mut queues, &mut last, &write) {
                 Err(WriteError::WouldBlock(k)) if attempt == 0 => {
@@ -674,7 +712,7 @@ impl World {
                     run_actions(q, &site.disks[shard][i], self.now);
                 }
                 for (&i, seq) in running.iter().zip(&written.seqs) {
-                    if sh.queues[i].durability(QueueId(bucket.0), *seq) != Durability::Done {
+                    if sh.queues[i].durability(layout.queue_of(bucket), *seq) != Durability::Done {
                         return Err(format!(
                             "site {id}: a write's queue is not durable after its group commit"
                         ));
@@ -746,7 +784,7 @@ impl World {
                 let (op, then) = if self.rng.chance(750) {
                     (SenderOp::Pause, SenderOp::Resume)
                 } else {
-                    let clean = self.rng.chance(250);
+                    let clean = self.rng.chance(333);
                     (SenderOp::Stop, SenderOp::Start { clean })
                 };
                 let until = self.now + self.rng.range(20, 2_000);
@@ -963,6 +1001,7 @@ impl World {
             }
         }
         self.server_down(s, down_ms);
+        self.report.conflated += conflated(&self.sites[s]);
         let seed = self.rng.next_u64();
         let site = &mut self.sites[s];
         site.up = false;
@@ -1417,10 +1456,11 @@ impl World {
             for &SenderIndex(i) in &chosen {
                 let event = forward_event(&r, REGION, bucket, &recipients);
                 let q = &mut sh.queues[i];
-                let mut room = q.check_room(QueueId(bucket.0), &event);
+                let qid = site.layout.queue_of(bucket);
+                let mut room = q.check_room(qid, &event);
                 if matches!(room, Err(strait_queue::queue::AppendError::WouldBlock)) {
                     run_actions(q, &site.disks[owner][i], self.now);
-                    room = q.check_room(QueueId(bucket.0), &event);
+                    room = q.check_room(qid, &event);
                 }
                 match room {
                     Ok(()) => {}
@@ -1452,7 +1492,8 @@ impl World {
                     for SenderIndex(i) in chosen {
                         let event = forward_event(&r, REGION, bucket, &recipients);
                         // It had room a moment ago, with nothing in between.
-                        if let Err(e) = sh.queues[i].append(QueueId(bucket.0), &event) {
+                        let qid = site.layout.queue_of(bucket);
+                        if let Err(e) = sh.queues[i].append(qid, &event) {
                             return Err(format!(
                                 "site {}: forwarding to site {} refused after check_room said yes: {e}",
                                 site.id, site.targets[i]
@@ -1477,6 +1518,7 @@ impl World {
     // ---- the checkers ------------------------------------------------------------------
 
     fn check(&mut self) -> Result<(), String> {
+        self.report.conflated += self.sites.iter().map(conflated).sum::<u64>();
         // The winner every site must hold per key: the greatest acknowledged version by the
         // conflict rule's order (timestamp, then site; a later write of the same site wins a tie).
         let mut winners: BTreeMap<Vec<u8>, &Acked> = BTreeMap::new();
@@ -1582,6 +1624,15 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// Updates the site's queues conflated since they were opened.
+fn conflated(site: &Site) -> u64 {
+    site.shards
+        .iter()
+        .flat_map(|sh| sh.queues.iter())
+        .map(|q| q.stats(0).conflated)
+        .sum()
 }
 
 fn new_shard(site: &Site, rc: &RegionConfig) -> Shard {

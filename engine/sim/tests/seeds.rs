@@ -11,6 +11,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         "a locator merged the sites another locator relayed in its exchange request, dated at arrival: each transit made an entry younger, so entries passed round a cycle of locators outlived the remote-entry timeout (a dropped server's receivers still handed out)",
     ),
     (
+        26,
+        "a conflating in-memory queue indexed a new key past its memory budget: the conflation index, which the budget covers, was never checked against it",
+    ),
+    (
         1,
         "after a full disk, an in-memory queue below 3/4 of its budget kept refusing forwards: check_room never asked for a segment, so the failed creation was never retried",
     ),
@@ -71,6 +75,9 @@ fn ci_seeds_pass_and_do_real_work() {
         totals.events_dropped += report.events_dropped;
         totals.keys_exempt += report.keys_exempt;
         totals.keys_checked += report.keys_checked;
+        totals.serial_sites += report.serial_sites;
+        totals.conflating_sites += report.conflating_sites;
+        totals.conflated += report.conflated;
     }
     // The seeds are not idle: writes were made, replicated, and faults injected.
     assert!(acked > 1_000, "only {acked} writes were acknowledged");
@@ -103,6 +110,10 @@ fn ci_seeds_pass_and_do_real_work() {
         ("sender stops", l.stops, 30),
         ("clean starts", l.clean_starts, 5),
         ("events dropped for stopped senders", l.events_dropped, 100),
+        // Serial senders (a queue per dispatcher) and conflating queues ran, and conflated.
+        ("sites with serial senders", l.serial_sites, 100),
+        ("sites with conflating senders", l.conflating_sites, 100),
+        ("updates conflated", l.conflated, 100),
     ];
     for (what, n, min) in seen {
         eprintln!("{CI_SEEDS} seeds: {n} {what}");

@@ -715,6 +715,25 @@ impl World {
         Ok(())
     }
 
+    /// A client of site `s` asks the site's locator for the least-loaded server: it may only
+    /// be the site's own server, registered and not dropped (the directory check holds that).
+    pub(super) fn find_server(&mut self, s: usize) -> Result<(), String> {
+        let site = self.sites[s].id;
+        let Some(dir) = self.disc.locators[s].dir.as_mut() else {
+            return Ok(());
+        };
+        match dir.least_loaded() {
+            Some(info) if info.name != server_name(site) || info.client.host != host(site) => Err(
+                format!("locator of site {site} sends a client to {}", info.name),
+            ),
+            Some(_) => {
+                self.report.clients_placed += 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// What sender `i` on shard `h` of site `s` gets when it asks its site's locator for the
     /// receivers of its target site, on its `attempt`-th try: the receiver (as site index and
     /// shard) the node's choice picks, or why there is none.
