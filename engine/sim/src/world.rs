@@ -257,6 +257,8 @@ pub struct Report {
     pub locator_crashes: u64,
     /// Times a site's server was cut off from its locator (its calls lost for a while).
     pub blackouts: u64,
+    /// Times two sites' locators were cut off from each other while their data still flowed.
+    pub locator_cuts: u64,
     /// Servers a locator dropped after its member timeout (`poll_expired`).
     pub servers_expired: u64,
     /// Remote locators and servers a locator aged out (`poll_aged_out`).
@@ -295,7 +297,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} crashes, {} blackouts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} ms simulated",
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} crashes, {} blackouts, {} cuts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} ms simulated",
             self.seed,
             self.sites,
             self.shards,
@@ -315,6 +317,7 @@ impl fmt::Display for Report {
             self.overflow_events_max,
             self.locator_crashes,
             self.blackouts,
+            self.locator_cuts,
             self.servers_expired,
             self.remote_aged_out,
             self.registrations,
@@ -835,7 +838,10 @@ impl World {
             1 => {
                 let a = self.rng.below(self.sites.len());
                 let b = self.rng.below(self.sites.len());
-                if a != b {
+                if a != b && self.rng.chance(250) {
+                    let until = self.now + self.rng.range(50, 6_000);
+                    self.cut_locators(a, b, until);
+                } else if a != b {
                     let until = self.now + self.rng.range(50, 6_000);
                     self.partitions.insert((a.min(b), a.max(b)), until);
                     self.report.partitions += 1;

@@ -64,6 +64,7 @@ fn ci_seeds_pass_and_do_real_work() {
         refusals += report.forward_refusals;
         totals.locator_crashes += report.locator_crashes;
         totals.blackouts += report.blackouts;
+        totals.locator_cuts += report.locator_cuts;
         totals.servers_expired += report.servers_expired;
         totals.remote_aged_out += report.remote_aged_out;
         totals.forgotten += report.forgotten;
@@ -95,6 +96,7 @@ fn ci_seeds_pass_and_do_real_work() {
     let seen = [
         ("locator crashes", l.locator_crashes, 100),
         ("server blackouts", l.blackouts, 100),
+        ("cuts between locators only", l.locator_cuts, 30),
         ("servers expired", l.servers_expired, 100),
         (
             "registrations again after being forgotten",

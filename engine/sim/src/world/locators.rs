@@ -15,7 +15,7 @@
 //! | [`Locator`] | one site's locator process: its directory (gone while it is down) and its exchange round |
 //! | [`Agent`] | one site's registration agent (gone while the site is down) |
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use strait_engine::bucket::ShardId;
 use strait_engine::locator::{
@@ -129,6 +129,8 @@ pub(super) struct Discovery {
     heard: Vec<Option<u64>>,
     /// A server's calls to its locator are lost until then (a stalled agent, a firewall).
     pub(super) silent_until: Vec<u64>,
+    /// Site pairs (lower index first) whose locators cannot call each other until a time.
+    cuts: BTreeMap<(usize, usize), u64>,
 }
 
 fn server_name(site: SiteId) -> MemberName {
@@ -206,6 +208,7 @@ impl Discovery {
             endpoints,
             heard: vec![None; n],
             silent_until: vec![0; n],
+            cuts: BTreeMap::new(),
         };
         for (i, site) in sites.iter().enumerate() {
             d.start_locator(i, site.id, 0);
@@ -304,7 +307,7 @@ impl World {
         } else {
             self.rng.range(1, LATENCY_MS_MAX)
         };
-        if self.partitioned(from, to) || self.rng.chance(self.disc.loss) {
+        if self.locators_cut(from, to) || self.rng.chance(self.disc.loss) {
             return;
         }
         self.disc.posts.push(Post {
@@ -313,6 +316,30 @@ impl World {
             to,
             msg,
         });
+    }
+
+    /// Whether locator calls between sites `a` and `b` are cut: a partition of the sites, or
+    /// one of their locator ports only (data still flows).
+    fn locators_cut(&self, a: usize, b: usize) -> bool {
+        self.partitioned(a, b)
+            || self
+                .disc
+                .cuts
+                .get(&(a.min(b), a.max(b)))
+                .is_some_and(|&until| until > self.now)
+    }
+
+    /// The locator calls between sites `a` and `b` are cut until `until` (a firewall on the
+    /// locator port); the sites' data connections are not.
+    pub(super) fn cut_locators(&mut self, a: usize, b: usize, until: u64) {
+        self.disc.cuts.insert((a.min(b), a.max(b)), until);
+        self.report.locator_cuts += 1;
+        trace!(
+            self,
+            "locator calls between sites {} and {} cut until {until}",
+            a + 1,
+            b + 1
+        );
     }
 
     /// A site's locator crashes: its directory is gone until it restarts `down_ms` later.
@@ -348,6 +375,7 @@ impl World {
             l.restart_at = l.restart_at.min(now);
         }
         self.disc.silent_until.iter_mut().for_each(|t| *t = 0);
+        self.disc.cuts.clear();
     }
 
     /// One step of every locator and agent: restarts, messages due, expiry and aging out,
@@ -373,7 +401,7 @@ impl World {
         self.disc.posts = rest;
         for p in due {
             // A message in flight when a partition starts is lost with the connection.
-            if !self.partitioned(p.from, p.to) {
+            if !self.locators_cut(p.from, p.to) {
                 self.deliver(p)?;
             }
         }
