@@ -823,6 +823,51 @@ pub fn round_map_aged(map: &SiteMap, waited_ms: u64) -> SiteMap {
     map
 }
 
+/// What one of its site's locators answered a gateway sender asking for a remote site's
+/// receivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocatorAnswer {
+    /// The site's receiver endpoints (possibly none yet).
+    Receivers(Vec<ReceiverEndpoint>),
+    /// The locator does not know the site.
+    SiteUnknown,
+    /// No answer, and why.
+    Failed(String),
+}
+
+/// Why a sender's lookup found no receiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoReceiver {
+    /// The first locator that knows the site, which has no receiver yet.
+    NoReceivers { locator: String },
+    /// The locators that do not know the site (none knew it; some may have failed).
+    SiteUnknown { locators: Vec<String> },
+    /// Why each locator failed (empty: there was no locator to ask).
+    Unreachable { reasons: Vec<String> },
+}
+
+/// A sender's lookup through its site's locators, asked in turn (`answers` is lazy: the
+/// locators after the first that gives receivers are not asked). Without receivers, a locator
+/// that knows the site says most, then the locators that do not know it, then the failures.
+pub fn first_receivers(
+    answers: impl IntoIterator<Item = (String, LocatorAnswer)>,
+) -> Result<Vec<ReceiverEndpoint>, NoReceiver> {
+    let (mut empty, mut unknown, mut reasons) = (None, Vec::new(), Vec::new());
+    for (locator, answer) in answers {
+        match answer {
+            LocatorAnswer::Receivers(r) if !r.is_empty() => return Ok(r),
+            LocatorAnswer::Receivers(_) => empty = empty.or(Some(locator)),
+            LocatorAnswer::SiteUnknown => unknown.push(locator),
+            LocatorAnswer::Failed(why) => reasons.push(why),
+        }
+    }
+    Err(match empty {
+        Some(locator) => NoReceiver::NoReceivers { locator },
+        None if !unknown.is_empty() => NoReceiver::SiteUnknown { locators: unknown },
+        None => NoReceiver::Unreachable { reasons },
+    })
+}
+
 /// The receiver a gateway sender's shard tries at its `attempt`-th connection (from 0), among
 /// the `endpoints` its locator gave: those serving most of the shard's buckets (`mine`) first,
 /// in the locator's order among equals, then round the others as attempts go on. `None` when
@@ -1047,6 +1092,49 @@ mod tests {
         assert_eq!(
             own(&round_map_aged(&round_map_aged(&map, 40), u64::MAX)),
             u64::MAX
+        );
+    }
+
+    #[test]
+    fn a_lookup_takes_the_first_locator_with_receivers_else_says_the_most_it_knows() {
+        let found = vec![receiver(5003)];
+        let answer = |at: &str, a: LocatorAnswer| (at.to_string(), a);
+        let mut asked = 0;
+        let lazy = [
+            answer("a", LocatorAnswer::Failed("refused".into())),
+            answer("b", LocatorAnswer::Receivers(found.clone())),
+            answer("c", LocatorAnswer::SiteUnknown),
+        ]
+        .into_iter()
+        .inspect(|_| asked += 1);
+        assert_eq!(first_receivers(lazy), Ok(found));
+        assert_eq!(asked, 2, "the locator after the first answer is not asked");
+        let empty = || answer("e", LocatorAnswer::Receivers(Vec::new()));
+        let unknown = || answer("u", LocatorAnswer::SiteUnknown);
+        let failed = || answer("f", LocatorAnswer::Failed("timed out".into()));
+        assert_eq!(
+            first_receivers([unknown(), empty(), failed()]),
+            Err(NoReceiver::NoReceivers {
+                locator: "e".into()
+            })
+        );
+        assert_eq!(
+            first_receivers([failed(), unknown()]),
+            Err(NoReceiver::SiteUnknown {
+                locators: vec!["u".into()]
+            })
+        );
+        assert_eq!(
+            first_receivers([failed()]),
+            Err(NoReceiver::Unreachable {
+                reasons: vec!["timed out".into()]
+            })
+        );
+        assert_eq!(
+            first_receivers([]),
+            Err(NoReceiver::Unreachable {
+                reasons: Vec::new()
+            })
         );
     }
 

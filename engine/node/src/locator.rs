@@ -29,10 +29,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use strait_engine::locator::{
-    Address, AgedOut, Directory, DirectoryError, ExchangeRounds, LocatorReport,
+    Address, AgedOut, Directory, DirectoryError, ExchangeRounds, LocatorAnswer, LocatorReport,
     MEMBER_TIMEOUT_MS_DEFAULT, MEMBER_TIMEOUT_MS_MAX, MEMBER_TIMEOUT_MS_MIN, MemberName, Merged,
-    REMOTE_ENTRY_TIMEOUT_MS_DEFAULT, ReceiverEndpoint, Registered, ServerEntry, ServerInfo,
-    ServerReport, SiteMap, SiteReport, round_map_aged,
+    NoReceiver, REMOTE_ENTRY_TIMEOUT_MS_DEFAULT, ReceiverEndpoint, Registered, ServerEntry,
+    ServerInfo, ServerReport, SiteMap, SiteReport, first_receivers, round_map_aged,
 };
 use strait_net::locator::{
     self as proto, Endpoint, ErrorKind, ErrorReply, ExchangeRequest, HeartbeatReply,
@@ -1381,43 +1381,42 @@ impl RemoteSiteLookup {
     }
 
     fn ask(&self) -> Result<Vec<ReceiverEndpoint>, LookupError> {
-        let (mut unknown, mut empty, mut failures) = (Vec::new(), None, Vec::new());
-        for (at, client) in &self.locators {
-            match client.receivers_of(self.site) {
-                Ok(reply) if !reply.receivers.is_empty() => {
-                    return Ok(reply.receivers.into_iter().map(receiver).collect());
+        let answers = self.locators.iter().map(|(at, client)| {
+            let answer = match client.receivers_of(self.site) {
+                Ok(reply) => {
+                    LocatorAnswer::Receivers(reply.receivers.into_iter().map(receiver).collect())
                 }
-                Ok(_) => empty = empty.or(Some(at.to_string())),
                 Err(ClientError::Refused { reply, .. })
                     if reply.error == ErrorKind::SiteUnknown =>
                 {
-                    unknown.push(at.to_string())
+                    LocatorAnswer::SiteUnknown
                 }
-                Err(e) => failures.push(e.to_string()),
-            }
-        }
+                Err(e) => LocatorAnswer::Failed(e.to_string()),
+            };
+            (at.to_string(), answer)
+        });
         let (site, retry_ms) = (self.site, self.retry_ms);
-        if let Some(locator) = empty {
-            return Err(LookupError::NoReceivers {
+        first_receivers(answers).map_err(|no| match no {
+            NoReceiver::NoReceivers { locator } => LookupError::NoReceivers {
                 site,
                 locator,
                 retry_ms,
-            });
-        }
-        if !unknown.is_empty() {
-            return Err(LookupError::SiteUnknown {
+            },
+            NoReceiver::SiteUnknown { locators } => LookupError::SiteUnknown {
                 site,
-                locators: unknown.join(", "),
+                locators: locators.join(", "),
                 retry_ms,
-            });
-        }
-        if failures.is_empty() {
-            failures.push("no local locator is configured".into());
-        }
-        Err(LookupError::Unreachable {
-            site,
-            reasons: failures.join("; "),
-            retry_ms,
+            },
+            NoReceiver::Unreachable { mut reasons } => {
+                if reasons.is_empty() {
+                    reasons.push("no local locator is configured".into());
+                }
+                LookupError::Unreachable {
+                    site,
+                    reasons: reasons.join("; "),
+                    retry_ms,
+                }
+            }
         })
     }
 }

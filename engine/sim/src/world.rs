@@ -259,6 +259,8 @@ pub struct Report {
     pub blackouts: u64,
     /// Times two sites' locators were cut off from each other while their data still flowed.
     pub locator_cuts: u64,
+    /// Sites with two locators (their servers register with both, their senders ask both).
+    pub two_locator_sites: u64,
     /// Servers a locator dropped after its member timeout (`poll_expired`).
     pub servers_expired: u64,
     /// Remote locators and servers a locator aged out (`poll_aged_out`).
@@ -297,7 +299,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} crashes, {} blackouts, {} cuts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} ms simulated",
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} sites with two, {} crashes, {} blackouts, {} cuts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} ms simulated",
             self.seed,
             self.sites,
             self.shards,
@@ -315,6 +317,7 @@ impl fmt::Display for Report {
             self.disk_full,
             self.forward_refusals,
             self.overflow_events_max,
+            self.two_locator_sites,
             self.locator_crashes,
             self.blackouts,
             self.locator_cuts,
@@ -485,6 +488,7 @@ impl World {
             .map(|k| format!("k{k}").into_bytes())
             .collect();
         let report = Report {
+            two_locator_sites: disc.sites_with_two_locators(),
             serial_sites: sites
                 .iter()
                 .filter(|s| s.layout != QueueLayout::Parallel)
@@ -796,7 +800,7 @@ impl World {
             }
             5 => {
                 // A locator process of its own crashes (an embedded one goes with its site).
-                let l = self.rng.below(self.sites.len());
+                let l = self.rng.below(self.disc.locators.len());
                 if !self.disc.locators[l].embedded {
                     let down = self.rng.range(100, 5_000);
                     self.crash_locator(l, down);
@@ -1235,7 +1239,7 @@ impl World {
                 self.sites[s].shards[h].dispatchers[i].retry_at = now + LOOKUP_RETRY_MS;
                 trace!(
                     self,
-                    "site {} shard {h} sender {i}: no receiver of site {target}: {why}",
+                    "site {} shard {h} sender {i}: no receiver of site {target}: {why:?}",
                     s + 1
                 );
                 return Ok(());

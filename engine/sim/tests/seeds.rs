@@ -65,6 +65,7 @@ fn ci_seeds_pass_and_do_real_work() {
         totals.locator_crashes += report.locator_crashes;
         totals.blackouts += report.blackouts;
         totals.locator_cuts += report.locator_cuts;
+        totals.two_locator_sites += report.two_locator_sites;
         totals.servers_expired += report.servers_expired;
         totals.remote_aged_out += report.remote_aged_out;
         totals.forgotten += report.forgotten;
@@ -94,6 +95,7 @@ fn ci_seeds_pass_and_do_real_work() {
     // entries aged out; maps were exchanged; senders asked for sites not (yet) known.
     let l = &totals;
     let seen = [
+        ("sites with two locators", l.two_locator_sites, 100),
         ("locator crashes", l.locator_crashes, 100),
         ("server blackouts", l.blackouts, 100),
         ("cuts between locators only", l.locator_cuts, 30),

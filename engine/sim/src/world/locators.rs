@@ -1,26 +1,27 @@
-//! Discovery in the simulated world: one locator per site (a process of its own, or embedded in
-//! the site's server), running the real directory ([`Directory`]: register, heartbeat, expiry,
+//! Discovery in the simulated world: one or two locators per site (each a process of its own,
+//! or the first embedded in the site's server), running the real directory ([`Directory`]: register, heartbeat, expiry,
 //! the exchange of site maps with [`ExchangeRounds`], aging out) on its own clock, which starts
 //! at 0 at every (re)start as the node's does. Each site's server registers and heartbeats with
-//! its locator through the real [`RegistrationLink`]; locators exchange their maps with their
+//! each of its site's locators through the real [`RegistrationLink`] (an agent per locator, as
+//! the node); locators exchange their maps with their
 //! `remote-locators` and, transitively, every locator they learn of. Every call is a message
 //! on the simulated network: delayed, sometimes lost, cut by partitions, lost when its
 //! destination is down; a call with no answer fails after [`CALL_TIMEOUT_MS`], as the node's
 //! HTTP clients do. A sender finds a remote site's receivers only by asking its own site's
-//! locator ([`World::lookup`]).
+//! locators in turn ([`World::lookup`], the node's [`first_receivers`]).
 //!
 //! | item | what it is |
 //! |---|---|
 //! | [`Discovery`] | every locator, every server's registration agent, the messages in flight, and the ground truth the checks compare against |
-//! | [`Locator`] | one site's locator process: its directory (gone while it is down) and its exchange round |
-//! | [`Agent`] | one site's registration agent (gone while the site is down) |
+//! | [`Locator`] | one locator process: its directory (gone while it is down) and its exchange round |
+//! | [`Agent`] | a server's registration agent for one locator (gone while the site is down) |
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use strait_engine::bucket::ShardId;
 use strait_engine::locator::{
-    Address, Directory, DirectoryError, ExchangeRounds, MemberName, ReceiverEndpoint, ServerInfo,
-    SiteMap, choose_receiver, round_map_aged,
+    Address, Directory, DirectoryError, ExchangeRounds, LocatorAnswer, MemberName, NoReceiver,
+    ReceiverEndpoint, ServerInfo, SiteMap, choose_receiver, first_receivers, round_map_aged,
 };
 use strait_engine::registration::{AgentCall, CallOutcome, Notice, RegistrationLink};
 use strait_queue::ids::SiteId;
@@ -40,9 +41,15 @@ const LOCATOR_PORT: u16 = 10_334;
 const RECEIVER_PORT_BASE: u16 = 5_000;
 const CLIENT_PORT: u16 = 6_379;
 
-/// One site's locator process.
+/// Most locators a site has.
+const LOCATORS_PER_SITE_MAX: u64 = 2;
+
+/// One locator process.
 #[derive(Debug)]
 pub(super) struct Locator {
+    /// The site it serves (an index into the world's sites).
+    site: usize,
+    name: MemberName,
     /// The directory; `None` while the locator is down (its state is in memory only).
     pub(super) dir: Option<Directory>,
     address: Address,
@@ -66,7 +73,8 @@ struct Round {
     call: Option<(u64, u64, u64)>,
 }
 
-/// One site's registration agent.
+/// A site's server's registration agent for one locator (the agent of locator `l` is
+/// `agents[l]`).
 #[derive(Debug)]
 pub(super) struct Agent {
     link: RegistrationLink,
@@ -79,23 +87,29 @@ pub(super) struct Agent {
 enum Msg {
     Register {
         call: u64,
+        loc: usize,
         info: ServerInfo,
     },
     Heartbeat {
         call: u64,
+        loc: usize,
         name: MemberName,
     },
     AgentReply {
         call: u64,
+        agent: usize,
         outcome: CallOutcome,
     },
     Exchange {
         call: u64,
+        from_loc: usize,
+        to_loc: usize,
         from: SiteId,
         map: SiteMap,
     },
     ExchangeReply {
         call: u64,
+        to_loc: usize,
         from: SiteId,
         map: SiteMap,
     },
@@ -114,6 +128,8 @@ struct Post {
 #[derive(Debug)]
 pub(super) struct Discovery {
     pub(super) locators: Vec<Locator>,
+    /// Each site's locators, in the order its senders ask them.
+    by_site: Vec<Vec<usize>>,
     pub(super) agents: Vec<Option<Agent>>,
     posts: Vec<Post>,
     next_call: u64,
@@ -125,7 +141,7 @@ pub(super) struct Discovery {
     loss: u64,
     /// What each site's server advertises.
     endpoints: Vec<Vec<ReceiverEndpoint>>,
-    /// Ground truth: when each site's locator last took a register or heartbeat of its server.
+    /// Ground truth: when each locator last took a register or heartbeat of its site's server.
     heard: Vec<Option<u64>>,
     /// A server's calls to its locator are lost until then (a stalled agent, a firewall).
     pub(super) silent_until: Vec<u64>,
@@ -142,45 +158,57 @@ fn host(site: SiteId) -> String {
 }
 
 impl Discovery {
-    /// A locator per site, with `remote-locators` that connect every site to every other
-    /// (a random tree plus random extra links), and member and remote-entry timeouts, exchange
-    /// interval and message loss drawn from the seed.
+    /// One or two locators per site, with `remote-locators` that connect every locator to
+    /// every other (a random tree over the locators, each linked to another site's, plus random
+    /// extra links), and member and remote-entry timeouts, exchange interval and message loss
+    /// drawn from the seed.
     pub(super) fn new(rng: &mut Rng, sites: &[Site]) -> Discovery {
         let n = sites.len();
         let member_timeout_ms = rng.range(300, 3_000);
         let interval_ms = rng.range(50, 1_000);
         let remote_timeout_ms = (interval_ms * rng.range(3, 6)).max(member_timeout_ms);
-        let embedded: Vec<bool> = (0..n).map(|_| rng.chance(333)).collect();
-        let address = |i: usize| Address {
-            host: if embedded[i] {
-                host(sites[i].id)
-            } else {
-                format!("locator{}", sites[i].id)
-            },
-            port: LOCATOR_PORT,
-        };
-        let mut links: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (i, l) in links.iter_mut().enumerate().skip(1) {
-            l.push(rng.below(i));
-        }
-        for (i, l) in links.iter_mut().enumerate() {
-            let j = rng.below(n);
-            if j != i && rng.chance(300) && !l.contains(&j) {
-                l.push(j);
+        let per_site: Vec<u64> = (0..n)
+            .map(|_| rng.range(1, LOCATORS_PER_SITE_MAX))
+            .collect();
+        // The first locators of every site, then the second ones.
+        let order: Vec<(usize, u64)> = (0..LOCATORS_PER_SITE_MAX)
+            .flat_map(|k| (0..n).map(move |i| (i, k)))
+            .filter(|&(i, k)| k < per_site[i])
+            .collect();
+        let mut locators: Vec<Locator> = Vec::new();
+        for (l, &(i, k)) in order.iter().enumerate() {
+            let site = sites[i].id;
+            let embedded = k == 0 && rng.chance(333);
+            let other: Vec<usize> = (0..l).filter(|&j| order[j].0 != i).collect();
+            let mut links = Vec::new();
+            if !other.is_empty() {
+                links.push(other[rng.below(other.len())]);
             }
-        }
-        let locators = (0..n)
-            .map(|i| Locator {
+            let extra = rng.below(l.max(1));
+            if extra < l && order[extra].0 != i && rng.chance(300) && !links.contains(&extra) {
+                links.push(extra);
+            }
+            let remote = links.iter().map(|&j| locators[j].address.clone()).collect();
+            locators.push(Locator {
+                site: i,
+                name: MemberName(format!("locator{site}-{}", k + 1)),
                 dir: None,
-                address: address(i),
-                remote: links[i].iter().map(|&j| address(j)).collect(),
+                address: Address {
+                    host: if embedded {
+                        host(site)
+                    } else {
+                        format!("locator{site}-{}", k + 1)
+                    },
+                    port: LOCATOR_PORT,
+                },
+                remote,
                 rounds: ExchangeRounds::new(interval_ms),
                 round: None,
                 started_at: 0,
                 restart_at: 0,
-                embedded: embedded[i],
-            })
-            .collect();
+                embedded,
+            });
+        }
         let endpoints = sites
             .iter()
             .map(|s| {
@@ -195,10 +223,16 @@ impl Discovery {
                     .collect()
             })
             .collect();
+        let count = locators.len();
         let mut d = Discovery {
-            by_address: (0..n).map(|i| (address(i), i)).collect(),
+            by_address: (0..count)
+                .map(|l| (locators[l].address.clone(), l))
+                .collect(),
+            by_site: (0..n)
+                .map(|i| (0..count).filter(|&l| locators[l].site == i).collect())
+                .collect(),
             locators,
-            agents: (0..n).map(|_| Some(Agent::new(0))).collect(),
+            agents: (0..count).map(|_| Some(Agent::new(0))).collect(),
             posts: Vec::new(),
             next_call: 0,
             member_timeout_ms,
@@ -206,14 +240,20 @@ impl Discovery {
             interval_ms,
             loss: rng.range(0, 50),
             endpoints,
-            heard: vec![None; n],
+            heard: vec![None; count],
             silent_until: vec![0; n],
             cuts: BTreeMap::new(),
         };
-        for (i, site) in sites.iter().enumerate() {
-            d.start_locator(i, site.id, 0);
+        for l in 0..count {
+            let site = sites[d.locators[l].site].id;
+            d.start_locator(l, site, 0);
         }
         d
+    }
+
+    /// Sites with more than one locator.
+    pub(super) fn sites_with_two_locators(&self) -> u64 {
+        self.by_site.iter().filter(|l| l.len() > 1).count() as u64
     }
 
     /// Starts (or restarts) locator `i` of site `site` at `now`, with an empty directory.
@@ -226,7 +266,7 @@ impl Discovery {
                 l.remote.clone(),
                 self.member_timeout_ms,
             )
-            .with_locator_name(MemberName(format!("locator{site}")))
+            .with_locator_name(l.name.clone())
             .with_remote_entry_timeout_ms(self.remote_timeout_ms),
         );
         l.rounds = ExchangeRounds::new(self.interval_ms);
@@ -236,15 +276,20 @@ impl Discovery {
 
     pub(super) fn describe(&self) -> String {
         format!(
-            "locators: member timeout {} ms, exchange every {} ms, remote entries {} ms, {} per mille of messages lost; embedded {:?}, remote-locators {:?}",
+            "locators: member timeout {} ms, exchange every {} ms, remote entries {} ms, {} per mille of messages lost; {:?}",
             self.member_timeout_ms,
             self.interval_ms,
             self.remote_timeout_ms,
             self.loss,
-            self.locators.iter().map(|l| l.embedded).collect::<Vec<_>>(),
             self.locators
                 .iter()
-                .map(|l| l.remote.iter().map(|a| a.host.clone()).collect::<Vec<_>>())
+                .map(|l| format!(
+                    "{} at {}{} -> {:?}",
+                    l.name,
+                    l.address.host,
+                    if l.embedded { " (embedded)" } else { "" },
+                    l.remote.iter().map(|a| &a.host).collect::<Vec<_>>()
+                ))
                 .collect::<Vec<_>>()
         )
     }
@@ -279,23 +324,6 @@ impl Agent {
             started_at: now,
             pending: None,
         }
-    }
-}
-
-/// Why a lookup found no receiver (the node's `LookupError`).
-pub(super) enum LookupFailure {
-    Unreachable,
-    SiteUnknown,
-    NoReceivers,
-}
-
-impl std::fmt::Display for LookupFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LookupFailure::Unreachable => "the local locator does not answer",
-            LookupFailure::SiteUnknown => "the site is not known to the local locator",
-            LookupFailure::NoReceivers => "the site is known but has no receiver",
-        })
     }
 }
 
@@ -352,20 +380,25 @@ impl World {
         loc.round = None;
         loc.restart_at = self.now + down_ms;
         self.report.locator_crashes += 1;
-        trace!(self, "locator of site {} crashes for {down_ms} ms", l + 1);
+        let name = loc.name.clone();
+        trace!(self, "{name} crashes for {down_ms} ms");
     }
 
-    /// The site's server stops (a crash): its agent is gone, and an embedded locator with it.
+    /// The site's server stops (a crash): its agents are gone, and an embedded locator with it.
     pub(super) fn server_down(&mut self, s: usize, down_ms: u64) {
-        self.disc.agents[s] = None;
-        if self.disc.locators[s].embedded {
-            self.crash_locator(s, down_ms);
+        for l in self.disc.by_site[s].clone() {
+            self.disc.agents[l] = None;
+            if self.disc.locators[l].embedded {
+                self.crash_locator(l, down_ms);
+            }
         }
     }
 
-    /// The site's server is back: a fresh agent registers again.
+    /// The site's server is back: fresh agents register again.
     pub(super) fn server_up(&mut self, s: usize) {
-        self.disc.agents[s] = Some(Agent::new(self.now));
+        for &l in &self.disc.by_site[s] {
+            self.disc.agents[l] = Some(Agent::new(self.now));
+        }
     }
 
     /// Heal: every locator restarts now if it is down, and every server's calls go through.
@@ -385,14 +418,11 @@ impl World {
         for l in 0..self.disc.locators.len() {
             let loc = &self.disc.locators[l];
             // An embedded locator restarts with its server.
-            let can = !loc.embedded || self.sites[l].up;
+            let can = !loc.embedded || self.sites[loc.site].up;
             if loc.dir.is_none() && now >= loc.restart_at && can {
-                let site = self.sites[l].id;
+                let (site, name) = (self.sites[loc.site].id, loc.name.clone());
                 self.disc.start_locator(l, site, now);
-                trace!(
-                    self,
-                    "locator of site {site} starts with an empty directory"
-                );
+                trace!(self, "{name} starts with an empty directory");
             }
         }
         let (due, rest): (Vec<Post>, Vec<Post>) = std::mem::take(&mut self.disc.posts)
@@ -418,8 +448,12 @@ impl World {
         let now = self.now;
         let to = p.to;
         match p.msg {
-            Msg::AgentReply { call, outcome } => {
-                let Some(agent) = self.disc.agents[to].as_mut() else {
+            Msg::AgentReply {
+                call,
+                agent: a,
+                outcome,
+            } => {
+                let Some(agent) = self.disc.agents[a].as_mut() else {
                     return Ok(());
                 };
                 let Some((id, made, _)) = agent.pending else {
@@ -432,43 +466,34 @@ impl World {
                 let notice = agent
                     .link
                     .handle_outcome(now - agent.started_at, made, outcome);
-                self.notice(to, notice);
+                self.notice(a, notice);
             }
-            Msg::Register { call, info } => {
+            Msg::Register { call, loc, info } => {
                 let site = self.sites[to].id;
-                let lnow = now - self.disc.locators[to].started_at;
-                let Some(dir) = self.disc.locators[to].dir.as_mut() else {
+                let l = &mut self.disc.locators[loc];
+                let (lnow, name) = (now - l.started_at, l.name.clone());
+                let Some(dir) = l.dir.as_mut() else {
                     return Ok(());
                 };
-                let outcome = match dir.handle_register(lnow, info) {
-                    Ok(r) => {
-                        self.disc.heard[to] = Some(now);
-                        trace!(
-                            self,
-                            "locator of site {site}: server{site} registers ({r:?})"
-                        );
-                        CallOutcome::Accepted {
-                            heartbeat_interval_ms: self.disc.locators[to]
-                                .dir
-                                .as_ref()
-                                .expect("up")
-                                .heartbeat_interval_ms(),
-                        }
-                    }
-                    Err(e) => {
-                        return Err(format!("locator of site {site} refuses a register: {e}"));
-                    }
+                let registered = dir
+                    .handle_register(lnow, info)
+                    .map_err(|e| format!("{name} refuses a register: {e}"))?;
+                let outcome = CallOutcome::Accepted {
+                    heartbeat_interval_ms: dir.heartbeat_interval_ms(),
                 };
-                self.post(to, to, Msg::AgentReply { call, outcome });
+                self.disc.heard[loc] = Some(now);
+                trace!(self, "{name}: server{site} registers ({registered:?})");
+                self.answer_agent(to, call, loc, outcome);
             }
-            Msg::Heartbeat { call, name } => {
-                let lnow = now - self.disc.locators[to].started_at;
-                let Some(dir) = self.disc.locators[to].dir.as_mut() else {
+            Msg::Heartbeat { call, loc, name } => {
+                let l = &mut self.disc.locators[loc];
+                let lnow = now - l.started_at;
+                let Some(dir) = l.dir.as_mut() else {
                     return Ok(());
                 };
                 let outcome = match dir.handle_heartbeat(lnow, &name, 0) {
                     Ok(()) => {
-                        self.disc.heard[to] = Some(now);
+                        self.disc.heard[loc] = Some(now);
                         CallOutcome::Accepted {
                             heartbeat_interval_ms: dir.heartbeat_interval_ms(),
                         }
@@ -476,26 +501,29 @@ impl World {
                     Err(DirectoryError::UnknownServer(_)) => CallOutcome::UnknownServer,
                     Err(_) => CallOutcome::Refused,
                 };
-                self.post(to, to, Msg::AgentReply { call, outcome });
+                self.answer_agent(to, call, loc, outcome);
             }
-            Msg::Exchange { call, from, map } => {
-                let loc = &mut self.disc.locators[to];
-                let lnow = now - loc.started_at;
-                let Some(dir) = loc.dir.as_mut() else {
+            Msg::Exchange {
+                call,
+                from_loc,
+                to_loc,
+                from,
+                map,
+            } => {
+                let l = &mut self.disc.locators[to_loc];
+                let (lnow, name) = (now - l.started_at, l.name.clone());
+                let Some(dir) = l.dir.as_mut() else {
                     return Ok(());
                 };
-                let merged = dir.handle_exchange_request(lnow, from, &map).map_err(|e| {
-                    format!(
-                        "locator of site {} refuses the map of site {from}'s locator: {e}",
-                        to + 1
-                    )
-                })?;
+                let merged = dir
+                    .handle_exchange_request(lnow, from, &map)
+                    .map_err(|e| format!("{name} refuses the map of a site {from} locator: {e}"))?;
                 let (site, answer) = (self.sites[to].id, dir.export(lnow));
                 self.report.exchanges += 1;
                 if merged.changed > 0 {
                     trace!(
                         self,
-                        "locator of site {site} takes site {from}'s map: {} changed, new sites {:?}",
+                        "{name} takes site {from}'s map: {} changed, new sites {:?}",
                         merged.changed,
                         merged.new_sites
                     );
@@ -505,14 +533,21 @@ impl World {
                     p.from,
                     Msg::ExchangeReply {
                         call,
+                        to_loc: from_loc,
                         from: site,
                         map: answer,
                     },
                 );
             }
-            Msg::ExchangeReply { call, from, map } => {
-                let loc = &mut self.disc.locators[to];
-                let (Some(dir), Some(round)) = (loc.dir.as_mut(), loc.round.as_mut()) else {
+            Msg::ExchangeReply {
+                call,
+                to_loc,
+                from,
+                map,
+            } => {
+                let l = &mut self.disc.locators[to_loc];
+                let name = l.name.clone();
+                let (Some(dir), Some(round)) = (l.dir.as_mut(), l.round.as_mut()) else {
                     return Ok(());
                 };
                 let Some((id, _, sent_ms)) = round.call else {
@@ -524,17 +559,13 @@ impl World {
                 round.call = None;
                 // The answer's ages count from when the call left.
                 let merged = dir.handle_exchange(sent_ms, from, &map).map_err(|e| {
-                    format!(
-                        "locator of site {} refuses the answer of site {from}'s locator: {e}",
-                        to + 1
-                    )
+                    format!("{name} refuses the answer of a site {from} locator: {e}")
                 })?;
                 self.report.exchanges += 1;
                 if merged.changed > 0 {
                     trace!(
                         self,
-                        "locator of site {} takes site {from}'s answer: {} changed, new sites {:?}",
-                        to + 1,
+                        "{name} takes site {from}'s answer: {} changed, new sites {:?}",
                         merged.changed,
                         merged.new_sites
                     );
@@ -544,25 +575,37 @@ impl World {
         Ok(())
     }
 
-    fn notice(&mut self, s: usize, notice: Option<Notice>) {
+    /// Locator `loc` (of site `s`) answers its agent's call.
+    fn answer_agent(&mut self, s: usize, call: u64, loc: usize, outcome: CallOutcome) {
+        let reply = Msg::AgentReply {
+            call,
+            agent: loc,
+            outcome,
+        };
+        self.post(s, s, reply);
+    }
+
+    fn notice(&mut self, agent: usize, notice: Option<Notice>) {
+        let (site, name) = {
+            let l = &self.disc.locators[agent];
+            (self.sites[l.site].id, l.name.clone())
+        };
         match notice {
             Some(Notice::Registered { interval_ms }) => {
                 self.report.registrations += 1;
                 trace!(
                     self,
-                    "server{} registered (heartbeat every {interval_ms} ms)",
-                    s + 1
+                    "server{site} registered with {name} (heartbeat every {interval_ms} ms)"
                 );
             }
             Some(Notice::Forgotten) => {
                 self.report.forgotten += 1;
                 trace!(
                     self,
-                    "server{}: its locator has forgotten it: registering again",
-                    s + 1
+                    "server{site}: {name} has forgotten it: registering again"
                 );
             }
-            Some(n) => trace!(self, "server{}: {n:?}", s + 1),
+            Some(n) => trace!(self, "server{site} with {name}: {n:?}"),
             None => {}
         }
     }
@@ -570,8 +613,9 @@ impl World {
     /// Expiry, aging out and the exchange round of locator `l`.
     fn locator_step(&mut self, l: usize) -> Result<(), String> {
         let now = self.now;
-        let site = self.sites[l].id;
         let loc = &mut self.disc.locators[l];
+        let (s, name) = (loc.site, loc.name.clone());
+        let site = self.sites[s].id;
         let lnow = now - loc.started_at;
         let Some(dir) = loc.dir.as_mut() else {
             return Ok(());
@@ -608,15 +652,14 @@ impl World {
             self.report.servers_expired += expired.len() as u64;
             trace!(
                 self,
-                "locator of site {site} drops {expired:?}: silent for more than {} ms",
-                self.disc.member_timeout_ms
+                "{name} drops {expired:?}: silent for more than {} ms", self.disc.member_timeout_ms
             );
         }
         for gone in aged {
             self.report.remote_aged_out += gone.servers.len() as u64 + gone.locators.len() as u64;
             trace!(
                 self,
-                "locator of site {site} ages out site {}: servers {:?}, locators {:?}{}",
+                "{name} ages out site {}: servers {:?}, locators {:?}{}",
                 gone.site,
                 gone.servers,
                 gone.locators.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -628,13 +671,16 @@ impl World {
             if let Some(round) = self.disc.locators[l].round.as_mut() {
                 round.call = Some((call, now + CALL_TIMEOUT_MS, lnow));
             }
-            // An address no site has (never: the map only holds real locators) is a failed call.
-            if let Some(&to) = self.disc.by_address.get(&target) {
+            // An address no locator has (never: maps only hold real locators) is a failed call.
+            if let Some(&to_loc) = self.disc.by_address.get(&target) {
+                let to = self.disc.locators[to_loc].site;
                 self.post(
-                    l,
+                    s,
                     to,
                     Msg::Exchange {
                         call,
+                        from_loc: l,
+                        to_loc,
                         from: site,
                         map,
                     },
@@ -644,11 +690,13 @@ impl World {
         Ok(())
     }
 
-    /// Site `s`'s registration agent: gives up on an unanswered call, makes the call due.
-    fn agent_step(&mut self, s: usize) {
+    /// The registration agent of locator `l`'s site's server with it: gives up on an
+    /// unanswered call, makes the call due.
+    fn agent_step(&mut self, l: usize) {
         let now = self.now;
+        let s = self.disc.locators[l].site;
         let site = self.sites[s].id;
-        let Some(agent) = self.disc.agents[s].as_mut() else {
+        let Some(agent) = self.disc.agents[l].as_mut() else {
             return;
         };
         let anow = now - agent.started_at;
@@ -657,9 +705,9 @@ impl World {
         {
             agent.pending = None;
             let notice = agent.link.handle_outcome(anow, made, CallOutcome::Failed);
-            self.notice(s, notice);
+            self.notice(l, notice);
         }
-        let Some(agent) = self.disc.agents[s].as_mut() else {
+        let Some(agent) = self.disc.agents[l].as_mut() else {
             return;
         };
         if agent.pending.is_some() {
@@ -670,7 +718,7 @@ impl World {
         };
         self.disc.next_call += 1;
         let id = self.disc.next_call;
-        let Some(agent) = self.disc.agents[s].as_mut() else {
+        let Some(agent) = self.disc.agents[l].as_mut() else {
             return;
         };
         agent.pending = Some((id, call, now + CALL_TIMEOUT_MS));
@@ -680,10 +728,12 @@ impl World {
         let msg = match call {
             AgentCall::Register => Msg::Register {
                 call: id,
+                loc: l,
                 info: self.disc.server_info(s, site),
             },
             AgentCall::Heartbeat => Msg::Heartbeat {
                 call: id,
+                loc: l,
                 name: server_name(site),
             },
         };
@@ -693,8 +743,8 @@ impl World {
     /// What the directories promise (`strait_engine::locator`): a local server is held only
     /// while heard from within the member timeout; a remote server only while its own site has
     /// vouched for it within the remote-entry timeout, so no locator holds (and hands out) a
-    /// server its own locator dropped longer ago than that, plus the network's delay on the
-    /// way (ages do not count the time a map spends on the wire); and every endpoint held is
+    /// server its own site's locators dropped longer ago than that, plus one transit (a
+    /// request's ages do not count the time it spends on the wire); and every endpoint held is
     /// one that server advertised.
     fn check_directories(&self) -> Result<(), String> {
         let now = self.now;
@@ -707,34 +757,40 @@ impl World {
             let Some(dir) = loc.dir.as_ref() else {
                 continue;
             };
-            let site = self.sites[l].id;
-            for (name, e) in &dir.local().servers {
+            let (s, name) = (loc.site, &loc.name);
+            let site = self.sites[s].id;
+            for (server, e) in &dir.local().servers {
                 let heard = self.disc.heard[l].map(|h| now - h);
-                if *name != server_name(site) || e.info.receivers != self.disc.endpoints[l] {
+                if *server != server_name(site) || e.info.receivers != self.disc.endpoints[s] {
                     return Err(format!(
-                        "locator of site {site} holds a server its site does not run: {name}"
+                        "{name} holds a server its site does not run: {server}"
                     ));
                 }
                 if heard.is_none_or(|ago| ago > self.disc.member_timeout_ms) {
                     return Err(format!(
-                        "locator of site {site} still holds {name}, last heard {heard:?} ms ago, past its member timeout of {} ms",
+                        "{name} still holds {server}, last heard {heard:?} ms ago, past its member timeout of {} ms",
                         self.disc.member_timeout_ms
                     ));
                 }
             }
             for (id, remote) in dir.remote_sites() {
                 let t = usize::from(id.0) - 1;
-                for (name, s) in &remote.servers {
-                    if *name != server_name(*id) || s.receivers != self.disc.endpoints[t] {
+                // The last time any of the site's locators heard its server.
+                let last = self.disc.by_site[t]
+                    .iter()
+                    .filter_map(|&x| self.disc.heard[x])
+                    .max();
+                for (server, r) in &remote.servers {
+                    if *server != server_name(*id) || r.receivers != self.disc.endpoints[t] {
                         return Err(format!(
-                            "locator of site {site} holds for site {id} a server it does not run: {name} {:?}",
-                            s.receivers
+                            "{name} holds for site {id} a server it does not run: {server} {:?}",
+                            r.receivers
                         ));
                     }
-                    let heard = self.disc.heard[t].map(|h| now - h);
+                    let heard = last.map(|h| now - h);
                     if heard.is_none_or(|ago| ago > remote_bound) {
                         return Err(format!(
-                            "locator of site {site} still holds {name} of site {id}, last heard by its own locator {heard:?} ms ago, past the member and remote-entry timeouts ({remote_bound} ms with the wire's delay)"
+                            "{name} still holds {server} of site {id}, last heard by its own site's locators {heard:?} ms ago, past the member and remote-entry timeouts ({remote_bound} ms with the wire's delay)"
                         ));
                     }
                 }
@@ -743,17 +799,25 @@ impl World {
         Ok(())
     }
 
-    /// A client of site `s` asks the site's locator for the least-loaded server: it may only
-    /// be the site's own server, registered and not dropped (the directory check holds that).
+    /// A client of site `s` asks the site's first locator that is up for the least-loaded
+    /// server: it may only be the site's own server, registered and not dropped (the directory
+    /// check holds that).
     pub(super) fn find_server(&mut self, s: usize) -> Result<(), String> {
         let site = self.sites[s].id;
-        let Some(dir) = self.disc.locators[s].dir.as_mut() else {
+        let Some(&l) = self.disc.by_site[s]
+            .iter()
+            .find(|&&l| self.disc.locators[l].dir.is_some())
+        else {
+            return Ok(());
+        };
+        let loc = &mut self.disc.locators[l];
+        let Some(dir) = loc.dir.as_mut() else {
             return Ok(());
         };
         match dir.least_loaded() {
-            Some(info) if info.name != server_name(site) || info.client.host != host(site) => Err(
-                format!("locator of site {site} sends a client to {}", info.name),
-            ),
+            Some(info) if info.name != server_name(site) || info.client.host != host(site) => {
+                Err(format!("{} sends a client to {}", loc.name, info.name))
+            }
             Some(_) => {
                 self.report.clients_placed += 1;
                 Ok(())
@@ -762,24 +826,36 @@ impl World {
         }
     }
 
-    /// What sender `i` on shard `h` of site `s` gets when it asks its site's locator for the
-    /// receivers of its target site, on its `attempt`-th try: the receiver (as site index and
-    /// shard) the node's choice picks, or why there is none.
+    /// What sender `i` on shard `h` of site `s` gets when it asks its site's locators in turn
+    /// for the receivers of its target site (the node's `first_receivers`), on its
+    /// `attempt`-th try: the receiver (as site index and shard) the node's choice picks, or why
+    /// there is none.
     pub(super) fn lookup(
         &mut self,
         s: usize,
         h: usize,
         target: SiteId,
         attempt: usize,
-    ) -> Result<(usize, usize), LookupFailure> {
-        let Some(dir) = self.disc.locators[s].dir.as_ref() else {
-            return Err(LookupFailure::Unreachable);
-        };
-        let endpoints = dir.receivers_of(target).ok_or(LookupFailure::SiteUnknown)?;
+    ) -> Result<(usize, usize), NoReceiver> {
+        let answers = self.disc.by_site[s].iter().map(|&l| {
+            let loc = &self.disc.locators[l];
+            let answer = match loc.dir.as_ref() {
+                None => LocatorAnswer::Failed(format!("{} is down", loc.name)),
+                Some(dir) => match dir.receivers_of(target) {
+                    None => LocatorAnswer::SiteUnknown,
+                    Some(r) => LocatorAnswer::Receivers(r),
+                },
+            };
+            (loc.name.0.clone(), answer)
+        });
+        let endpoints = first_receivers(answers)?;
         let table = &self.sites[s].table;
         let mine = |b| table.shard_of(b) == Some(ShardId(h as u16));
-        let chosen =
-            choose_receiver(&endpoints, mine, attempt).ok_or(LookupFailure::NoReceivers)?;
+        let Some(chosen) = choose_receiver(&endpoints, mine, attempt) else {
+            return Err(NoReceiver::Unreachable {
+                reasons: Vec::new(),
+            });
+        };
         let t = usize::from(target.0) - 1;
         let shard = self.disc.endpoints[t]
             .iter()
