@@ -210,6 +210,9 @@ struct Site {
     senders: Vec<SenderState>,
     /// Each sender's next operation and when it is due (the end of a pause or a stop).
     sender_next: Vec<Option<(u64, SenderOp)>>,
+    /// The gateway receiver listens (`STRAIT.RECEIVER START`; STOP until `receiver_start_at`).
+    receiver_running: bool,
+    receiver_start_at: u64,
     /// A local write's recipient set: every target.
     recipients: Vec<SiteId>,
     persistent: bool,
@@ -261,6 +264,8 @@ pub struct Report {
     pub locator_cuts: u64,
     /// Sites with two locators (their servers register with both, their senders ask both).
     pub two_locator_sites: u64,
+    /// Times a site's gateway receiver was stopped (then started again).
+    pub receiver_stops: u64,
     /// Servers a locator dropped after its member timeout (`poll_expired`).
     pub servers_expired: u64,
     /// Remote locators and servers a locator aged out (`poll_aged_out`).
@@ -299,7 +304,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} sites with two, {} crashes, {} blackouts, {} cuts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} ms simulated",
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} sites with two, {} crashes, {} blackouts, {} cuts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} receiver stops; {} ms simulated",
             self.seed,
             self.sites,
             self.shards,
@@ -337,6 +342,7 @@ impl fmt::Display for Report {
             self.serial_sites,
             self.conflating_sites,
             self.conflated,
+            self.receiver_stops,
             self.sim_ms
         )
     }
@@ -464,6 +470,8 @@ impl World {
                 last_us: 0,
                 senders: vec![SenderState::Running; targets.len()],
                 sender_next: vec![None; targets.len()],
+                receiver_running: true,
+                receiver_start_at: 0,
                 targets,
                 recipients,
                 persistent,
@@ -553,7 +561,10 @@ impl World {
         trace!(self, "load ends; healing");
         self.partitions.clear();
         self.heal_discovery();
-        // The operator starts and resumes every sender.
+        // The operator starts every receiver, and starts and resumes every sender.
+        for site in &mut self.sites {
+            site.receiver_start_at = site.receiver_start_at.min(self.now);
+        }
         for s in 0..self.sites.len() {
             for i in 0..self.sites[s].targets.len() {
                 self.sites[s].sender_next[i] = None;
@@ -777,7 +788,16 @@ impl World {
     // ---- faults ----------------------------------------------------------------------
 
     fn fault(&mut self) -> Result<(), String> {
-        match self.rng.below(8) {
+        match self.rng.below(9) {
+            8 => {
+                // An operator stops a site's gateway receiver for a while.
+                let s = self.rng.below(self.sites.len());
+                if self.sites[s].up && self.sites[s].receiver_running {
+                    let until = self.now + self.rng.range(20, 2_000);
+                    self.stop_receiver(s);
+                    self.sites[s].receiver_start_at = until;
+                }
+            }
             7 => {
                 // An operator pauses a sender, or stops it, for a while (docs/wan.md).
                 let s = self.rng.below(self.sites.len());
@@ -867,6 +887,21 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// `STRAIT.RECEIVER STOP` at site `s`, as the node: the listeners close and so does every
+    /// sender connection (their unacknowledged batches are resent after the next start); the
+    /// server registers again without the receiver's endpoints.
+    fn stop_receiver(&mut self, s: usize) {
+        self.sites[s].receiver_running = false;
+        self.report.receiver_stops += 1;
+        for c in self.conns.iter_mut().flatten() {
+            if c.to_site == s && c.receiver_open {
+                c.receiver_open = false;
+                c.down.closed = true;
+            }
+        }
+        trace!(self, "site {}: gateway receiver stopped", s + 1);
     }
 
     /// `STRAIT.SENDER <id> <op>` on every shard of site `s` for sender `i`, as the node runs it
@@ -1067,7 +1102,8 @@ impl World {
         }
         site.shards = shards;
         site.up = true;
-        // Sender states are not persisted: a restarted server starts each sender running.
+        // Sender and receiver states are not persisted: a restarted server starts them running.
+        site.receiver_running = true;
         site.senders
             .iter_mut()
             .for_each(|st| *st = SenderState::Running);
@@ -1091,6 +1127,13 @@ impl World {
         for s in 0..self.sites.len() {
             if !self.sites[s].up && self.now >= self.sites[s].restart_at {
                 self.restart(s)?;
+            }
+        }
+        for s in 0..self.sites.len() {
+            let site = &mut self.sites[s];
+            if !site.receiver_running && site.receiver_start_at <= self.now {
+                site.receiver_running = true;
+                trace!(self, "site {}: gateway receiver started", s + 1);
             }
         }
         self.discovery_step()?;
@@ -1252,7 +1295,7 @@ impl World {
                 s + 1
             ));
         }
-        if !self.sites[t].up || self.partitioned(s, t) {
+        if !self.sites[t].up || !self.sites[t].receiver_running || self.partitioned(s, t) {
             let d = &mut self.sites[s].shards[h].dispatchers[i];
             d.backoff = (d.backoff * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
             d.retry_at = now + d.backoff;

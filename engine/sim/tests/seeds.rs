@@ -66,6 +66,7 @@ fn ci_seeds_pass_and_do_real_work() {
         totals.blackouts += report.blackouts;
         totals.locator_cuts += report.locator_cuts;
         totals.two_locator_sites += report.two_locator_sites;
+        totals.receiver_stops += report.receiver_stops;
         totals.servers_expired += report.servers_expired;
         totals.remote_aged_out += report.remote_aged_out;
         totals.forgotten += report.forgotten;
@@ -114,6 +115,8 @@ fn ci_seeds_pass_and_do_real_work() {
         ("sender stops", l.stops, 30),
         ("clean starts", l.clean_starts, 5),
         ("events dropped for stopped senders", l.events_dropped, 100),
+        // Receivers were stopped (their servers registered again without endpoints) and started.
+        ("receiver stops", l.receiver_stops, 30),
         // Serial senders (a queue per dispatcher) and conflating queues ran, and conflated.
         ("sites with serial senders", l.serial_sites, 100),
         ("sites with conflating senders", l.conflating_sites, 100),

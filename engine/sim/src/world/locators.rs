@@ -81,6 +81,8 @@ pub(super) struct Agent {
     started_at: u64,
     /// (call id, the call, when it gives up in simulation ms).
     pending: Option<(u64, AgentCall, u64)>,
+    /// Whether its registration lists the receiver's endpoints (the receiver is running).
+    advertising: bool,
 }
 
 #[derive(Debug)]
@@ -143,10 +145,20 @@ pub(super) struct Discovery {
     endpoints: Vec<Vec<ReceiverEndpoint>>,
     /// Ground truth: when each locator last took a register or heartbeat of its site's server.
     heard: Vec<Option<u64>>,
+    /// Ground truth: when each locator last took one while it held the server's endpoints.
+    heard_advertising: Vec<Option<u64>>,
     /// A server's calls to its locator are lost until then (a stalled agent, a firewall).
     pub(super) silent_until: Vec<u64>,
     /// Site pairs (lower index first) whose locators cannot call each other until a time.
     cuts: BTreeMap<(usize, usize), u64>,
+}
+
+/// Whether `dir` holds its site's server with receiver endpoints.
+fn advertises(dir: &Directory, site: SiteId) -> bool {
+    dir.local()
+        .servers
+        .get(&server_name(site))
+        .is_some_and(|e| !e.info.receivers.is_empty())
 }
 
 fn server_name(site: SiteId) -> MemberName {
@@ -241,6 +253,7 @@ impl Discovery {
             loss: rng.range(0, 50),
             endpoints,
             heard: vec![None; count],
+            heard_advertising: vec![None; count],
             silent_until: vec![0; n],
             cuts: BTreeMap::new(),
         };
@@ -303,14 +316,20 @@ impl Discovery {
         self.next_call
     }
 
-    fn server_info(&self, s: usize, site: SiteId) -> ServerInfo {
+    /// What site `s`'s server registers: its receiver's endpoints only while it advertises
+    /// them (the receiver is running).
+    fn server_info(&self, s: usize, site: SiteId, advertising: bool) -> ServerInfo {
         ServerInfo {
             name: server_name(site),
             client: Address {
                 host: host(site),
                 port: CLIENT_PORT,
             },
-            receivers: self.endpoints[s].clone(),
+            receivers: if advertising {
+                self.endpoints[s].clone()
+            } else {
+                Vec::new()
+            },
             load: 0,
             admin: None,
         }
@@ -323,6 +342,7 @@ impl Agent {
             link: RegistrationLink::new(0),
             started_at: now,
             pending: None,
+            advertising: true,
         }
     }
 }
@@ -481,7 +501,11 @@ impl World {
                 let outcome = CallOutcome::Accepted {
                     heartbeat_interval_ms: dir.heartbeat_interval_ms(),
                 };
+                let advertising = advertises(dir, site);
                 self.disc.heard[loc] = Some(now);
+                if advertising {
+                    self.disc.heard_advertising[loc] = Some(now);
+                }
                 trace!(self, "{name}: server{site} registers ({registered:?})");
                 self.answer_agent(to, call, loc, outcome);
             }
@@ -494,6 +518,9 @@ impl World {
                 let outcome = match dir.handle_heartbeat(lnow, &name, 0) {
                     Ok(()) => {
                         self.disc.heard[loc] = Some(now);
+                        if advertises(dir, self.sites[to].id) {
+                            self.disc.heard_advertising[loc] = Some(now);
+                        }
                         CallOutcome::Accepted {
                             heartbeat_interval_ms: dir.heartbeat_interval_ms(),
                         }
@@ -707,12 +734,20 @@ impl World {
             let notice = agent.link.handle_outcome(anow, made, CallOutcome::Failed);
             self.notice(l, notice);
         }
+        let running = self.sites[s].receiver_running;
         let Some(agent) = self.disc.agents[l].as_mut() else {
             return;
         };
         if agent.pending.is_some() {
             return;
         }
+        // As the node's agent between calls: the receiver started or stopped, so register
+        // again at once with or without its endpoints.
+        if agent.advertising != running {
+            agent.advertising = running;
+            agent.link.register_again(anow);
+        }
+        let advertising = agent.advertising;
         let Some(call) = agent.link.poll_call(anow) else {
             return;
         };
@@ -729,7 +764,7 @@ impl World {
             AgentCall::Register => Msg::Register {
                 call: id,
                 loc: l,
-                info: self.disc.server_info(s, site),
+                info: self.disc.server_info(s, site, advertising),
             },
             AgentCall::Heartbeat => Msg::Heartbeat {
                 call: id,
@@ -761,7 +796,10 @@ impl World {
             let site = self.sites[s].id;
             for (server, e) in &dir.local().servers {
                 let heard = self.disc.heard[l].map(|h| now - h);
-                if *server != server_name(site) || e.info.receivers != self.disc.endpoints[s] {
+                let receivers = &e.info.receivers;
+                if *server != server_name(site)
+                    || !(receivers.is_empty() || *receivers == self.disc.endpoints[s])
+                {
                     return Err(format!(
                         "{name} holds a server its site does not run: {server}"
                     ));
@@ -775,10 +813,11 @@ impl World {
             }
             for (id, remote) in dir.remote_sites() {
                 let t = usize::from(id.0) - 1;
-                // The last time any of the site's locators heard its server.
+                // The last time any of the site's locators heard its server while it held the
+                // server's endpoints (only then does it vouch for them).
                 let last = self.disc.by_site[t]
                     .iter()
-                    .filter_map(|&x| self.disc.heard[x])
+                    .filter_map(|&x| self.disc.heard_advertising[x])
                     .max();
                 for (server, r) in &remote.servers {
                     if *server != server_name(*id) || r.receivers != self.disc.endpoints[t] {
