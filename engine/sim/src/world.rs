@@ -1,4 +1,6 @@
-//! The simulated world: sites, shards, connections, faults, the workload and the checkers.
+//! The simulated world: sites, shards, connections, faults (crashes, partitions, resets, full
+//! disks, sender and receiver operations), the workload and the checkers; discovery (locators,
+//! registrations, lookups) is the `locators` module.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -353,7 +355,7 @@ impl fmt::Display for Report {
 pub struct Failure {
     pub seed: u64,
     pub why: String,
-    /// The last [`TRACE_LINES_MAX`] things that happened, oldest first.
+    /// The last 4 000 things that happened (`TRACE_LINES_MAX`), oldest first.
     pub trace: Vec<String>,
 }
 
