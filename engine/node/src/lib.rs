@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod command;
 pub mod config;
+pub mod control;
 pub mod geode;
 pub mod locator;
 pub mod region_log;

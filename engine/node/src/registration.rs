@@ -74,7 +74,7 @@ impl Registration {
 pub fn start(
     server: &ServerSettings,
     client_addr: SocketAddr,
-    (receivers, advertised): (Vec<strait_net::locator::ReceiverEndpoint>, Arc<AtomicBool>),
+    (receivers, advertised): (Receivers, Arc<AtomicBool>),
     admin: Option<SocketAddr>,
     load: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
@@ -183,9 +183,13 @@ struct Link {
 /// Registers with the locator `at`, heartbeats until `stop`, then deregisters.
 /// The receiver's endpoints are in the registration while `advertised` holds; a change
 /// registers again at once (the locator replaces the entry).
+/// The gateway receiver's endpoints (one per shard; none without a receiver), replaced when a
+/// receiver is created or destroyed at run time.
+pub type Receivers = Arc<std::sync::Mutex<Vec<strait_net::locator::ReceiverEndpoint>>>;
+
 fn run_agent(
     mut request: RegisterRequest,
-    (receivers, advertised): (Vec<strait_net::locator::ReceiverEndpoint>, Arc<AtomicBool>),
+    (receivers, advertised): (Receivers, Arc<AtomicBool>),
     at: HostPort,
     load: &AtomicU32,
     stop: &AtomicBool,
@@ -200,10 +204,13 @@ fn run_agent(
         next_at: Instant::now(),
     };
     while !stop.load(Ordering::SeqCst) {
-        let on = advertised.load(Ordering::SeqCst);
-        let listed = !request.receivers.is_empty();
-        if on != listed && !receivers.is_empty() {
-            request.receivers = if on { receivers.clone() } else { Vec::new() };
+        let wanted = if advertised.load(Ordering::SeqCst) {
+            receivers.lock().map(|r| r.clone()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if wanted != request.receivers {
+            request.receivers = wanted;
             link.registered = false;
             link.next_at = Instant::now();
         }

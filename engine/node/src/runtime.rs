@@ -54,36 +54,48 @@ pub const ALTERABLE_SENDER_OPTIONS: [&str; 5] = [
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Change {
     /// A named directory for persistent senders' queues; relative to the server's directory.
-    CreateDiskStore { name: String, directory: PathBuf },
-    DestroyDiskStore { name: String },
+    CreateDiskStore {
+        name: String,
+        directory: PathBuf,
+    },
+    DestroyDiskStore {
+        name: String,
+    },
     /// `[[gateway-sender]]` options, plus `disk-store-name`.
-    CreateGatewaySender { options: Map<String, Value> },
+    CreateGatewaySender {
+        options: Map<String, Value>,
+    },
     AlterGatewaySender {
         id: String,
         options: Map<String, Value>,
     },
-    DestroyGatewaySender { id: String },
+    DestroyGatewaySender {
+        id: String,
+    },
     /// `[gateway-receiver]` options.
-    CreateGatewayReceiver { options: Map<String, Value> },
+    CreateGatewayReceiver {
+        options: Map<String, Value>,
+    },
     DestroyGatewayReceiver,
     /// `[[region]]` options; `type` may also be a Geode shortcut (`PARTITION_PERSISTENT`, ...).
-    CreateRegion { options: Map<String, Value> },
+    CreateRegion {
+        options: Map<String, Value>,
+    },
     /// Replaces the region's `gateway-sender-ids`.
     AlterRegion {
         name: String,
         gateway_sender_ids: Vec<String>,
     },
-    DestroyRegion { name: String },
+    DestroyRegion {
+        name: String,
+    },
 }
 
 impl Change {
     /// A few words naming the change, for errors and logs.
     pub fn summary(&self) -> String {
         let opt = |o: &Map<String, Value>, k: &str| {
-            o.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string()
+            o.get(k).and_then(Value::as_str).unwrap_or("?").to_string()
         };
         match self {
             Change::CreateDiskStore { name, .. } => format!("create disk-store `{name}`"),
@@ -393,15 +405,17 @@ fn check_name(what: &str, name: &str) -> Result<(), ChangeError> {
     Ok(())
 }
 
-fn required_text(options: &Map<String, Value>, key: &str, what: &str) -> Result<String, ChangeError> {
+fn required_text(
+    options: &Map<String, Value>,
+    key: &str,
+    what: &str,
+) -> Result<String, ChangeError> {
     match options.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(ChangeError::Invalid(format!(
             "{what}: `{key}` must be text, not {other}"
         ))),
-        None => Err(ChangeError::Invalid(format!(
-            "{what}: `{key}` is required"
-        ))),
+        None => Err(ChangeError::Invalid(format!("{what}: `{key}` is required"))),
     }
 }
 
@@ -683,22 +697,32 @@ mod tests {
         let again = Change::CreateRegion {
             options: opts(json!({"name": "orders", "type": "partition"})),
         };
-        assert!(matches!(s.apply(&again), Err(ChangeError::Exists(m)) if m.contains("`orders` already exists")));
+        assert!(
+            matches!(s.apply(&again), Err(ChangeError::Exists(m)) if m.contains("`orders` already exists"))
+        );
         let unknown_sender = Change::CreateRegion {
-            options: opts(json!({"name": "x", "type": "partition", "gateway-sender-ids": ["nope"]})),
+            options: opts(
+                json!({"name": "x", "type": "partition", "gateway-sender-ids": ["nope"]}),
+            ),
         };
-        assert!(matches!(s.apply(&unknown_sender), Err(ChangeError::Invalid(m)) if m.contains("nope")));
+        assert!(
+            matches!(s.apply(&unknown_sender), Err(ChangeError::Invalid(m)) if m.contains("nope"))
+        );
         let range = Change::CreateGatewaySender {
             options: opts(json!({"id": "to3", "remote-distributed-system-id": 3, "batch-size": 0})),
         };
-        assert!(matches!(s.apply(&range), Err(ChangeError::Invalid(m)) if m.contains("batch-size")));
+        assert!(
+            matches!(s.apply(&range), Err(ChangeError::Invalid(m)) if m.contains("batch-size"))
+        );
         let used = Change::DestroyGatewaySender { id: "to2".into() };
         assert!(matches!(s.apply(&used), Err(ChangeError::InUse(m)) if m.contains("`orders`")));
         let fixed = Change::AlterGatewaySender {
             id: "to2".into(),
             options: opts(json!({"parallel": true})),
         };
-        assert!(matches!(s.apply(&fixed), Err(ChangeError::Invalid(m)) if m.contains("cannot be altered")));
+        assert!(
+            matches!(s.apply(&fixed), Err(ChangeError::Invalid(m)) if m.contains("cannot be altered"))
+        );
         let missing = Change::AlterGatewaySender {
             id: "to9".into(),
             options: opts(json!({"batch-size": 5})),
@@ -708,7 +732,9 @@ mod tests {
             options: opts(json!({"id": "to3", "remote-distributed-system-id": 3,
                 "enable-persistence": true, "disk-store-name": "fast"})),
         };
-        assert!(matches!(s.apply(&no_store), Err(ChangeError::NotFound(m)) if m.contains("`fast`")));
+        assert!(
+            matches!(s.apply(&no_store), Err(ChangeError::NotFound(m)) if m.contains("`fast`"))
+        );
     }
 
     #[test]
