@@ -236,3 +236,83 @@ fn a_replication_is_built_changed_kept_over_a_restart_and_taken_apart_at_run_tim
     put(&s1, "users", "u3", "hopper");
     assert_eq!(get(&s1, "users", "u3").as_deref(), Some("hopper"));
 }
+
+#[test]
+fn changes_made_while_writes_replicate_lose_and_double_nothing() {
+    let _serial = one_at_a_time();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s1, mut s2) = two_sites(tmp.path());
+    s1.admin_port = free_port();
+    s2.admin_port = free_port();
+    s2.start_server(&[], false, true, &[]);
+    s1.start_server(&[2], true, false, &[]);
+    wait_for("site 1's sender to connect", || {
+        ok_at(&s1, &["list", "gateways"]).contains("Running and Connected")
+    });
+    const KEYS: usize = 6000;
+    let writer = {
+        let s1 = Site {
+            client_port: s1.client_port,
+            ..Site::new(tmp.path(), 1)
+        };
+        std::thread::spawn(move || {
+            for chunk in (0..KEYS).step_by(200) {
+                write(&s1, "orders", chunk..chunk + 200);
+            }
+        })
+    };
+    // Every change below makes site 1's dispatchers reconnect (new options or regions), with
+    // batches in flight resent marked possible-duplicate.
+    for round in 0..4 {
+        let size = if round % 2 == 0 { "50" } else { "100" };
+        ok_at(
+            &s1,
+            &[
+                "alter",
+                "gateway-sender",
+                "--id",
+                "to2",
+                "--batch-size",
+                size,
+            ],
+        );
+        let name = format!("extra{round}");
+        ok_at(
+            &s2,
+            &["create", "region", "--name", &name, "--type", "partition"],
+        );
+        ok_at(
+            &s1,
+            &[
+                "create",
+                "region",
+                "--name",
+                &name,
+                "--type",
+                "partition",
+                "--gateway-sender-id",
+                "to2",
+            ],
+        );
+        put(&s1, &name, "k", &name);
+        ok_at(&s1, &["destroy", "region", "--name", &name]);
+    }
+    writer.join().unwrap();
+    wait_for("every write to reach site 2", || {
+        dbsize(&s2, "orders") == KEYS as i64 && s1.queued("to2") == 0
+    });
+    let keys: Vec<String> = (0..KEYS).map(key).collect();
+    same(&values(&s1, "orders", &keys), &values(&s2, "orders", &keys));
+    // A write to a region destroyed at site 1 after it was acknowledged still reaches site 2.
+    wait_for("every extra region's write to reach site 2", || {
+        (0..4).all(|r| {
+            get(&s2, &format!("extra{r}"), "k").as_deref() == Some(format!("extra{r}").as_str())
+        })
+    });
+    assert_eq!(s2.info_field("receiver:", "dead_lettered"), 0);
+    assert_eq!(
+        s2.applied(),
+        KEYS as u64 + 4,
+        "each event applied once at site 2"
+    );
+}

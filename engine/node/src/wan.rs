@@ -1445,7 +1445,12 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
             .regions()
             .iter()
             .enumerate()
-            .filter(|(_, slot)| slot.attached.borrow().0.contains(&index))
+            // Destroyed regions too: events queued before the destroy still name them, and
+            // reach the remote site's region of that name.
+            .filter(|(_, slot)| {
+                slot.attached.borrow().0.contains(&index)
+                    || slot.state.get() == crate::server::RegionState::Destroyed
+            })
             .map(|(i, slot)| RegionSpec {
                 id: RegionId(i as u16),
                 name: slot.rc.name.clone(),
