@@ -362,32 +362,43 @@ enum Create {
 #[derive(Args, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct SenderCreateOptions {
+    /// The site this sender replicates to (required).
     #[arg(long)]
     remote_distributed_system_id: u8,
+    /// A queue per bucket (true) or per dispatcher (default false).
     #[arg(long)]
     parallel: Option<bool>,
-    /// MiB.
+    /// Queue memory before overflow to disk, MiB, split among shards (default 100).
     #[arg(long)]
     maximum_queue_memory: Option<u32>,
+    /// Queues survive a restart (default false).
     #[arg(long)]
     enable_persistence: Option<bool>,
     /// A disk store made with `create disk-store`; the queues go to `<its dir>/<id>`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "disk_dir")]
     disk_store_name: Option<String>,
+    /// The queues' directory, instead of a disk store (default `<directory>/queues/<id>`).
+    #[arg(long)]
+    disk_dir: Option<PathBuf>,
+    /// With `every-batch`, an append completes once synced (default true).
     #[arg(long)]
     disk_synchronous: Option<bool>,
-    /// `never`, `every-batch` or `interval-<ms>ms`.
+    /// When persistent queues fdatasync: `never`, `every-batch` (default) or `interval-<ms>ms`.
     #[arg(long)]
     sync_policy: Option<String>,
+    /// Default false.
     #[arg(long)]
     enable_batch_conflation: Option<bool>,
+    /// Serial senders' dispatchers (default 5).
     #[arg(long)]
     dispatcher_threads: Option<u16>,
-    /// `key`, `thread` or `partition`.
+    /// `key` (default), `thread` or `partition`.
     #[arg(long)]
     order_policy: Option<String>,
+    /// Bytes (default 524288; accepted, not applied yet).
     #[arg(long)]
     socket_buffer_size: Option<u32>,
+    /// Start not running, queueing nothing, until `start gateway-sender` (default false).
     #[arg(long)]
     manual_start: Option<bool>,
 }
@@ -396,19 +407,26 @@ struct SenderCreateOptions {
 #[derive(Args, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct ReceiverOptions {
+    /// First port of the range, one port per shard (default 5000).
     #[arg(long)]
     start_port: Option<u16>,
+    /// Last port of the range, inclusive (default 5500).
     #[arg(long)]
     end_port: Option<u16>,
+    /// Default 0.0.0.0.
     #[arg(long)]
     bind_address: Option<String>,
+    /// The name advertised to other sites (default: the bind address, else the host name);
+    /// across NAT, the public address.
     #[arg(long)]
     hostname_for_senders: Option<String>,
-    /// Milliseconds.
+    /// Milliseconds a sender connection may stay silent (default 60000).
     #[arg(long)]
     maximum_time_between_pings: Option<u32>,
+    /// Bytes (default 524288; accepted, not applied yet).
     #[arg(long)]
     socket_buffer_size: Option<u32>,
+    /// Start not listening until `start gateway-receiver` (default false).
     #[arg(long)]
     manual_start: Option<bool>,
 }
@@ -417,6 +435,7 @@ struct ReceiverOptions {
 #[derive(Args, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct RegionOptions {
+    /// The region's name, the same at every site.
     #[arg(long)]
     name: String,
     /// `partition`, `replicate`, or Geode's PARTITION, PARTITION_REDUNDANT,
@@ -424,11 +443,14 @@ struct RegionOptions {
     #[arg(long = "type")]
     #[serde(rename = "type")]
     kind: String,
+    /// Buckets of a partitioned region, the same at every site (default 113).
     #[arg(long)]
     total_num_buckets: Option<u16>,
     /// Gateway senders the region's writes are queued for (comma-separated or repeated).
     #[arg(long = "gateway-sender-id", value_delimiter = ',')]
     gateway_sender_ids: Vec<String>,
+    /// Log every write to disk and restore it at start (default false; the *_PERSISTENT
+    /// types set it).
     #[arg(long)]
     persistent: Option<bool>,
 }
@@ -451,19 +473,22 @@ fn options_json(
 #[derive(Args, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct SenderOptions {
+    /// The sender's id.
     #[arg(long)]
     id: String,
+    /// Events per batch at most (default 100).
     #[arg(long)]
     batch_size: Option<u32>,
-    /// Milliseconds.
+    /// Longest wait to fill a batch, ms (default 1000).
     #[arg(long)]
     batch_time_interval: Option<u32>,
-    /// Milliseconds.
+    /// Warn about events older than this when sent, ms (default 0: off).
     #[arg(long)]
     alert_threshold: Option<u32>,
+    /// Batches sent and not yet acknowledged, per dispatcher (default 64).
     #[arg(long)]
     batches_in_flight: Option<u16>,
-    /// Milliseconds.
+    /// How long to wait for an ack before reconnecting, ms (0 or ≥ 30000; default 0: 30000).
     #[arg(long)]
     socket_read_timeout: Option<u32>,
 }
