@@ -607,6 +607,41 @@ pub(crate) async fn run_receiver(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Sets a WAN connection's kernel send and receive buffers to `bytes` (`socket-buffer-size`);
+/// 0 leaves them to the kernel's autotuning. The kernel caps a request at
+/// `net.core.wmem_max` / `rmem_max` (then doubles it, for its own bookkeeping): a smaller
+/// result than asked is logged with the sysctl to raise. Returns the (send, receive) sizes the
+/// kernel reports afterwards.
+pub(crate) fn set_socket_buffers(
+    stream: &TcpStream,
+    bytes: u32,
+    what: &str,
+) -> Option<(usize, usize)> {
+    if bytes == 0 {
+        return None;
+    }
+    let socket = socket2::SockRef::from(stream);
+    let wanted = bytes as usize;
+    let set = socket
+        .set_send_buffer_size(wanted)
+        .and_then(|()| socket.set_recv_buffer_size(wanted))
+        .and_then(|()| Ok((socket.send_buffer_size()?, socket.recv_buffer_size()?)));
+    match set {
+        Ok((send, recv)) => {
+            if send < wanted || recv < wanted {
+                tracing::warn!(
+                    "{what}: socket-buffer-size {wanted} is capped by the kernel to {send} bytes (send) and {recv} (receive); raise net.core.wmem_max and net.core.rmem_max (sysctl) to allow it"
+                );
+            }
+            Some((send, recv))
+        }
+        Err(e) => {
+            tracing::warn!("{what}: cannot set socket-buffer-size {wanted}: {e}");
+            None
+        }
+    }
+}
+
 /// Accepts on `listener` until the receiver stops on this shard or the server stops.
 async fn accept_senders(shard: &Rc<Shard>, listener: &TcpListener, stop: &Arc<AtomicBool>) {
     loop {
@@ -620,6 +655,10 @@ async fn accept_senders(shard: &Rc<Shard>, listener: &TcpListener, stop: &Arc<At
         .await;
         match accepted {
             Some(Ok(stream)) => {
+                if let Some(def) = &shard.config().receiver {
+                    let what = format!("gateway receiver (shard {})", shard.id.0);
+                    set_socket_buffers(&stream, def.socket_buffer_size, &what);
+                }
                 let (shard, stop) = (shard.clone(), stop.clone());
                 shard.wan_connections.set(shard.wan_connections.get() + 1);
                 bump(&shard.wan.receiver.connections, 1);
@@ -1551,6 +1590,7 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
             Some(addr) => match connect_or_stop(addr, &stop).await {
                 Connect::Connected(stream) => {
                     let _ = stream.set_nodelay(true);
+                    set_socket_buffers(&stream, def.socket_buffer_size, &name);
                     Some(run_link(counters, &queue, &def, &config, stream, &stop, &name).await)
                 }
                 Connect::Stopped => Some(LinkEnd::Stopped),
@@ -1905,6 +1945,34 @@ async fn run_link(
 mod tests {
     use super::*;
     use SenderState::*;
+
+    #[test]
+    fn socket_buffer_size_sets_both_kernel_buffers_and_zero_leaves_them_to_the_kernel() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let at = listener.local_addr().unwrap();
+            let connect = glommio::spawn_local(async move { TcpStream::connect(at).await });
+            let accepted = listener.accept().await.unwrap();
+            let stream = connect.await.unwrap();
+            let before = socket2::SockRef::from(&stream).send_buffer_size().unwrap();
+            assert_eq!(set_socket_buffers(&stream, 0, "test"), None);
+            assert_eq!(
+                socket2::SockRef::from(&stream).send_buffer_size().unwrap(),
+                before
+            );
+            // Linux keeps twice the size asked for (its bookkeeping), below net.core.*mem_max.
+            let n = 100_000;
+            assert_eq!(
+                set_socket_buffers(&stream, n, "test"),
+                Some((2 * n as usize, 2 * n as usize))
+            );
+            let (send, recv) = set_socket_buffers(&accepted, n, "test").unwrap();
+            assert_eq!((send, recv), (2 * n as usize, 2 * n as usize));
+        });
+    }
 
     #[test]
     fn sender_states_follow_geodes_operations() {

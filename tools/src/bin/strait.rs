@@ -395,7 +395,7 @@ struct SenderCreateOptions {
     /// `key` (default), `thread` or `partition`.
     #[arg(long)]
     order_policy: Option<String>,
-    /// Bytes (default 524288; accepted, not applied yet).
+    /// Kernel send and receive buffers, bytes (default 0: the kernel autotunes).
     #[arg(long)]
     socket_buffer_size: Option<u32>,
     /// Start not running, queueing nothing, until `start gateway-sender` (default false).
@@ -423,7 +423,7 @@ struct ReceiverOptions {
     /// Milliseconds a sender connection may stay silent (default 60000).
     #[arg(long)]
     maximum_time_between_pings: Option<u32>,
-    /// Bytes (default 524288; accepted, not applied yet).
+    /// Kernel send and receive buffers, bytes (default 0: the kernel autotunes).
     #[arg(long)]
     socket_buffer_size: Option<u32>,
     /// Start not listening until `start gateway-receiver` (default false).
