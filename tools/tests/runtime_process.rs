@@ -156,6 +156,24 @@ fn a_replication_is_built_changed_kept_over_a_restart_and_taken_apart_at_run_tim
         ],
     );
     assert!(e.contains("batch-size"), "{e}");
+    let file = s1.dir.join("site.toml").display().to_string();
+    let e = err_at(
+        &s1,
+        &[
+            "create",
+            "gateway-sender",
+            "--id",
+            "to4",
+            "--remote-distributed-system-id",
+            "4",
+            "--enable-persistence",
+            "true",
+            "--disk-dir",
+            &format!("{file}/queues"),
+        ],
+    );
+    assert!(e.contains("gateway sender `to4`: cannot create"), "{e}");
+    assert!(!ok_at(&s1, &["list", "gateways"]).contains("to4"));
     let e = err_at(&s1, &["destroy", "region", "--name", "nope"]);
     assert!(e.contains("unknown region `nope`"), "{e}");
     assert!(

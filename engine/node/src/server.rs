@@ -1316,7 +1316,10 @@ impl Shard {
             }
             let rt = match open_sender(self.id, self.shards, def, config).await {
                 Ok(rt) => rt,
+                // The sender keeps its index with no queue: writes to its regions are
+                // refused with the reason, and destroying it clears it.
                 Err(e) => {
+                    tracing::error!(sender = %def.id, shard = self.id.0, "{e}");
                     failure.get_or_insert(e);
                     SenderRt {
                         id: def.id.clone(),
@@ -1325,7 +1328,7 @@ impl Shard {
                         def: RefCell::new(def.clone()),
                         queue: RefCell::new(None),
                         queues: 1,
-                        live: Cell::new(false),
+                        live: Cell::new(true),
                         dispatcher: RefCell::new(None),
                     }
                 }
@@ -1592,7 +1595,10 @@ impl Shard {
                 continue;
             }
             let Some(queue) = s.queue.borrow().clone() else {
-                return OpReply::Error("ERR the server is stopping".into());
+                return OpReply::Error(format!(
+                    "ERR gateway sender `{}` has no queue on this shard: the server is stopping, or its queues could not be opened (the server's log says why)",
+                    s.id
+                ));
             };
             queues.push((QueueOwner::Sender(i), queue, s.queue_id(bucket)));
         }
