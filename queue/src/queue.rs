@@ -26,9 +26,6 @@ pub const SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
 pub const SEGMENT_BYTES_MIN: u32 = 64 << 10;
 /// Default number of segments kept created and mapped ahead of need.
 pub const SPARE_SEGMENTS_DEFAULT: u8 = 2;
-/// Most spares a queue keeps from recycled segments beyond twice its creation target, to
-/// last a sync interval (see `SenderQueue::recycle_target`): 64, 256 MiB at the default size.
-pub const RECYCLED_SPARES_EXTRA_MAX: u32 = 64;
 /// How long to wait before trying again to create a segment, or to sync, after a failure.
 pub const RETRY_MS: u64 = 1000;
 /// First memory chunk of a queue; later chunks double up to [`MEMORY_CHUNK_BYTES_MAX`].
@@ -481,11 +478,6 @@ pub struct SenderQueue {
     /// After a failed sync, the next is not tried before this time.
     sync_retry_at: Option<u64>,
     overflowing_queues: u32,
-    /// Spares put to use since the last completed sync, and in the interval before that:
-    /// acknowledged segments wait for a sync before they can be recycled, so the spare pool
-    /// keeps as many recycled ones as the queue used in one interval.
-    taken_since_sync: u32,
-    taken_last_interval: u32,
     /// Queues whose tail segment is past half full. Queues filled round-robin fill their
     /// segments together, so the spare pool grows by one for each to keep appends from
     /// waiting on segment creation.
@@ -530,8 +522,6 @@ impl SenderQueue {
             last_sync_ms: 0,
             sync_retry_at: None,
             overflowing_queues: 0,
-            taken_since_sync: 0,
-            taken_last_interval: 0,
             tails_past_half: 0,
         }
     }
@@ -810,7 +800,6 @@ impl SenderQueue {
             });
         };
         let mut spare = self.spares.swap_remove(i);
-        self.taken_since_sync = self.taken_since_sync.saturating_add(1);
         let queue = &mut self.queues[q.0 as usize];
         let serial = queue.next_serial;
         queue.next_serial += 1;
@@ -1191,17 +1180,15 @@ impl SenderQueue {
     }
 
     /// Spares (ready or being made) below which an acknowledged segment of the default size
-    /// is recycled rather than deleted, so that a queue in steady state keeps reusing its
-    /// files and creates none: twice the creation target, plus the spares used in the last
-    /// sync interval (acknowledged segments become free only at a sync, all at once, and must
-    /// last until the next), at most [`RECYCLED_SPARES_EXTRA_MAX`] of those. Only queues that
-    /// use segments keep any.
+    /// is recycled rather than deleted: twice the creation target, so that a queue in steady
+    /// state keeps reusing its files and creates none. Only queues that use segments keep any.
     fn recycle_target(&self) -> usize {
-        let target = (self.config.spare_segments as usize + self.tails_past_half as usize).max(1);
-        if !(self.config.persistent || self.overflowing_queues > 0) {
-            return 0;
+        let target = self.config.spare_segments as usize + self.tails_past_half as usize;
+        if self.config.persistent || self.overflowing_queues > 0 {
+            2 * target.max(1)
+        } else {
+            0
         }
-        2 * target + self.taken_last_interval.min(RECYCLED_SPARES_EXTRA_MAX) as usize
     }
 
     fn poll_create(&mut self, now_ms: u64) -> Option<Action> {
@@ -1383,7 +1370,6 @@ impl SenderQueue {
         match result {
             Ok(()) => {
                 self.last_synced_token = token;
-                self.taken_last_interval = std::mem::take(&mut self.taken_since_sync);
                 self.sync_retry_at = None;
                 for (q, upto) in covers {
                     let queue = &mut self.queues[q.0 as usize];
