@@ -216,24 +216,6 @@ impl Disk for MemDisk {
         Ok(())
     }
 
-    fn recycle(
-        &self,
-        old: SegmentId,
-        buf: Box<dyn SegmentBuf>,
-        new: SegmentId,
-    ) -> Result<Box<dyn SegmentBuf>, StoreError> {
-        // As `MmapDisk` does it: the zeros are durable before the segment changes its name,
-        // so whatever a crash leaves of it is a blank spare.
-        let zeros = vec![0u8; buf.bytes().len()];
-        drop(buf);
-        let mut st = self.state();
-        st.current.remove(&old);
-        st.durable.remove(&old);
-        st.current.insert(new, zeros.clone());
-        st.durable.insert(new, zeros.clone());
-        Ok(Box::new(zeros))
-    }
-
     fn quarantine(&self, name: &str, bytes: &[u8]) -> Result<String, StoreError> {
         self.state()
             .quarantine
@@ -286,10 +268,6 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
             if disk.delete(id, buf).is_ok() {
                 queue.handle_deleted(now_ms);
             }
-        }
-        Action::RecycleSegment { old, buf, id } => {
-            let r = disk.recycle(old, buf, id);
-            queue.handle_created(id, r, now_ms);
         }
     }
 }

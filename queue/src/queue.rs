@@ -190,17 +190,6 @@ pub enum Action {
         id: SegmentId,
         buf: Box<dyn SegmentBuf>,
     },
-    /// Make the fully acknowledged segment `old` a spare named `id` ([`Disk::recycle`]), then
-    /// call [`SenderQueue::handle_created`] for `id`. Taken instead of a delete and a creation
-    /// while the spare pool wants segments: no file is created, zero-filled, unmapped or
-    /// deleted.
-    ///
-    /// [`Disk::recycle`]: crate::store::Disk::recycle
-    RecycleSegment {
-        old: SegmentId,
-        buf: Box<dyn SegmentBuf>,
-        id: SegmentId,
-    },
 }
 
 /// A peeked batch: which events, and where their bytes lie.
@@ -1162,33 +1151,13 @@ impl SenderQueue {
         }
         let synced = self.last_synced_token;
         if let Some(i) = self.pending_deletes.iter().position(|d| d.2 <= synced) {
-            let (old, buf, _) = self.pending_deletes.swap_remove(i);
-            if buf.bytes().len() == self.config.segment_bytes as usize
-                && self.spares.len() + (self.creating as usize) < self.recycle_target()
-            {
-                let id = SegmentId(self.next_segment_id);
-                self.next_segment_id += 1;
-                self.creating += 1;
-                return Some(Action::RecycleSegment { old, buf, id });
-            }
-            return Some(Action::DeleteSegment { id: old, buf });
+            let (id, buf, _) = self.pending_deletes.swap_remove(i);
+            return Some(Action::DeleteSegment { id, buf });
         }
         if let Some(a) = self.poll_create(now_ms) {
             return Some(a);
         }
         self.poll_sync(now_ms)
-    }
-
-    /// Spares (ready or being made) below which an acknowledged segment of the default size
-    /// is recycled rather than deleted: twice the creation target, so that a queue in steady
-    /// state keeps reusing its files and creates none. Only queues that use segments keep any.
-    fn recycle_target(&self) -> usize {
-        let target = self.config.spare_segments as usize + self.tails_past_half as usize;
-        if self.config.persistent || self.overflowing_queues > 0 {
-            2 * target.max(1)
-        } else {
-            0
-        }
     }
 
     fn poll_create(&mut self, now_ms: u64) -> Option<Action> {

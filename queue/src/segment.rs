@@ -18,9 +18,6 @@ pub const SEGMENT_VERSION: u16 = 1;
 pub const SEGMENT_VERSION_MIN: u16 = 1;
 /// Identifies a Strait segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"STRAITSG";
-/// Marks a segment file being recycled into a spare: these 8 bytes, then zeros to the end of
-/// the header. Whatever follows is stale and is never read (see [`recycling_marker`]).
-pub const RECYCLING_MAGIC: [u8; 8] = *b"STRAITRC";
 /// Header flag: the segment belongs to a persistent queue and survives a restart.
 pub const SEGMENT_FLAG_PERSISTENT: u16 = 1;
 
@@ -69,8 +66,6 @@ pub enum HeaderError {
     Short(usize),
     #[error("the header is all zeros: a segment that was never assigned to a queue")]
     Blank,
-    #[error("the header marks a segment being recycled into a spare: its records are stale")]
-    Recycling,
     #[error("not a Strait segment (magic {0:02x?})")]
     Magic([u8; 8]),
     #[error("segment format version {0} is newer than this build reads (up to {SEGMENT_VERSION})")]
@@ -110,16 +105,6 @@ pub fn write_header(buf: &mut [u8], info: &SegmentInfo) {
     }
 }
 
-/// The header that marks a segment being recycled: [`RECYCLING_MAGIC`], then zeros. Written
-/// (and made durable) before anything else of a fully acknowledged segment is touched, so
-/// that a crash in the middle of recycling leaves a file recovery discards whole, never one
-/// whose stale records could be read back.
-pub fn recycling_marker() -> [u8; SEGMENT_HEADER_BYTES] {
-    let mut h = [0u8; SEGMENT_HEADER_BYTES];
-    h[..8].copy_from_slice(&RECYCLING_MAGIC);
-    h
-}
-
 /// Rewrites the ack slot of the header at the start of `buf`.
 pub fn write_ack(buf: &mut [u8], acked: Seq) {
     buf[40..48].copy_from_slice(&acked.0.to_le_bytes());
@@ -135,9 +120,6 @@ pub fn read_header(buf: &[u8]) -> Result<SegmentInfo, HeaderError> {
     if h.magic != SEGMENT_MAGIC {
         if h.as_bytes().iter().all(|&b| b == 0) {
             return Err(HeaderError::Blank);
-        }
-        if h.as_bytes() == recycling_marker() {
-            return Err(HeaderError::Recycling);
         }
         return Err(HeaderError::Magic(h.magic));
     }

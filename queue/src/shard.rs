@@ -1,8 +1,7 @@
 //! [`ShardQueue`]: the glommio shell around a [`SenderQueue`].
 //!
 //! The queue logic runs on the shard; every [`Action`] it asks for (create, preallocate, map
-//! and prefault a segment; recycle one; fdatasync; unmap and delete) runs on the executor's
-//! blocking pool,
+//! and prefault a segment; fdatasync; unmap and delete) runs on the executor's blocking pool,
 //! so a shard never waits on the filesystem. Appends that need a segment not yet created, or
 //! a group commit not yet synced, wait asynchronously; other tasks keep running.
 
@@ -339,18 +338,6 @@ async fn run(inner: Rc<Inner>, action: Action) {
                 .queue
                 .borrow_mut()
                 .handle_synced(token, r, inner.now_ms());
-        }
-        Action::RecycleSegment { old, buf, id } => {
-            let r = executor()
-                .spawn_blocking(move || disk.recycle(old, buf, id))
-                .await;
-            if let Err(e) = &r {
-                *inner.last_error.borrow_mut() = Some(e.clone());
-            }
-            inner
-                .queue
-                .borrow_mut()
-                .handle_created(id, r, inner.now_ms());
         }
         Action::PrefetchSegment { id } => {
             // A hint: if the kernel refuses it, the read faults in later as it would anyway.

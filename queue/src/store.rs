@@ -38,7 +38,6 @@ pub enum StoreOp {
     Delete,
     Quarantine,
     Prefetch,
-    Recycle,
 }
 
 impl fmt::Display for StoreOp {
@@ -52,7 +51,6 @@ impl fmt::Display for StoreOp {
             StoreOp::Delete => "deleting segment",
             StoreOp::Quarantine => "writing quarantine file",
             StoreOp::Prefetch => "reading ahead segment",
-            StoreOp::Recycle => "recycling segment",
         })
     }
 }
@@ -109,17 +107,6 @@ pub trait Disk: Send + Sync {
     fn sync_directory(&self) -> Result<(), StoreError>;
     /// Unmaps and deletes a segment.
     fn delete(&self, id: SegmentId, buf: Box<dyn SegmentBuf>) -> Result<(), StoreError>;
-    /// Turns the fully acknowledged segment `old` into a spare named `new`, keeping its file,
-    /// blocks and mapping: the same as deleting `old` and creating `new`, without the work.
-    /// The spare must read back as all zeros after any crash, and a crash part way must leave
-    /// a file that recovery discards (a blank or [`segment::RECYCLING_MAGIC`] header) whose
-    /// stale records are never read. On failure `old` is gone or still fully acknowledged.
-    fn recycle(
-        &self,
-        old: SegmentId,
-        buf: Box<dyn SegmentBuf>,
-        new: SegmentId,
-    ) -> Result<Box<dyn SegmentBuf>, StoreError>;
     /// Keeps `bytes` aside under `name` and returns where they went.
     fn quarantine(&self, name: &str, bytes: &[u8]) -> Result<String, StoreError>;
 }
@@ -260,10 +247,6 @@ pub fn recover(
         if blank {
             // A spare never assigned to a queue, or one whose creation a crash cut short.
             report.discarded.push((path, "blank spare segment"));
-        } else if e == HeaderError::Recycling {
-            // A fully acknowledged segment a crash caught while it was being made a spare:
-            // everything after its header is stale.
-            report.discarded.push((path, "segment being recycled"));
         } else {
             let name = format!("{:016x}.seg", id.0);
             let quarantine = disk.quarantine(&name, buf.bytes())?;

@@ -13,8 +13,7 @@ pub enum Status {
     /// A valid header and records that end cleanly.
     Clean,
     /// All zeros (or empty): a spare segment never assigned to a queue, or one whose creation
-    /// a crash cut short; or a segment whose header marks it as being recycled into a spare
-    /// (its other bytes are stale). Recovery deletes it.
+    /// a crash cut short. Recovery deletes it.
     Blank,
     Torn,
     Corrupt,
@@ -116,15 +115,6 @@ pub fn verify_file(path: &Path) -> FileReport {
                 scan: None,
             }
         }
-        // As recovery: a crash caught a fully acknowledged segment being made a spare.
-        Err(HeaderError::Recycling) => FileReport {
-            file,
-            status: Status::Blank,
-            size,
-            error: None,
-            header: None,
-            scan: None,
-        },
         Err(e @ HeaderError::Blank) => FileReport::failed(
             file,
             Status::BadHeader,
