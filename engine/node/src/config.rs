@@ -203,7 +203,8 @@ pub struct SenderDef {
     pub socket_buffer_size: u32,
     /// 0: no timeout.
     pub socket_read_timeout_ms: u32,
-    /// `batches-in-flight`: most batches sent and not yet acknowledged, per dispatcher.
+    /// `batches-in-flight`: the window per dispatcher, as full batches: `batches-in-flight` ×
+    /// `batch-size` events sent and not yet acknowledged, in up to 1024 batches.
     pub batches_in_flight: u16,
     pub manual_start: bool,
     /// Where this sender's queues keep their segments: `<directory>/queues/<id>` by default.

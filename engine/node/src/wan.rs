@@ -1513,6 +1513,11 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
             config.ack_timeout_ms = u64::from(def.socket_read_timeout_ms);
         }
         config.inflight_batches_max = usize::from(def.batches_in_flight);
+        // The window holds `batches-in-flight` full batches' worth of events: a parallel
+        // sender's batches each carry one bucket queue's records and are small, and a window
+        // of whole batches held too few events to fill a long link (docs/benchmarks.md).
+        config.inflight_events_max =
+            Some(u64::from(def.batches_in_flight) * u64::from(def.batch_size.max(1)));
         (config, mine)
     };
     let (mut config, mut mine) = link_config(&def);
