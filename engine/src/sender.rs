@@ -67,8 +67,9 @@ impl SenderState {
 /// How a sender spreads events over its queues on a shard (`parallel`, `dispatcher-threads`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueLayout {
-    /// A queue per bucket.
-    Parallel,
+    /// A queue per bucket: bucket `b` goes to queue `b % queues` (`queues`: the most buckets
+    /// of the sender's regions when its queues were made, at least 1).
+    Parallel { queues: u16 },
     /// A queue per dispatcher (`dispatcher-threads`, at least 1).
     Serial { dispatchers: u16 },
 }
@@ -79,16 +80,13 @@ impl QueueLayout {
     /// stays in order on every path, which the receiver's dedupe relies on (docs/wan.md
     /// "Per-stream order"); a key's order follows from its bucket's.
     pub fn queue_of(self, bucket: BucketId) -> QueueId {
-        match self {
-            QueueLayout::Parallel => QueueId(bucket.0),
-            QueueLayout::Serial { dispatchers } => QueueId(bucket.0 % dispatchers.max(1)),
-        }
+        QueueId(bucket.0 % self.queue_count())
     }
 
-    /// How many queues the sender has on a shard, for regions of at most `total_buckets`.
-    pub fn queue_count(self, total_buckets: u16) -> u16 {
+    /// How many queues the sender has on a shard.
+    pub fn queue_count(self) -> u16 {
         match self {
-            QueueLayout::Parallel => total_buckets,
+            QueueLayout::Parallel { queues } => queues.max(1),
             QueueLayout::Serial { dispatchers } => dispatchers.max(1),
         }
     }
@@ -122,13 +120,16 @@ mod tests {
     #[test]
     fn a_serial_sender_keeps_each_bucket_on_one_queue() {
         let serial = QueueLayout::Serial { dispatchers: 5 };
-        assert_eq!(serial.queue_count(113), 5);
+        assert_eq!(serial.queue_count(), 5);
         assert_eq!(serial.queue_of(BucketId(17)), QueueId(2));
-        assert_eq!(QueueLayout::Parallel.queue_of(BucketId(17)), QueueId(17));
-        assert_eq!(QueueLayout::Parallel.queue_count(113), 113);
+        let parallel = QueueLayout::Parallel { queues: 113 };
+        assert_eq!(parallel.queue_of(BucketId(17)), QueueId(17));
+        assert_eq!(parallel.queue_count(), 113);
+        // A region made later with more buckets wraps round the queues there are.
+        assert_eq!(parallel.queue_of(BucketId(120)), QueueId(7));
         let none = QueueLayout::Serial { dispatchers: 0 };
         assert_eq!(
-            (none.queue_count(7), none.queue_of(BucketId(6))),
+            (none.queue_count(), none.queue_of(BucketId(6))),
             (1, QueueId(0))
         );
     }

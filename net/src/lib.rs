@@ -10,7 +10,7 @@
 //! | [`wire::decode_frame`] → [`wire::Frame`] | a WAN frame at the front of a read buffer (Hello, HelloReply, Batch, Ack, Ping, Pong), borrowing from it; `None` until it is whole |
 //! | [`wire::Batch::records`] | a batch's records parsed in place, every CRC and the count checked |
 //! | [`wire::batch_prefix`], [`wire::Frame::encode`] | frame bytes; a batch's records are written after its prefix straight from the queue |
-//! | [`wire::SenderConn`] | a gateway sender's connection: handshake, window of `inflight_batches_max` batches, acks in order, ack and ping timeouts; runs on the dispatcher's shard |
+//! | [`wire::SenderConn`] | a gateway sender's connection: handshake, window of `inflight_batches_max` batches or `inflight_events_max` events, acks in order, ack and ping timeouts; runs on the dispatcher's shard |
 //! | [`wire::ReceiverConn`] | a gateway receiver's connection: hello checks (version, site), consecutive batch ids, acks, pongs, silence timeout; runs on the listener's shard |
 //! | [`wire::FrameError`], [`wire::SenderError`], [`wire::ReceiverError`] | what the peer got wrong, field by field |
 //! | [`parse_command`] → [`Parsed`] | the request at the front of a read buffer: a [`Command`], a [`Parsed::Skip`] of an empty one, or [`Parsed::Incomplete`] |

@@ -944,6 +944,70 @@ fn a_full_window_stops_sends_until_acks_free_it() {
 }
 
 #[test]
+fn a_window_counted_in_events_takes_many_small_batches_and_few_large_ones() {
+    let regions = vec![RegionSpec {
+        id: RegionId(3),
+        name: "orders".into(),
+        total_num_buckets: 113,
+    }];
+    let mut config = SenderConfig::new(SiteId(1), SiteId(2), "ny-1", "to-london", regions);
+    config.inflight_batches_max = 2;
+    config.inflight_events_max = Some(10);
+    let mut link = Link::new(config, ReceiverConfig::new(SiteId(2), "ln-1"));
+    link.pump(0);
+    link.auto_apply = false;
+    // Ten batches of one event each, from ten queues: far more than two batches.
+    for q in 0..10u16 {
+        assert!(link.sender.can_send(), "batch {q}");
+        link.send(q, 1, 1, 5);
+    }
+    assert!(!link.sender.can_send());
+    let one = BatchOut {
+        queue: QueueId(11),
+        first_seq: Seq(1),
+        last_seq: Seq(1),
+        events: 1,
+        records_len: 68,
+        possible_duplicate: false,
+    };
+    assert_eq!(
+        link.sender.handle_batch(one, 5),
+        Err(SendError::WindowFull(10))
+    );
+    // Acks of four one-event batches free room for four events: here one batch of four.
+    link.pump(6);
+    let first: Vec<_> = link.unapplied.drain(..4).collect();
+    for (id, events) in first {
+        let outcome = AckOutcome {
+            applied: events,
+            ..AckOutcome::default()
+        };
+        link.receiver.handle_applied(id, &outcome).unwrap();
+    }
+    link.pump(7);
+    assert_eq!(link.acked().len(), 4);
+    assert!(link.sender.can_send());
+    link.send(20, 1, 4, 8);
+    assert!(!link.sender.can_send(), "10 events in flight again");
+    // Once everything is acknowledged the window is empty again.
+    link.pump(8);
+    link.apply_all();
+    link.pump(9);
+    assert_eq!(link.sender.inflight().len(), 0);
+    assert!(link.sender.can_send());
+}
+
+#[test]
+fn an_events_window_of_zero_is_refused() {
+    let mut config = SenderConfig::new(SiteId(1), SiteId(2), "ny-1", "to-london", Vec::new());
+    config.inflight_events_max = Some(0);
+    assert_eq!(
+        SenderConn::new(config, 0).err(),
+        Some(SenderConfigError::InflightEventsMax)
+    );
+}
+
+#[test]
 fn an_ack_timeout_fails_with_the_inflight_batches() {
     let mut link = Link::ny_to_london();
     link.pump(0);

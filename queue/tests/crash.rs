@@ -17,7 +17,7 @@ use strait_queue::mem::SplitMix;
 use strait_queue::mmap::MmapDisk;
 use strait_queue::queue::{QueueConfig, SyncPolicy};
 use strait_queue::record;
-use strait_queue::shard::ShardQueue;
+use strait_queue::shard::{OpenError, ShardQueue};
 use strait_queue::store::recover;
 
 const QUEUES: u16 = 3;
@@ -65,9 +65,21 @@ fn crash_child() {
         .make()
         .unwrap();
     ex.run(async move {
-        let (sq, _) = ShardQueue::open(PathBuf::from(dir), config(&policy))
-            .await
-            .unwrap();
+        // The parent's test threads spawn children concurrently: a child forked by the other
+        // test at the moment this test's parent held the directory lock (checking the last
+        // run) keeps that lock until it execs. Wait for it, with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sq = loop {
+            match ShardQueue::open(PathBuf::from(&dir), config(&policy)).await {
+                Ok((sq, _)) => break sq,
+                Err(OpenError::Store(e))
+                    if e.kind == std::io::ErrorKind::ResourceBusy && Instant::now() < deadline =>
+                {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("opening the queue: {e}"),
+            }
+        };
         println!("@@ opened");
         let mut rng = SplitMix(run);
         let mut next = [0u64; QUEUES as usize];

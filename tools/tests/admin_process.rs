@@ -4,39 +4,7 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Output};
-
-/// Runs `strait args...` and returns its output.
-fn strait(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strait"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Runs `strait args... --url <site's admin API>`; asserts it succeeded and returns stdout.
-fn ok_at(site: &Site, args: &[&str]) -> String {
-    let url = format!("http://127.0.0.1:{}", site.admin_port);
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--url", &url]);
-    let out = strait(&all);
-    assert!(
-        out.status.success(),
-        "strait {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs `strait args... --url <site's admin API>`; asserts it failed and returns stderr.
-fn err_at(site: &Site, args: &[&str]) -> String {
-    let url = format!("http://127.0.0.1:{}", site.admin_port);
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--url", &url]);
-    let out = strait(&all);
-    assert!(!out.status.success(), "strait {args:?} succeeded");
-    String::from_utf8(out.stderr).unwrap()
-}
+use std::process::Command;
 
 fn metrics(site: &Site) -> String {
     let mut r = ureq::get(&format!("http://127.0.0.1:{}/metrics", site.admin_port))

@@ -9,7 +9,8 @@
 //! | [`RespClient`] | a blocking RESP connection to this server's own client port |
 //! | [`metrics`] | the Prometheus text of a `STRAIT.STATS` document |
 //!
-//! `GET /v1/config` answers from the configuration given at start, without a RESP call.
+//! `GET /v1/config` answers from the running configuration, without a RESP call; run-time
+//! changes (create, alter, destroy) go through [`crate::control::Control`].
 //!
 //! The admin API runs on its own threads, never on a shard. Each request becomes RESP
 //! commands sent over loopback to this server's client port — the path every client takes —
@@ -68,6 +69,34 @@ pub enum Route {
     Metrics,
     /// `GET /v1/config`: the configuration the server runs with, as a `site.toml`.
     Config,
+    /// `GET /v1/disk-stores`.
+    DiskStores,
+    /// A run-time change (`crate::runtime`): `POST /v1/{disk-stores|gateway-senders|
+    /// gateway-receiver|regions}` creates (options in the body), `PATCH
+    /// /v1/{gateway-senders|regions}/{name}` alters, `DELETE /v1/{...}/{name}` (and `DELETE
+    /// /v1/gateway-receiver`) destroys.
+    Change {
+        op: ChangeOp,
+        kind: Kind,
+        name: Option<String>,
+    },
+}
+
+/// What a change route does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeOp {
+    Create,
+    Alter,
+    Destroy,
+}
+
+/// What a change route changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    DiskStore,
+    GatewaySender,
+    GatewayReceiver,
+    Region,
 }
 
 /// An error answer.
@@ -194,6 +223,31 @@ pub fn route(method: &str, target: &str) -> Result<Route, ApiError> {
                 }
             }
         }
+        ("GET", ["v1", "disk-stores"]) => Route::DiskStores,
+        ("POST", ["v1", kind]) if kind_of(kind).is_some() => Route::Change {
+            op: ChangeOp::Create,
+            kind: kind_of(kind).unwrap_or(Kind::Region),
+            name: None,
+        },
+        ("DELETE", ["v1", "gateway-receiver"]) => Route::Change {
+            op: ChangeOp::Destroy,
+            kind: Kind::GatewayReceiver,
+            name: None,
+        },
+        (m @ ("PATCH" | "DELETE"), ["v1", kind, name])
+            if kind_of(kind).is_some_and(|k| k != Kind::GatewayReceiver)
+                && (m == "DELETE" || matches!(*kind, "gateway-senders" | "regions")) =>
+        {
+            Route::Change {
+                op: if m == "PATCH" {
+                    ChangeOp::Alter
+                } else {
+                    ChangeOp::Destroy
+                },
+                kind: kind_of(kind).unwrap_or(Kind::Region),
+                name: Some(text(name)?),
+            }
+        }
         ("GET", ["v1", "dead-letters"]) => Route::DeadLetters,
         ("POST", ["v1", "dead-letters", "replay"]) => {
             Route::Replay(param("region").map(text).transpose()?)
@@ -201,6 +255,133 @@ pub fn route(method: &str, target: &str) -> Result<Route, ApiError> {
         _ => return Err(not_found()),
     };
     Ok(r)
+}
+
+fn kind_of(segment: &str) -> Option<Kind> {
+    match segment {
+        "disk-stores" => Some(Kind::DiskStore),
+        "gateway-senders" => Some(Kind::GatewaySender),
+        "gateway-receiver" => Some(Kind::GatewayReceiver),
+        "regions" => Some(Kind::Region),
+        _ => None,
+    }
+}
+
+/// The change a change route and its JSON body (an object of `site.toml` options) ask for.
+pub fn change_of(
+    op: ChangeOp,
+    kind: Kind,
+    name: Option<String>,
+    body: &[u8],
+) -> Result<crate::runtime::Change, ApiError> {
+    use crate::runtime::Change;
+    let options = || -> Result<serde_json::Map<String, Value>, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Map::new());
+        }
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(ApiError::new(
+                400,
+                "the body is not a JSON object",
+                "send the options as an object, e.g. {\"name\": \"orders\", \"type\": \"partition\"}",
+            )),
+            Err(e) => Err(ApiError::new(
+                400,
+                format!("the body is not JSON: {e}"),
+                "send the options as a JSON object",
+            )),
+        }
+    };
+    let name = || name.clone().unwrap_or_default();
+    Ok(match (op, kind) {
+        (ChangeOp::Create, Kind::DiskStore) => {
+            let o = options()?;
+            let field = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+            let (Some(n), Some(d)) = (field("name"), field("directory")) else {
+                return Err(ApiError::new(
+                    400,
+                    "a disk store needs `name` and `directory`",
+                    "send {\"name\": \"...\", \"directory\": \"...\"}",
+                ));
+            };
+            Change::CreateDiskStore {
+                name: n,
+                directory: d.into(),
+            }
+        }
+        (ChangeOp::Destroy, Kind::DiskStore) => Change::DestroyDiskStore { name: name() },
+        (ChangeOp::Create, Kind::GatewaySender) => Change::CreateGatewaySender {
+            options: options()?,
+        },
+        (ChangeOp::Alter, Kind::GatewaySender) => Change::AlterGatewaySender {
+            id: name(),
+            options: options()?,
+        },
+        (ChangeOp::Destroy, Kind::GatewaySender) => Change::DestroyGatewaySender { id: name() },
+        (ChangeOp::Create, Kind::GatewayReceiver) => Change::CreateGatewayReceiver {
+            options: options()?,
+        },
+        (ChangeOp::Destroy, Kind::GatewayReceiver) => Change::DestroyGatewayReceiver,
+        (ChangeOp::Create, Kind::Region) => Change::CreateRegion {
+            options: options()?,
+        },
+        (ChangeOp::Alter, Kind::Region) => {
+            let o = options()?;
+            let ids = match o.get("gateway-sender-ids") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>(),
+                _ => None,
+            };
+            let Some(ids) = ids.filter(|_| o.len() == 1) else {
+                return Err(ApiError::new(
+                    400,
+                    "alter region changes only `gateway-sender-ids`, a list of sender ids",
+                    "send {\"gateway-sender-ids\": [\"to2\"]} ([] detaches every sender)",
+                ));
+            };
+            Change::AlterRegion {
+                name: name(),
+                gateway_sender_ids: ids,
+            }
+        }
+        (ChangeOp::Destroy, Kind::Region) => Change::DestroyRegion { name: name() },
+        (ChangeOp::Alter, Kind::DiskStore | Kind::GatewayReceiver) => {
+            return Err(ApiError::new(
+                405,
+                "disk stores and the gateway receiver cannot be altered",
+                "destroy it and create it again",
+            ));
+        }
+    })
+}
+
+fn control_error(e: crate::control::ControlError) -> ApiError {
+    use crate::control::ControlError as C;
+    use crate::runtime::ChangeError as R;
+    match e {
+        C::Refused(R::Exists(m)) => {
+            ApiError::new(409, m, "choose another name or destroy it first")
+        }
+        C::Refused(R::NotFound(m)) => ApiError::new(404, m, "check the name"),
+        C::Refused(R::InUse(m)) => ApiError::new(409, m, "the error says what to change first"),
+        C::Refused(R::Invalid(m)) => ApiError::new(
+            400,
+            m,
+            "docs/configuration.md lists every option and its range",
+        ),
+        C::Ports(e) => ApiError::new(
+            409,
+            e.to_string(),
+            "widen start-port..end-port or free ports",
+        ),
+        C::Directory(m) => ApiError::new(500, m, "check the path and its permissions"),
+        C::Journal(e) => ApiError::new(500, e.to_string(), "check the server's directory"),
+        C::Shards(m) => ApiError::new(500, m, "nothing was changed; the server's log says more"),
+        C::Partly(m) => ApiError::new(500, m, "the server's log says more"),
+    }
 }
 
 /// A blocking RESP connection to this server's client port.
@@ -351,13 +532,38 @@ fn answer(
     c: &mut RespClient,
     route: Route,
     body: Vec<u8>,
-    site_toml: &str,
+    control: &crate::control::Control,
 ) -> Result<Answer, ApiError> {
     let call =
         |c: &mut RespClient, args: &[&[u8]]| c.call(args).map_err(|e| unreachable_server(&e));
     match route {
         Route::Member => Ok(json_answer(200, &stats(c)?)),
-        Route::Config => Ok(json_answer(200, &json!({ "site_toml": site_toml }))),
+        Route::Config => Ok(json_answer(
+            200,
+            &json!({ "site_toml": crate::config::to_toml(&control.config()) }),
+        )),
+        Route::DiskStores => {
+            let users = control.sender_stores();
+            let stores: Vec<Value> = control
+                .disk_stores()
+                .into_iter()
+                .map(|(name, dir)| {
+                    let senders: Vec<&String> = users
+                        .iter()
+                        .filter(|(_, s)| **s == name)
+                        .map(|(id, _)| id)
+                        .collect();
+                    json!({ "name": name, "directory": dir.display().to_string(), "gateway_senders": senders })
+                })
+                .collect();
+            Ok(json_answer(200, &json!(stores)))
+        }
+        Route::Change { op, kind, name } => {
+            let change = change_of(op, kind, name, &body)?;
+            let summary = change.summary();
+            control.change(change).map_err(control_error)?;
+            Ok(json_answer(200, &json!({ "done": summary })))
+        }
         Route::Metrics => Ok((
             200,
             "text/plain; version=0.0.4",
@@ -728,16 +934,14 @@ impl AdminHandle {
     }
 }
 
-/// Starts the admin API on `at`, answering for the server whose client port is `client`.
 /// Starts the admin API on `at`, answering for the server whose client port is `client` and
-/// whose configuration written out is `site_toml` ([`crate::config::to_toml`]).
+/// whose run-time changes `control` makes.
 pub fn start(
     at: SocketAddr,
     client: SocketAddr,
-    site_toml: String,
+    control: Arc<crate::control::Control>,
     stop: Arc<AtomicBool>,
 ) -> Result<AdminHandle, AdminError> {
-    let site_toml = Arc::new(site_toml);
     let listener = std::net::TcpListener::bind(at).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             AdminError::PortInUse { addr: at }
@@ -759,10 +963,10 @@ pub fn start(
     let server = Arc::new(server);
     let mut workers = Vec::new();
     for i in 0..ADMIN_WORKERS {
-        let (server, worker_stop, toml) = (server.clone(), stop.clone(), site_toml.clone());
+        let (server, worker_stop, control) = (server.clone(), stop.clone(), control.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("admin-{i}"))
-            .spawn(move || run_worker(&server, client, &toml, &worker_stop));
+            .spawn(move || run_worker(&server, client, &control, &worker_stop));
         match spawned {
             Ok(w) => workers.push(w),
             Err(e) => {
@@ -774,14 +978,19 @@ pub fn start(
     Ok(AdminHandle { addr, workers })
 }
 
-fn run_worker(server: &tiny_http::Server, client: SocketAddr, site_toml: &str, stop: &AtomicBool) {
+fn run_worker(
+    server: &tiny_http::Server,
+    client: SocketAddr,
+    control: &crate::control::Control,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::SeqCst) {
         let mut request = match server.recv_timeout(Duration::from_millis(ADMIN_POLL_MS)) {
             Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(_) => continue,
         };
-        let (status, kind, body) = match handle(&mut request, client, site_toml) {
+        let (status, kind, body) = match handle(&mut request, client, control) {
             Ok(a) => a,
             Err(e) => (e.status, JSON, e.body().into_bytes()),
         };
@@ -798,7 +1007,7 @@ fn run_worker(server: &tiny_http::Server, client: SocketAddr, site_toml: &str, s
 fn handle(
     request: &mut tiny_http::Request,
     client: SocketAddr,
-    site_toml: &str,
+    control: &crate::control::Control,
 ) -> Result<Answer, ApiError> {
     let route = route(request.method().as_str(), request.url())?;
     let mut body = Vec::new();
@@ -824,7 +1033,7 @@ fn handle(
     // A connection per request: an idle one held open would make a stopping server wait
     // for it.
     let mut c = RespClient::connect(client).map_err(|e| unreachable_server(&e))?;
-    answer(&mut c, route, body, site_toml)
+    answer(&mut c, route, body, control)
 }
 
 #[cfg(test)]

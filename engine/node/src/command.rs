@@ -52,6 +52,14 @@ pub enum Command<'a> {
     /// STRAIT.STATS: every shard's figures summed, as one JSON document (the admin API's
     /// source; docs/admin-api.md).
     Stats,
+    /// STRAIT.LAYOUT PREPARE|COMMIT site-toml region-ids-json receiver-ports: a run-time
+    /// change, sent by the server's own admin API (`crate::control`), not by users.
+    Layout {
+        commit: bool,
+        config: &'a [u8],
+        ids: &'a [u8],
+        ports: &'a [u8],
+    },
 }
 
 /// A gateway receiver operation.
@@ -244,6 +252,20 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Result<Command<'a>, CommandError> {
         },
         (b"strait.receiver", _) => Err(arity()),
         (b"strait.stats", []) => Ok(Command::Stats),
+        (b"strait.layout", [phase, config, ids, ports]) => {
+            let commit = match phase.to_ascii_lowercase().as_slice() {
+                b"prepare" => false,
+                b"commit" => true,
+                _ => return Err(CommandError::Syntax),
+            };
+            Ok(Command::Layout {
+                commit,
+                config,
+                ids,
+                ports,
+            })
+        }
+        (b"strait.layout", _) => Err(arity()),
         (b"strait.stats", _) => Err(arity()),
         (b"hello", []) => Ok(Command::Hello(None)),
         (b"hello", [v, ..]) => integer(v)

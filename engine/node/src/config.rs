@@ -26,7 +26,13 @@ pub const BATCH_SIZE_DEFAULT: u32 = 100;
 pub const BATCH_TIME_INTERVAL_MS_DEFAULT: u32 = 1000;
 pub const MAXIMUM_QUEUE_MEMORY_MB_DEFAULT: u32 = 100;
 pub const DISPATCHER_THREADS_DEFAULT: u16 = 5;
-pub const SOCKET_BUFFER_SIZE_DEFAULT: u32 = 524_288;
+/// `socket-buffer-size` default: 0, the kernel sizes the buffers (Linux's autotuning). Geode's
+/// default is 524 288 bytes; a fixed buffer turns autotuning off and, with Linux's default
+/// `net.core.wmem_max` of 208 KiB, caps a connection at about 416 KiB in flight, a tenth of
+/// a 1 Gbit/s × 25 ms path. A value set in the file is applied.
+pub const SOCKET_BUFFER_SIZE_DEFAULT: u32 = 0;
+/// The smallest non-zero `socket-buffer-size`.
+pub const SOCKET_BUFFER_SIZE_MIN: u32 = 4096;
 /// Default `batches-in-flight`: batches a dispatcher sends before the first is acknowledged.
 /// Over a WAN the window, not the link, bounds throughput: a parallel sender serves about
 /// `total-num-buckets / shards` queues per dispatcher, so a window of 8 gave each bucket a
@@ -197,7 +203,8 @@ pub struct SenderDef {
     pub socket_buffer_size: u32,
     /// 0: no timeout.
     pub socket_read_timeout_ms: u32,
-    /// `batches-in-flight`: most batches sent and not yet acknowledged, per dispatcher.
+    /// `batches-in-flight`: the window per dispatcher, as full batches: `batches-in-flight` ×
+    /// `batch-size` events sent and not yet acknowledged, in up to 1024 batches.
     pub batches_in_flight: u16,
     pub manual_start: bool,
     /// Where this sender's queues keep their segments: `<directory>/queues/<id>` by default.
@@ -369,6 +376,31 @@ impl Validator<'_> {
             ));
         }
         T::try_from(v).map_err(|_| self.err(span.cloned(), key, format!("{v} is out of range")))
+    }
+
+    /// A `socket-buffer-size`: 0 (the kernel's autotuning), or [`SOCKET_BUFFER_SIZE_MIN`]
+    /// bytes and up.
+    fn buffer_size(
+        &self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        v: Option<i64>,
+    ) -> Result<u32, ConfigError> {
+        let n: u32 = self.int(
+            Some(span),
+            key,
+            v,
+            SOCKET_BUFFER_SIZE_DEFAULT,
+            0..=i64::from(i32::MAX),
+        )?;
+        if n != 0 && n < SOCKET_BUFFER_SIZE_MIN {
+            return Err(self.err(
+                Some(span.clone()),
+                key,
+                format!("{n} bytes is below the minimum of {SOCKET_BUFFER_SIZE_MIN} (0 lets the kernel size the buffers)"),
+            ));
+        }
+        Ok(n)
     }
 
     fn ip(
@@ -597,12 +629,10 @@ impl Validator<'_> {
                     0,
                     0..=i64::from(u32::MAX),
                 )?,
-                socket_buffer_size: self.int(
-                    Some(&span),
+                socket_buffer_size: self.buffer_size(
+                    &span,
                     &key("socket-buffer-size"),
                     s.socket_buffer_size,
-                    SOCKET_BUFFER_SIZE_DEFAULT,
-                    4096..=i64::from(i32::MAX),
                 )?,
                 socket_read_timeout_ms: read_timeout,
                 batches_in_flight: self.int(
@@ -716,12 +746,10 @@ impl Validator<'_> {
                         MAXIMUM_TIME_BETWEEN_PINGS_MS_DEFAULT,
                         1..=i64::from(u32::MAX),
                     )?,
-                    socket_buffer_size: self.int(
-                        Some(&span),
+                    socket_buffer_size: self.buffer_size(
+                        &span,
                         "gateway-receiver.socket-buffer-size",
                         r.socket_buffer_size,
-                        SOCKET_BUFFER_SIZE_DEFAULT,
-                        4096..=i64::from(i32::MAX),
                     )?,
                     manual_start: r.manual_start.unwrap_or(false),
                 })

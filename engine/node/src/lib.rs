@@ -10,6 +10,7 @@
 //! | [`admin::start`] → [`admin::AdminHandle`] | a server's admin API (HTTP + JSON) and `/metrics`, on plain threads that reach the shards through the server's own client port |
 //! | [`locator::start_locator`] → [`locator::LocatorHandle`] | a running locator: the site's directory behind HTTP + JSON, on one control-plane thread |
 //! | [`locator::LocatorClient`] | a blocking client of a locator (register, heartbeat, the directory, least-loaded, status) |
+//! | [`runtime::State`] / [`runtime::Journal`] | what is created, altered and destroyed while the server runs, validated as the file is, kept in the server's directory and replayed at start |
 //! | [`registration::Registration`] | a server's embedded locator (`start-locator`) and its registration agents, a plain thread per locator that registers, heartbeats the client-connection count and deregisters |
 //!
 //! Shards never call a locator: the agent reads a counter the shards update, so a locator
@@ -29,9 +30,11 @@
 pub mod admin;
 pub mod command;
 pub mod config;
+pub mod control;
 pub mod geode;
 pub mod locator;
 pub mod region_log;
 pub mod registration;
+pub mod runtime;
 pub mod server;
 pub mod wan;

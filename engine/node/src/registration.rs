@@ -72,7 +72,7 @@ impl Registration {
 pub fn start(
     server: &ServerSettings,
     client_addr: SocketAddr,
-    (receivers, advertised): (Vec<strait_net::locator::ReceiverEndpoint>, Arc<AtomicBool>),
+    (receivers, advertised): (Receivers, Arc<AtomicBool>),
     admin: Option<SocketAddr>,
     load: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
@@ -177,12 +177,16 @@ struct Link {
     started: Instant,
 }
 
+/// The gateway receiver's endpoints (one per shard; none without a receiver), replaced when a
+/// receiver is created or destroyed at run time.
+pub type Receivers = Arc<std::sync::Mutex<Vec<strait_net::locator::ReceiverEndpoint>>>;
+
 /// Registers with the locator `at`, heartbeats until `stop`, then deregisters.
 /// The receiver's endpoints are in the registration while `advertised` holds; a change
 /// registers again at once (the locator replaces the entry).
 fn run_agent(
     mut request: RegisterRequest,
-    (receivers, advertised): (Vec<strait_net::locator::ReceiverEndpoint>, Arc<AtomicBool>),
+    (receivers, advertised): (Receivers, Arc<AtomicBool>),
     at: HostPort,
     load: &AtomicU32,
     stop: &AtomicBool,
@@ -195,10 +199,13 @@ fn run_agent(
         started: Instant::now(),
     };
     while !stop.load(Ordering::SeqCst) {
-        let on = advertised.load(Ordering::SeqCst);
-        let listed = !request.receivers.is_empty();
-        if on != listed && !receivers.is_empty() {
-            request.receivers = if on { receivers.clone() } else { Vec::new() };
+        let wanted = if advertised.load(Ordering::SeqCst) {
+            receivers.lock().map(|r| r.clone()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if wanted != request.receivers {
+            request.receivers = wanted;
             link.link.register_again(link.now_ms());
         }
         request.load = load.load(Ordering::Relaxed);

@@ -96,6 +96,8 @@ pub enum StartError {
     ReceiverPorts(#[from] crate::wan::PortRangeError),
     #[error("gateway receiver: cannot listen on {addr}: {reason}")]
     ReceiverListen { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::JournalError),
 }
 
 /// One operation on the shard that owns its key.
@@ -144,7 +146,18 @@ pub(crate) enum ShardOp {
     /// `STRAIT.RECEIVER`: start or stop the gateway receiver on this shard (or, `None`,
     /// report whether it runs).
     Receiver(Option<command::ReceiverOp>),
+    /// `STRAIT.LAYOUT`: a run-time change (`crate::control`), prepared or committed.
+    Layout {
+        config: Arc<SiteConfig>,
+        ids: Arc<crate::runtime::RegionIds>,
+        receiver_ports: Arc<Vec<u16>>,
+        commit: bool,
+    },
 }
+
+/// The refusal of an operation on a region destroyed meanwhile.
+const REGION_DESTROYED: &str =
+    "ERR the region was destroyed; `strait list regions` shows the regions";
 
 #[derive(Debug)]
 pub(crate) enum OpReply {
@@ -260,6 +273,24 @@ pub fn allowed_cpus() -> Vec<usize> {
 /// Starts a server; returns once every shard listens, or with the reason none can.
 pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
     let lock = lock_directory(&config.server.directory)?;
+    // What was created, altered or destroyed at run time comes back (`crate::runtime`).
+    let dir = config.server.directory.clone();
+    let journal = crate::runtime::Journal::load(&dir)?;
+    let state = journal.replay(&dir, config)?;
+    if !journal.changes.is_empty() {
+        tracing::info!(
+            "{}: replayed {} run-time changes",
+            dir.join(crate::runtime::JOURNAL_FILE).display(),
+            journal.changes.len()
+        );
+    }
+    let config = state.config.clone();
+    let region_ids = crate::runtime::RegionIds::load(&dir)?
+        .assign(&config)
+        .ok_or_else(|| crate::runtime::JournalError::RegionIdsFull {
+            file: dir.join(crate::runtime::REGION_IDS_FILE),
+        })?;
+    region_ids.save(&dir)?;
     let cpus = allowed_cpus();
     let shards = config.server.shards.unwrap_or(cpus.len().max(1) as u16);
     let addr = SocketAddr::new(config.server.bind_address, config.server.client_port);
@@ -286,33 +317,29 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         (Some(def), Some(table)) => crate::wan::advertised_receivers(def, &receiver_ports, &table),
         _ => Vec::new(),
     };
+    let receivers: crate::registration::Receivers = Arc::new(std::sync::Mutex::new(receivers));
+    let control = Arc::new(crate::control::Control::new(
+        (state, journal, region_ids.clone()),
+        addr,
+        shards,
+        (receiver_ports.clone(), receivers.clone()),
+    ));
     let receiver_ports = Arc::new(receiver_ports);
     // Whether the receiver runs (and is advertised to the locators): from the start unless it
     // has `manual-start`; `STRAIT.RECEIVER START|STOP` changes it.
     let receiver_advertised = Arc::new(AtomicBool::new(
         config.receiver.as_ref().is_some_and(|r| !r.manual_start),
     ));
-    let mut regions = Vec::new();
     for r in &config.regions {
-        let mut rc = RegionConfig::new(
-            r.name.clone(),
-            match r.kind {
-                RegionType::Partition => RegionKind::Partition,
-                RegionType::Replicate => RegionKind::Replicate,
-            },
-        );
-        rc.total_buckets = r.total_num_buckets;
-        rc.gateway_sender_ids = r.gateway_sender_ids.clone();
-        let table =
-            BucketTable::new(r.total_num_buckets, shards).map_err(|e| StartError::Region {
-                region: r.name.clone(),
-                reason: e.to_string(),
-            })?;
+        let rc = region_config(r);
+        BucketTable::new(r.total_num_buckets, shards).map_err(|e| StartError::Region {
+            region: r.name.clone(),
+            reason: e.to_string(),
+        })?;
         RegionStore::new(&rc).map_err(|e| StartError::Region {
             region: r.name.clone(),
             reason: e.to_string(),
         })?;
-        regions.push((rc, table));
     }
     let n = shards as usize;
     let mut wiring: Vec<Wiring> = (0..n)
@@ -341,7 +368,7 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
     let load = Arc::new(AtomicU32::new(0));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), (u16, String)>>();
     let config = Arc::new(config);
-    let regions = Arc::new(regions);
+    let region_ids = Arc::new(region_ids);
     let mut handles = Vec::new();
     for (i, w) in wiring.into_iter().enumerate() {
         let placement = match cpus.get(i) {
@@ -357,7 +384,7 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         };
         let (config, regions, shard_stop, ready, load, ports, advertised) = (
             config.clone(),
-            regions.clone(),
+            region_ids.clone(),
             stop.clone(),
             ready_tx.clone(),
             load.clone(),
@@ -417,8 +444,7 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         0 => None,
         port => {
             let at = SocketAddr::new(config.server.http_service_bind_address, port);
-            let site_toml = crate::config::to_toml(&config);
-            match crate::admin::start(at, addr, site_toml, stop.clone()) {
+            match crate::admin::start(at, addr, control.clone(), stop.clone()) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     stop.store(true, Ordering::SeqCst);
@@ -561,18 +587,30 @@ enum QueueOwner {
     Log,
 }
 
-/// A gateway sender's queues on this shard.
+/// A gateway sender's queues on this shard. A sender keeps its index (its slot in
+/// `Shard::senders`) for the life of the process; a destroyed sender's slot stays, retired.
 pub(crate) struct SenderRt {
     pub(crate) id: String,
     parallel: bool,
     dispatchers: u16,
+    /// Its options, changed by `alter gateway-sender`; the dispatcher reads them at each
+    /// connection.
+    pub(crate) def: RefCell<crate::config::SenderDef>,
     pub(crate) queue: RefCell<Option<Rc<ShardQueue>>>,
+    /// Queues per shard: a parallel sender's bucket `b` goes to queue `b % queues`.
+    queues: u16,
+    /// False once destroyed.
+    pub(crate) live: Cell<bool>,
+    /// Its dispatcher, until the sender is destroyed or the server stops.
+    dispatcher: RefCell<Option<glommio::Task<()>>>,
 }
 
 impl SenderRt {
     pub(crate) fn queue_id(&self, bucket: BucketId) -> QueueId {
         let layout = if self.parallel {
-            QueueLayout::Parallel
+            QueueLayout::Parallel {
+                queues: self.queues,
+            }
         } else {
             QueueLayout::Serial {
                 dispatchers: self.dispatchers,
@@ -582,26 +620,49 @@ impl SenderRt {
     }
 }
 
+/// Where a region is in its life on this shard (`crate::runtime` for run-time changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RegionState {
+    /// Created and taking operations, not yet found by name: every shard gets a region
+    /// before any client can name it.
+    Prepared,
+    Live,
+    /// Destroyed: its id stays taken, operations on it are refused.
+    Destroyed,
+}
+
+/// A region on this shard, at its id (its index in `Shard::regions`).
+pub(crate) struct RegionSlot {
+    pub(crate) rc: RegionConfig,
+    pub(crate) table: BucketTable,
+    pub(crate) persistent: bool,
+    pub(crate) state: Cell<RegionState>,
+    /// Its senders (indices into `Shard::senders`) and the recipient set of a local write.
+    pub(crate) attached: RefCell<Rc<(Vec<usize>, Vec<SiteId>)>>,
+}
+
 pub(crate) struct Shard {
     pub(crate) id: ShardId,
     pub(crate) shards: usize,
     pub(crate) site: SiteId,
     member: MemberId,
-    pub(crate) config: Arc<SiteConfig>,
-    pub(crate) regions: Arc<Vec<(RegionConfig, BucketTable)>>,
+    /// The running configuration; a run-time change replaces it.
+    config: RefCell<Arc<SiteConfig>>,
+    /// Every region id this process has used, by id.
+    regions: RefCell<Rc<Vec<Rc<RegionSlot>>>>,
+    /// Per region id: its store (emptied when the region is destroyed).
     pub(crate) stores: RefCell<Vec<RegionStore>>,
-    /// Per region: its log when the region is persistent (`crate::region_log`). Emptied at
+    /// Per region id: its log when the region is persistent (`crate::region_log`). Emptied at
     /// shutdown.
     pub(crate) logs: RefCell<Vec<Option<Rc<ShardQueue>>>>,
-    pub(crate) senders: Vec<SenderRt>,
-    /// Per region: its senders (indices into `senders`) and the recipient set of a local write.
-    pub(crate) attached: Vec<(Vec<usize>, Vec<SiteId>)>,
+    /// Every gateway sender this process has had, by index.
+    senders: RefCell<Vec<Rc<SenderRt>>>,
     /// Gateway sender and receiver figures.
     pub(crate) wan: crate::wan::WanShard,
     /// Open gateway-receiver connections.
     pub(crate) wan_connections: Cell<u32>,
     /// This shard's gateway-receiver port, when the server has a receiver.
-    pub(crate) receiver_port: Option<u16>,
+    pub(crate) receiver_port: Cell<Option<u16>>,
     /// Whether the receiver is advertised to the locators (shared by every shard and the
     /// registration agents).
     pub(crate) receiver_advertised: Arc<AtomicBool>,
@@ -612,6 +673,12 @@ pub(crate) struct Shard {
     pending: RefCell<HashMap<u64, local_channel::LocalSender<Vec<OpReply>>>>,
     next_request: Cell<u64>,
     connections: Cell<u32>,
+    /// The region of a client that chose none: the first configured.
+    default_region: Cell<Option<u16>>,
+    /// The server's stop flag, for tasks a run-time change starts.
+    stop: Arc<AtomicBool>,
+    /// This shard, for tasks a run-time change starts.
+    me: std::rc::Weak<Shard>,
 }
 
 fn now_us() -> u64 {
@@ -625,6 +692,133 @@ fn member_id(name: &str) -> MemberId {
     MemberId((strait_engine::bucket::key_hash(name.as_bytes()) & 0xffff) as u16)
 }
 
+/// Deletes a directory and what it holds, on the blocking pool.
+async fn remove_dir(dir: PathBuf) {
+    let shown = dir.display().to_string();
+    let removed = glommio::executor()
+        .spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await;
+    if let Err(e) = removed {
+        tracing::warn!("cannot remove {shown}: {e}");
+    }
+}
+
+/// Opens gateway sender `def`'s queues on shard `id` of `n`.
+async fn open_sender(
+    id: ShardId,
+    n: usize,
+    def: &crate::config::SenderDef,
+    config: &SiteConfig,
+) -> Result<SenderRt, String> {
+    // A parallel sender has a queue per bucket of the largest region on the server (also the
+    // regions it is not attached to yet: `alter region` may attach it later).
+    let queue_count = if def.parallel {
+        config
+            .regions
+            .iter()
+            .map(|r| r.total_num_buckets)
+            .max()
+            .unwrap_or(strait_engine::bucket::TOTAL_BUCKETS_DEFAULT)
+    } else {
+        def.dispatcher_threads
+    };
+    let qc = QueueConfig {
+        queue_count,
+        memory_bytes_max: def.maximum_queue_memory_bytes / n as u64,
+        persistent: def.enable_persistence,
+        disk_synchronous: def.disk_synchronous,
+        sync: def.sync,
+        conflation: def.enable_batch_conflation,
+        ..QueueConfig::default()
+    };
+    let dir = def.disk_dir.join(format!("shard-{}", id.0));
+    let (queue, _report) = ShardQueue::open(dir, qc)
+        .await
+        .map_err(|e| format!("gateway sender `{}`: {e}", def.id))?;
+    Ok(SenderRt {
+        id: def.id.clone(),
+        parallel: def.parallel,
+        dispatchers: def.dispatcher_threads,
+        def: RefCell::new(def.clone()),
+        queue: RefCell::new(Some(Rc::new(queue))),
+        queues: queue_count,
+        live: Cell::new(true),
+        dispatcher: RefCell::new(None),
+    })
+}
+
+fn region_config(def: &crate::config::RegionDef) -> RegionConfig {
+    let mut rc = RegionConfig::new(
+        def.name.clone(),
+        match def.kind {
+            RegionType::Partition => RegionKind::Partition,
+            RegionType::Replicate => RegionKind::Replicate,
+        },
+    );
+    rc.total_buckets = def.total_num_buckets;
+    rc.gateway_sender_ids = def.gateway_sender_ids.clone();
+    rc
+}
+
+/// The slot of a region id whose region is not configured (destroyed, or of an earlier run).
+fn retired_slot(name: &str, shards: u16) -> Result<RegionSlot, String> {
+    let rc = RegionConfig::new(name.to_string(), RegionKind::Replicate);
+    let table = BucketTable::new(rc.total_buckets, shards).map_err(|e| e.to_string())?;
+    Ok(RegionSlot {
+        rc,
+        table,
+        persistent: false,
+        state: Cell::new(RegionState::Destroyed),
+        attached: RefCell::default(),
+    })
+}
+
+/// Region `def` on shard `id`: its slot (prepared), its store, and its log restored into the
+/// store when the region is persistent.
+async fn open_region(
+    id: ShardId,
+    shards: u16,
+    config: &SiteConfig,
+    def: &crate::config::RegionDef,
+    site: SiteId,
+) -> Result<(RegionSlot, RegionStore, Option<Rc<ShardQueue>>), String> {
+    let rc = region_config(def);
+    let table = BucketTable::new(def.total_num_buckets, shards)
+        .map_err(|e| format!("region `{}`: {e}", def.name))?;
+    let mut store = RegionStore::new(&rc).map_err(|e| format!("region `{}`: {e}", def.name))?;
+    let log = if def.persistent {
+        let dir = crate::region_log::log_dir(&config.server.directory, &def.name, id.0);
+        let (log, restored) = crate::region_log::open(&def.name, dir, &mut store, site)
+            .await
+            .map_err(|e| e.to_string())?;
+        if restored.records > 0 {
+            tracing::info!(
+                region = %def.name,
+                shard = id.0,
+                "region `{}`, shard {}: restored {} logged writes ({} changed the store)",
+                def.name, id.0, restored.records, restored.applied
+            );
+        }
+        Some(Rc::new(log))
+    } else {
+        None
+    };
+    Ok((
+        RegionSlot {
+            rc,
+            table,
+            persistent: def.persistent,
+            state: Cell::new(RegionState::Prepared),
+            attached: RefCell::default(),
+        },
+        store,
+        log,
+    ))
+}
+
 pub(crate) async fn wait_stop(stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
@@ -634,7 +828,7 @@ pub(crate) async fn wait_stop(stop: &AtomicBool) {
 async fn shard_main(
     id: ShardId,
     config: Arc<SiteConfig>,
-    regions: Arc<Vec<(RegionConfig, BucketTable)>>,
+    region_ids: Arc<crate::runtime::RegionIds>,
     w: Wiring,
     (stop, load, advertised): (Arc<AtomicBool>, Arc<AtomicU32>, Arc<AtomicBool>),
     (addr, receiver_ports): (SocketAddr, Arc<Vec<u16>>),
@@ -706,97 +900,51 @@ async fn shard_main(
     let site = config.server.distributed_system_id.unwrap_or(NO_SITE);
     let mut senders = Vec::new();
     for def in &config.senders {
-        let queue_count = if def.parallel {
-            regions
-                .iter()
-                .filter(|(r, _)| r.gateway_sender_ids.contains(&def.id))
-                .map(|(r, _)| r.total_buckets)
-                .max()
-                .unwrap_or(1)
-        } else {
-            def.dispatcher_threads
-        };
-        let qc = QueueConfig {
-            queue_count,
-            memory_bytes_max: def.maximum_queue_memory_bytes / n as u64,
-            persistent: def.enable_persistence,
-            disk_synchronous: def.disk_synchronous,
-            sync: def.sync,
-            conflation: def.enable_batch_conflation,
-            ..QueueConfig::default()
-        };
-        let dir = def.disk_dir.join(format!("shard-{}", id.0));
-        let (queue, _report) = ShardQueue::open(dir, qc)
-            .await
-            .map_err(|e| format!("gateway sender `{}`: {e}", def.id))?;
-        senders.push(SenderRt {
-            id: def.id.clone(),
-            parallel: def.parallel,
-            dispatchers: def.dispatcher_threads,
-            queue: RefCell::new(Some(Rc::new(queue))),
-        });
+        senders.push(Rc::new(open_sender(id, n, def, &config).await?));
     }
+    let mut slots = Vec::new();
     let mut stores = Vec::new();
-    let mut attached = Vec::new();
-    for (rc, _) in regions.iter() {
-        stores.push(RegionStore::new(rc).map_err(|e| e.to_string())?);
-        let idx: Vec<usize> = config
-            .senders
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| rc.gateway_sender_ids.contains(&s.id))
-            .map(|(i, _)| i)
-            .collect();
-        let mut recipients: Vec<SiteId> = idx
-            .iter()
-            .map(|&i| config.senders[i].remote_distributed_system_id)
-            .collect();
-        recipients.sort();
-        recipients.dedup();
-        attached.push((idx, recipients));
-    }
     let mut logs = Vec::new();
-    for (def, store) in config.regions.iter().zip(stores.iter_mut()) {
-        if !def.persistent {
+    for name in &region_ids.names {
+        let Some(def) = config.regions.iter().find(|r| &r.name == name) else {
+            // A region of an earlier run, not configured now: its id stays taken.
+            let slot = retired_slot(name, n as u16)?;
+            stores.push(RegionStore::new(&slot.rc).map_err(|e| e.to_string())?);
+            slots.push(Rc::new(slot));
             logs.push(None);
             continue;
-        }
-        let dir = crate::region_log::log_dir(&config.server.directory, &def.name, id.0);
-        let (log, restored) = crate::region_log::open(&def.name, dir, store, site)
-            .await
-            .map_err(|e| e.to_string())?;
-        if restored.records > 0 {
-            tracing::info!(
-                region = %def.name,
-                shard = id.0,
-                "region `{}`, shard {}: restored {} logged writes ({} changed the store)",
-                def.name, id.0, restored.records, restored.applied
-            );
-        }
-        logs.push(Some(Rc::new(log)));
+        };
+        let (slot, store, log) = open_region(id, n as u16, &config, def, site).await?;
+        slot.state.set(RegionState::Live);
+        slots.push(Rc::new(slot));
+        stores.push(store);
+        logs.push(log);
     }
     let receiver_port = receiver_ports.get(id.0 as usize).copied();
-    let shard = Rc::new(Shard {
+    let shard = Rc::new_cyclic(|me| Shard {
         id,
         shards: n,
         site,
         member: member_id(&config.server.name),
-        config: config.clone(),
-        regions,
+        config: RefCell::new(config.clone()),
+        regions: RefCell::new(Rc::new(slots)),
         stores: RefCell::new(stores),
         logs: RefCell::new(logs),
         wan: crate::wan::WanShard::new(&config.senders),
         wan_connections: Cell::new(0),
-        receiver_port,
+        receiver_port: Cell::new(receiver_port),
         receiver_advertised: advertised,
-        senders,
-        attached,
+        senders: RefCell::new(senders),
         streams: RefCell::new(HashMap::new()),
         requests_out: RefCell::new(requests_out),
         pending: RefCell::new(HashMap::new()),
         next_request: Cell::new(1),
         connections: Cell::new(0),
+        default_region: Cell::new(None),
+        stop: stop.clone(),
+        me: me.clone(),
     });
+    shard.attach_all();
 
     // Serve the other shards' requests; each task ends when that peer stops sending. Every
     // request runs in a task of its own: a batch of writes waits for its group commit, and
@@ -860,21 +1008,13 @@ async fn shard_main(
         _ => None,
     };
     let _ = ready.send(Ok(()));
-    let mut wan_tasks = Vec::new();
-    if config.receiver.is_some() {
-        shard.wan.set_receiver(receiver);
-        wan_tasks.push(glommio::spawn_local(crate::wan::run_receiver(
-            shard.clone(),
-            stop.clone(),
-        )));
-    }
+    // The receiver's task runs for the server's life: a receiver created at run time gets
+    // its listener here.
+    shard.wan.set_receiver(receiver);
+    let receiver_task = glommio::spawn_local(crate::wan::run_receiver(shard.clone(), stop.clone()));
     // Every sender gets its dispatcher; one with `manual-start` waits for a START.
     for i in 0..config.senders.len() {
-        wan_tasks.push(glommio::spawn_local(crate::wan::run_dispatcher(
-            shard.clone(),
-            i,
-            stop.clone(),
-        )));
+        shard.spawn_dispatcher(i);
     }
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -902,7 +1042,14 @@ async fn shard_main(
     }
     drop(listener);
     // Dispatchers and the receiver's listener stop at the flag; their queue handles go.
-    for t in wan_tasks {
+    receiver_task.await;
+    let dispatchers: Vec<_> = shard
+        .senders
+        .borrow()
+        .iter()
+        .filter_map(|s| s.dispatcher.borrow_mut().take())
+        .collect();
+    for t in dispatchers {
         t.await;
     }
     // Let connections finish what they read, within the grace period.
@@ -919,14 +1066,16 @@ async fn shard_main(
     }
     let mut first_error = None;
     let logs = std::mem::take(&mut *shard.logs.borrow_mut());
-    for (log, def) in logs.into_iter().zip(&shard.config.regions) {
+    let slots = shard.regions();
+    for (log, slot) in logs.into_iter().zip(slots.iter()) {
         if let Some(q) = log.and_then(|q| Rc::try_unwrap(q).ok())
             && let Err(e) = q.close().await
         {
-            first_error.get_or_insert(format!("closing the log of region `{}`: {e}", def.name));
+            first_error.get_or_insert(format!("closing the log of region `{}`: {e}", slot.rc.name));
         }
     }
-    for s in &shard.senders {
+    let senders: Vec<_> = shard.senders.borrow().clone();
+    for s in &senders {
         let queue = s.queue.borrow_mut().take();
         if let Some(q) = queue.and_then(|q| Rc::try_unwrap(q).ok())
             && let Err(e) = q.close().await
@@ -1003,13 +1152,305 @@ fn add_each<T: Default + Clone>(to: &mut Vec<T>, from: &[T], add: impl Fn(&mut T
 }
 
 impl Shard {
-    pub(crate) fn table(&self, region: u16) -> &BucketTable {
-        &self.regions[region as usize].1
+    /// The running configuration.
+    pub(crate) fn config(&self) -> Arc<SiteConfig> {
+        self.config.borrow().clone()
     }
 
+    /// Every region id's slot, by id.
+    pub(crate) fn regions(&self) -> Rc<Vec<Rc<RegionSlot>>> {
+        self.regions.borrow().clone()
+    }
+
+    /// Region `region`, unless it was destroyed.
+    pub(crate) fn region(&self, region: u16) -> Option<Rc<RegionSlot>> {
+        self.regions
+            .borrow()
+            .get(usize::from(region))
+            .filter(|s| s.state.get() != RegionState::Destroyed)
+            .cloned()
+    }
+
+    /// The id of the live region named `name`.
+    pub(crate) fn region_named(&self, name: &[u8]) -> Option<u16> {
+        self.regions
+            .borrow()
+            .iter()
+            .position(|s| s.state.get() == RegionState::Live && s.rc.name.as_bytes() == name)
+            .map(|i| i as u16)
+    }
+
+    /// The live regions' ids in the configuration's order (what `SELECT n` counts).
+    pub(crate) fn live_region_ids(&self) -> Vec<u16> {
+        self.config()
+            .regions
+            .iter()
+            .filter_map(|r| self.region_named(r.name.as_bytes()))
+            .collect()
+    }
+
+    /// Every gateway sender this process has had, by index (destroyed ones are not `live`).
+    pub(crate) fn senders(&self) -> Vec<Rc<SenderRt>> {
+        self.senders.borrow().clone()
+    }
+
+    pub(crate) fn sender(&self, index: usize) -> Option<Rc<SenderRt>> {
+        self.senders.borrow().get(index).cloned()
+    }
+
+    /// The index of the live sender `id`.
+    pub(crate) fn sender_index(&self, id: &[u8]) -> Option<usize> {
+        self.senders
+            .borrow()
+            .iter()
+            .position(|s| s.live.get() && s.id.as_bytes() == id)
+    }
+
+    /// The shard owning `key` of `region`; this one for a destroyed region, which refuses.
     pub(crate) fn owner(&self, region: u16, key: &[u8]) -> usize {
-        let t = self.table(region);
-        t.shard_of(t.bucket_of(key)).map_or(0, |s| s.0 as usize)
+        match self.region(region) {
+            Some(slot) => {
+                let t = &slot.table;
+                t.shard_of(t.bucket_of(key)).map_or(0, |s| s.0 as usize)
+            }
+            None => usize::from(self.id.0),
+        }
+    }
+
+    /// Works out every region's senders and recipients from the running configuration.
+    fn attach_all(&self) {
+        let config = self.config();
+        let senders = self.senders();
+        for slot in self.regions().iter() {
+            let Some(def) = config.regions.iter().find(|r| r.name == slot.rc.name) else {
+                *slot.attached.borrow_mut() = Rc::default();
+                continue;
+            };
+            let idx: Vec<usize> = senders
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.live.get() && def.gateway_sender_ids.contains(&s.id))
+                .map(|(i, _)| i)
+                .collect();
+            let mut recipients: Vec<SiteId> = idx
+                .iter()
+                .map(|&i| senders[i].def.borrow().remote_distributed_system_id)
+                .collect();
+            recipients.sort();
+            recipients.dedup();
+            *slot.attached.borrow_mut() = Rc::new((idx, recipients));
+        }
+        self.default_region
+            .set(self.live_region_ids().first().copied());
+    }
+
+    /// The names of the regions sender `index` is attached to.
+    fn regions_of(&self, index: usize) -> Vec<String> {
+        self.regions()
+            .iter()
+            .filter(|s| s.attached.borrow().0.contains(&index))
+            .map(|s| s.rc.name.clone())
+            .collect()
+    }
+
+    fn spawn_dispatcher(&self, index: usize) {
+        let (Some(me), Some(sender)) = (self.me.upgrade(), self.sender(index)) else {
+            return;
+        };
+        let task = glommio::spawn_local(crate::wan::run_dispatcher(me, index, self.stop.clone()));
+        *sender.dispatcher.borrow_mut() = Some(task);
+    }
+
+    /// A run-time change, first half: opens what the new configuration adds (regions'
+    /// stores and logs, senders' queues) without letting clients name it yet. Slots are
+    /// added in the same order on every shard, so ids and indices agree; a region or sender
+    /// that cannot be opened still takes its slot, retired, and the change is refused.
+    async fn prepare_layout(
+        &self,
+        config: &SiteConfig,
+        ids: &crate::runtime::RegionIds,
+    ) -> Result<(), String> {
+        let mut failure = None;
+        let n = self.shards as u16;
+        for (id, name) in ids.names.iter().enumerate() {
+            let slot = self.regions().get(id).cloned();
+            let def = config.regions.iter().find(|r| &r.name == name);
+            let reopen = match (&slot, def) {
+                (None, _) => true,
+                (Some(s), Some(_)) => s.state.get() == RegionState::Destroyed,
+                (Some(_), None) => false,
+            };
+            if !reopen {
+                continue;
+            }
+            let opened = match def {
+                Some(def) => open_region(self.id, n, config, def, self.site).await,
+                None => retired_slot(name, n).and_then(|slot| {
+                    let store = RegionStore::new(&slot.rc).map_err(|e| e.to_string())?;
+                    Ok((slot, store, None))
+                }),
+            };
+            let (slot, store, log) = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    let slot = retired_slot(name, n)?;
+                    let store = RegionStore::new(&slot.rc).map_err(|e| e.to_string())?;
+                    (slot, store, None)
+                }
+            };
+            let mut regions = (*self.regions()).clone();
+            let mut stores = self.stores.borrow_mut();
+            let mut logs = self.logs.borrow_mut();
+            if id < regions.len() {
+                regions[id] = Rc::new(slot);
+                stores[id] = store;
+                logs[id] = log;
+            } else {
+                regions.push(Rc::new(slot));
+                stores.push(store);
+                logs.push(log);
+            }
+            *self.regions.borrow_mut() = Rc::new(regions);
+        }
+        for def in &config.senders {
+            if self.sender_index(def.id.as_bytes()).is_some() {
+                continue;
+            }
+            let rt = match open_sender(self.id, self.shards, def, config).await {
+                Ok(rt) => rt,
+                // The sender keeps its index with no queue: writes to its regions are
+                // refused with the reason, and destroying it clears it.
+                Err(e) => {
+                    tracing::error!(sender = %def.id, shard = self.id.0, "{e}");
+                    failure.get_or_insert(e);
+                    SenderRt {
+                        id: def.id.clone(),
+                        parallel: def.parallel,
+                        dispatchers: def.dispatcher_threads,
+                        def: RefCell::new(def.clone()),
+                        queue: RefCell::new(None),
+                        queues: 1,
+                        live: Cell::new(true),
+                        dispatcher: RefCell::new(None),
+                    }
+                }
+            };
+            self.senders.borrow_mut().push(Rc::new(rt));
+            self.wan.add_sender(def);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// A run-time change, second half: the new configuration takes over. Destroyed regions
+    /// lose their data (and their logs), destroyed senders their dispatcher and queues (and
+    /// their files); altered and re-attached senders reconnect with their new options and
+    /// regions; new senders start; the receiver is created or destroyed.
+    async fn commit_layout(
+        &self,
+        config: Arc<SiteConfig>,
+        ids: &crate::runtime::RegionIds,
+        receiver_ports: &[u16],
+    ) -> Result<(), String> {
+        let prepared = self.prepare_layout(&config, ids).await;
+        let old = self.config();
+        let before: Vec<Vec<String>> = (0..self.senders.borrow().len())
+            .map(|i| self.regions_of(i))
+            .collect();
+        *self.config.borrow_mut() = config.clone();
+        let mut failure = prepared.err();
+        // Regions.
+        for (id, slot) in self.regions().iter().enumerate() {
+            let wanted = config.regions.iter().any(|r| r.name == slot.rc.name);
+            match slot.state.get() {
+                RegionState::Prepared if wanted => slot.state.set(RegionState::Live),
+                RegionState::Live | RegionState::Prepared if !wanted => {
+                    slot.state.set(RegionState::Destroyed);
+                    if let Ok(empty) = RegionStore::new(&slot.rc) {
+                        self.stores.borrow_mut()[id] = empty;
+                    }
+                    let log = self.logs.borrow_mut()[id].take();
+                    if let Some(q) = log.and_then(|q| Rc::try_unwrap(q).ok())
+                        && let Err(e) = q.close().await
+                    {
+                        failure.get_or_insert(format!(
+                            "closing the log of region `{}`: {e}",
+                            slot.rc.name
+                        ));
+                    }
+                    if slot.persistent {
+                        let dir = crate::region_log::log_dir(
+                            &old.server.directory,
+                            &slot.rc.name,
+                            self.id.0,
+                        );
+                        remove_dir(dir).await;
+                    }
+                    tracing::info!(region = %slot.rc.name, shard = self.id.0, "region `{}` destroyed (shard {})", slot.rc.name, self.id.0);
+                }
+                _ => {}
+            }
+        }
+        // Senders destroyed and altered.
+        for (i, s) in self.senders().iter().enumerate() {
+            if !s.live.get() {
+                continue;
+            }
+            match config.senders.iter().find(|d| d.id == s.id) {
+                None => {
+                    s.live.set(false);
+                    self.wan.retire_sender(i);
+                    let task = s.dispatcher.borrow_mut().take();
+                    if let Some(t) = task {
+                        t.await;
+                    }
+                    let queue = s.queue.borrow_mut().take();
+                    if let Some(q) = queue.and_then(|q| Rc::try_unwrap(q).ok())
+                        && let Err(e) = q.close().await
+                    {
+                        failure.get_or_insert(format!("closing gateway sender `{}`: {e}", s.id));
+                    }
+                    let dir = s.def.borrow().disk_dir.join(format!("shard-{}", self.id.0));
+                    remove_dir(dir).await;
+                    tracing::info!(sender = %s.id, shard = self.id.0, "gateway sender `{}` destroyed (shard {})", s.id, self.id.0);
+                }
+                Some(def) if *def != *s.def.borrow() => {
+                    *s.def.borrow_mut() = def.clone();
+                    self.wan.relink_sender(i);
+                }
+                Some(_) => {}
+            }
+        }
+        self.attach_all();
+        for (i, s) in self.senders().iter().enumerate() {
+            if !s.live.get() {
+                continue;
+            }
+            if s.dispatcher.borrow().is_none() {
+                self.spawn_dispatcher(i);
+            } else if before.get(i) != Some(&self.regions_of(i)) {
+                self.wan.relink_sender(i);
+            }
+        }
+        // The receiver.
+        match (&old.receiver, &config.receiver) {
+            (None, Some(def)) => {
+                let port = receiver_ports.get(usize::from(self.id.0)).copied();
+                self.receiver_port.set(port);
+                if !def.manual_start
+                    && let OpReply::Error(e) =
+                        crate::wan::receiver_op(self, Some(command::ReceiverOp::Start))
+                {
+                    failure.get_or_insert(e);
+                }
+            }
+            (Some(_), None) => {
+                crate::wan::stop_receiver(self);
+                self.receiver_port.set(None);
+            }
+            _ => {}
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// The sequence number the stream's next event gets. It continues after a restart without
@@ -1036,6 +1477,16 @@ impl Shard {
         for op in ops {
             let index = replies.len();
             let reply = match op {
+                ShardOp::Get { region, .. }
+                | ShardOp::Exists { region, .. }
+                | ShardOp::Count { region }
+                | ShardOp::Scan { region, .. }
+                | ShardOp::Set { region, .. }
+                | ShardOp::Del { region, .. }
+                    if self.region(region).is_none() =>
+                {
+                    OpReply::Error(REGION_DESTROYED.into())
+                }
                 ShardOp::Get { region, key } => {
                     OpReply::Value(self.stores.borrow()[region as usize].get(&key).cloned())
                 }
@@ -1077,6 +1528,22 @@ impl Shard {
                 }
                 ShardOp::Sender { index, op } => crate::wan::sender_op(self, index, op),
                 ShardOp::Receiver(op) => crate::wan::receiver_op(self, op),
+                ShardOp::Layout {
+                    config,
+                    ids,
+                    receiver_ports,
+                    commit,
+                } => {
+                    let done = if commit {
+                        self.commit_layout(config, &ids, &receiver_ports).await
+                    } else {
+                        self.prepare_layout(&config, &ids).await
+                    };
+                    match done {
+                        Ok(()) => OpReply::Done,
+                        Err(e) => OpReply::Error(format!("ERR shard {}: {e}", self.id.0)),
+                    }
+                }
             };
             replies.push(reply);
         }
@@ -1114,24 +1581,31 @@ impl Shard {
         waits: &mut Vec<(Rc<ShardQueue>, QueueId, strait_queue::ids::Seq, usize)>,
         index: usize,
     ) -> OpReply {
-        let (senders, recipients) = &self.attached[region as usize];
-        let bucket = self.table(region).bucket_of(&key);
+        let Some(slot) = self.region(region) else {
+            return OpReply::Error(REGION_DESTROYED.into());
+        };
+        let attached = slot.attached.borrow().clone();
+        let (senders, recipients) = &*attached;
+        let bucket = slot.table.bucket_of(&key);
         // Every queue the write goes into: each attached sender's, and the region's log.
         let mut queues: SmallVec<[(QueueOwner, Rc<ShardQueue>, QueueId); 4]> = SmallVec::new();
         // A sender that is not running does not queue the write (Geode drops it too).
         let mut dropped: SmallVec<[usize; 4]> = SmallVec::new();
         for &i in senders {
-            let s = &self.senders[i];
-            if self.wan.senders[i].state.get() == crate::wan::SenderState::NotRunning {
+            let Some(s) = self.sender(i) else { continue };
+            if self.wan.sender(i).state.get() == crate::wan::SenderState::NotRunning {
                 dropped.push(i);
                 continue;
             }
             let Some(queue) = s.queue.borrow().clone() else {
-                return OpReply::Error("ERR the server is stopping".into());
+                return OpReply::Error(format!(
+                    "ERR gateway sender `{}` has no queue on this shard: the server is stopping, or its queues could not be opened (the server's log says why)",
+                    s.id
+                ));
             };
             queues.push((QueueOwner::Sender(i), queue, s.queue_id(bucket)));
         }
-        if self.config.regions[region as usize].persistent {
+        if slot.persistent {
             // Emptied at shutdown: a write that arrives after that is refused, not a panic.
             let Some(log) = self.logs.borrow().get(region as usize).cloned().flatten() else {
                 return OpReply::Error("ERR the server is stopping".into());
@@ -1190,7 +1664,7 @@ impl Shard {
                 match queue.append_now(*qid, &event) {
                     Ok(seq) => {
                         if let QueueOwner::Sender(i) = owner {
-                            let c = &self.wan.senders[*i].queued;
+                            let c = &self.wan.sender(*i).queued;
                             c.set(c.get() + 1);
                         }
                         waits.push((queue.clone(), *qid, seq, index));
@@ -1211,7 +1685,7 @@ impl Shard {
             };
             debug_assert_eq!(written.map(|w| w.tag), Some(outcome.tag));
             for &i in &dropped {
-                let c = &self.wan.senders[i].dropped;
+                let c = &self.wan.sender(i).dropped;
                 c.set(c.get() + 1);
             }
             return match value {
@@ -1224,10 +1698,14 @@ impl Shard {
     /// The error a client gets when a queue refuses its write.
     fn refusal(&self, owner: QueueOwner, region: u16, e: &AppendError) -> String {
         match owner {
-            QueueOwner::Sender(i) => format!("ERR gateway sender `{}`: {e}", self.senders[i].id),
+            QueueOwner::Sender(i) => format!(
+                "ERR gateway sender `{}`: {e}",
+                self.sender(i).map_or(String::new(), |s| s.id.clone())
+            ),
             QueueOwner::Log => format!(
                 "ERR region `{}`: its log: {e}",
-                self.regions[region as usize].0.name
+                self.region(region)
+                    .map_or(String::new(), |s| s.rc.name.clone())
             ),
         }
     }
@@ -1244,7 +1722,7 @@ impl Shard {
                 .map(|r| r.len() as u64)
                 .collect(),
             senders: self
-                .senders
+                .senders()
                 .iter()
                 .map(|sender| {
                     sender
@@ -1284,7 +1762,8 @@ impl Shard {
 }
 
 struct Session {
-    region: u16,
+    /// The region chosen with `SELECT` or `STRAIT.REGION`; `None`: the first configured.
+    region: Option<u16>,
     /// The client asked for RESP3 (HELLO 3).
     resp3: bool,
 }
@@ -1301,7 +1780,7 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream, stop: &Atomi
     let mut out: Vec<u8> = Vec::new();
     let mut plans = Vec::new();
     let mut session = Session {
-        region: 0,
+        region: None,
         resp3: false,
     };
     loop {
@@ -1575,7 +2054,6 @@ fn plan(
         Ok(c) => c,
         Err(e) => return (ready(&|o| error_line(o, &e.to_string())), false),
     };
-    let regions = shard.regions.len();
     let needs_region = !matches!(
         cmd,
         Command::Ping(_)
@@ -1592,14 +2070,19 @@ fn plan(
             | Command::Sender(..)
             | Command::Receiver(..)
             | Command::Stats
+            | Command::Layout { .. }
     );
-    if needs_region && (session.region as usize) >= regions {
-        return (
-            ready(&|o| error_line(o, "ERR no region is configured on this server")),
-            false,
-        );
-    }
-    let region = session.region;
+    let region = session.region.or_else(|| shard.default_region.get());
+    let region = match region {
+        Some(r) => r,
+        None if needs_region => {
+            return (
+                ready(&|o| error_line(o, "ERR no region is configured on this server")),
+                false,
+            );
+        }
+        None => 0,
+    };
     let mut push = |to: usize, op: ShardOp| {
         batches[to].push(op);
         (to, batches[to].len() - 1)
@@ -1714,18 +2197,16 @@ fn plan(
             );
             Pending::Scan(s, i)
         }
-        Command::Select(n) if (n as usize) < regions => {
-            session.region = n as u16;
-            ready(&|o| resp::encode_simple(o, b"OK"))
-        }
-        Command::Select(_) => ready(&|o| error_line(o, "ERR DB index is out of range")),
-        Command::Region(name) => match shard
-            .regions
-            .iter()
-            .position(|(r, _)| r.name.as_bytes() == name)
-        {
+        Command::Select(n) => match shard.live_region_ids().get(n as usize) {
+            Some(&id) => {
+                session.region = Some(id);
+                ready(&|o| resp::encode_simple(o, b"OK"))
+            }
+            None => ready(&|o| error_line(o, "ERR DB index is out of range")),
+        },
+        Command::Region(name) => match shard.region_named(name) {
             Some(i) => {
-                session.region = i as u16;
+                session.region = Some(i);
                 ready(&|o| resp::encode_simple(o, b"OK"))
             }
             None => {
@@ -1761,31 +2242,78 @@ fn plan(
                 .collect(),
             op.is_none(),
         ),
-        Command::Sender(id, action) => {
-            match shard.senders.iter().position(|s| s.id.as_bytes() == id) {
-                Some(index) => {
-                    let op = match action {
-                        command::SenderAction::Op(op) => Some(op),
-                        command::SenderAction::Status => None,
-                    };
-                    Pending::Sender(
-                        (0..shard.shards)
-                            .map(|s| push(s, ShardOp::Sender { index, op }))
-                            .collect(),
-                        op.is_none(),
-                    )
-                }
-                None => {
-                    let msg = format!(
-                        "ERR unknown gateway sender '{}'",
-                        String::from_utf8_lossy(id)
-                    );
-                    ready(&|o| error_line(o, &msg))
-                }
+        Command::Layout {
+            commit,
+            config,
+            ids,
+            ports,
+        } => match layout_args(config, ids, ports) {
+            Ok((config, ids, receiver_ports)) => Pending::AllDone(
+                (0..shard.shards)
+                    .map(|s| {
+                        push(
+                            s,
+                            ShardOp::Layout {
+                                config: config.clone(),
+                                ids: ids.clone(),
+                                receiver_ports: receiver_ports.clone(),
+                                commit,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            Err(e) => ready(&|o| error_line(o, &format!("ERR STRAIT.LAYOUT: {e}"))),
+        },
+        Command::Sender(id, action) => match shard.sender_index(id) {
+            Some(index) => {
+                let op = match action {
+                    command::SenderAction::Op(op) => Some(op),
+                    command::SenderAction::Status => None,
+                };
+                Pending::Sender(
+                    (0..shard.shards)
+                        .map(|s| push(s, ShardOp::Sender { index, op }))
+                        .collect(),
+                    op.is_none(),
+                )
             }
-        }
+            None => {
+                let msg = format!(
+                    "ERR unknown gateway sender '{}'",
+                    String::from_utf8_lossy(id)
+                );
+                ready(&|o| error_line(o, &msg))
+            }
+        },
     };
     (plan, false)
+}
+
+type LayoutArgs = (
+    Arc<SiteConfig>,
+    Arc<crate::runtime::RegionIds>,
+    Arc<Vec<u16>>,
+);
+
+/// The arguments of `STRAIT.LAYOUT`: the configuration as a `site.toml`, the region ids as a
+/// JSON list of names, the receiver's ports (one per shard, comma-separated, or empty).
+fn layout_args(config: &[u8], ids: &[u8], ports: &[u8]) -> Result<LayoutArgs, String> {
+    let text = std::str::from_utf8(config).map_err(|e| e.to_string())?;
+    let config =
+        crate::config::parse(Path::new("(STRAIT.LAYOUT)"), text).map_err(|e| e.to_string())?;
+    let names: Vec<String> = serde_json::from_slice(ids).map_err(|e| e.to_string())?;
+    let ports = std::str::from_utf8(ports)
+        .map_err(|e| e.to_string())?
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u16>().map_err(|e| format!("port `{p}`: {e}")))
+        .collect::<Result<Vec<u16>, String>>()?;
+    Ok((
+        Arc::new(config),
+        Arc::new(crate::runtime::RegionIds { names }),
+        Arc::new(ports),
+    ))
 }
 
 /// The HELLO reply: who this server is, as Redis 7 words it (a map in RESP3).
@@ -1824,9 +2352,11 @@ fn info_header(shard: &Shard) -> String {
     s.push_str(env!("CARGO_PKG_VERSION"));
     s.push_str(&format!(
         "\r\nmember:{}\r\nshards:{}\r\nshard:{}\r\n",
-        shard.config.server.name, shard.shards, shard.id.0
+        shard.config().server.name,
+        shard.shards,
+        shard.id.0
     ));
-    if let Some(site) = shard.config.server.distributed_system_id {
+    if let Some(site) = shard.config().server.distributed_system_id {
         s.push_str(&format!("distributed_system_id:{site}\r\n"));
     }
     s
@@ -1836,27 +2366,31 @@ fn info_header(shard: &Shard) -> String {
 /// The `STRAIT.STATS` document (docs/admin-api.md, "GET /v1/member").
 fn stats_json(shard: &Shard, total: &ShardStats) -> serde_json::Value {
     use serde_json::json;
+    let config = shard.config();
     let regions: Vec<_> = shard
-        .regions
+        .regions()
         .iter()
         .enumerate()
-        .map(|(i, (r, _))| {
+        .filter(|(_, slot)| slot.state.get() == RegionState::Live)
+        .map(|(i, slot)| {
+            let def = config.regions.iter().find(|r| r.name == slot.rc.name);
             json!({
-                "name": r.name,
-                "buckets": r.total_buckets,
+                "name": slot.rc.name,
+                "buckets": slot.rc.total_buckets,
                 "keys": total.entries.get(i).copied().unwrap_or(0),
-                "persistent": shard.config.regions[i].persistent,
-                "gateway_sender_ids": shard.config.regions[i].gateway_sender_ids,
+                "persistent": slot.persistent,
+                "gateway_sender_ids": def.map(|d| d.gateway_sender_ids.clone()).unwrap_or_default(),
             })
         })
         .collect();
     let senders: Vec<_> = shard
-        .senders
+        .senders()
         .iter()
-        .zip(&total.senders)
         .enumerate()
-        .map(|(i, (sender, st))| {
-            let def = &shard.config.senders[i];
+        .filter(|(_, sender)| sender.live.get())
+        .map(|(i, sender)| {
+            let st = total.senders.get(i).cloned().unwrap_or_default();
+            let def = sender.def.borrow();
             let f = total.wan.senders.get(i).copied().unwrap_or_default();
             json!({
                 "id": sender.id,
@@ -1886,7 +2420,7 @@ fn stats_json(shard: &Shard, total: &ShardStats) -> serde_json::Value {
             })
         })
         .collect();
-    let receiver = shard.config.receiver.as_ref().map(|def| {
+    let receiver = config.receiver.as_ref().map(|def| {
         let w = &total.wan;
         json!({
             "state": if shard.receiver_advertised.load(Ordering::SeqCst) { "running" } else { "not running" },
@@ -1905,8 +2439,8 @@ fn stats_json(shard: &Shard, total: &ShardStats) -> serde_json::Value {
         })
     });
     json!({
-        "member": shard.config.server.name,
-        "site": shard.config.server.distributed_system_id.map(|s| s.0),
+        "member": config.server.name,
+        "site": config.server.distributed_system_id.map(|s| s.0),
         "version": env!("CARGO_PKG_VERSION"),
         "shards": shard.shards,
         "clients": total.connections,
@@ -1923,16 +2457,23 @@ fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
         total.connections
     ));
     s.push_str("\r\n# Regions\r\n");
-    for (i, (r, _)) in shard.regions.iter().enumerate() {
+    for (n, id) in shard.live_region_ids().into_iter().enumerate() {
+        let Some(slot) = shard.region(id) else {
+            continue;
+        };
         s.push_str(&format!(
-            "region{i}:name={},buckets={},keys={}\r\n",
-            r.name,
-            r.total_buckets,
-            total.entries.get(i).copied().unwrap_or(0)
+            "region{n}:name={},buckets={},keys={}\r\n",
+            slot.rc.name,
+            slot.rc.total_buckets,
+            total.entries.get(usize::from(id)).copied().unwrap_or(0)
         ));
     }
     s.push_str("\r\n# Gateway senders (all shards)\r\n");
-    for (i, (sender, st)) in shard.senders.iter().zip(&total.senders).enumerate() {
+    for (i, sender) in shard.senders().iter().enumerate() {
+        if !sender.live.get() {
+            continue;
+        }
+        let st = total.senders.get(i).cloned().unwrap_or_default();
         let f = total.wan.senders.get(i).copied().unwrap_or_default();
         let state = f.state.map_or("changing", |st| st.name());
         s.push_str(&format!(
@@ -1952,7 +2493,7 @@ fn info_body(shard: &Shard, header: &str, total: &ShardStats) -> String {
             shard.shards,
         ));
     }
-    if shard.config.receiver.is_some() {
+    if shard.config().receiver.is_some() {
         let w = &total.wan;
         s.push_str(&format!(
             "\r\n# Gateway receiver (all shards)\r\nreceiver:applied={},duplicates={},conflicts={},dead_lettered={},cross_shard_events={},connections={},queue_refusals={},state={}\r\n",

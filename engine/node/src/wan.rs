@@ -122,6 +122,11 @@ pub(crate) struct SenderCounters {
     pub state: Cell<SenderState>,
     /// Notified at every state change; the dispatcher waits on it.
     pub changed: strait_queue::shard::Notify,
+    /// Set by a run-time change of the sender's options or regions: the dispatcher ends its
+    /// connection and connects again with the new ones.
+    pub relink: Cell<bool>,
+    /// Set when the sender is destroyed: the dispatcher ends.
+    pub retired: Cell<bool>,
 }
 
 /// One gateway sender's figures, summed over shards.
@@ -210,7 +215,8 @@ impl WanStats {
 /// The WAN state of one shard.
 #[derive(Debug, Default)]
 pub(crate) struct WanShard {
-    pub senders: Vec<SenderCounters>,
+    /// Per sender index (`crate::server::Shard::senders`).
+    senders: RefCell<Vec<Rc<SenderCounters>>>,
     pub receiver: ReceiverCounters,
     /// Whether the gateway receiver runs on this shard (`STRAIT.RECEIVER START|STOP`).
     receiver_running: Cell<bool>,
@@ -225,20 +231,47 @@ pub(crate) struct WanShard {
 impl WanShard {
     /// A sender with `manual-start` starts not running.
     pub fn new(senders: &[SenderDef]) -> WanShard {
-        WanShard {
-            senders: senders
-                .iter()
-                .map(|d| SenderCounters {
-                    state: Cell::new(if d.manual_start {
-                        SenderState::NotRunning
-                    } else {
-                        SenderState::Running
-                    }),
-                    ..SenderCounters::default()
-                })
-                .collect(),
-            ..WanShard::default()
+        let w = WanShard::default();
+        for d in senders {
+            w.add_sender(d);
         }
+        w
+    }
+
+    /// The counters of a sender added at the next index.
+    pub fn add_sender(&self, def: &SenderDef) {
+        self.senders.borrow_mut().push(Rc::new(SenderCounters {
+            state: Cell::new(if def.manual_start {
+                SenderState::NotRunning
+            } else {
+                SenderState::Running
+            }),
+            ..SenderCounters::default()
+        }));
+    }
+
+    /// Sender `index`'s counters.
+    pub fn sender(&self, index: usize) -> Rc<SenderCounters> {
+        self.senders
+            .borrow()
+            .get(index)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Ends sender `index`'s dispatcher for good (the sender was destroyed).
+    pub fn retire_sender(&self, index: usize) {
+        let c = self.sender(index);
+        c.retired.set(true);
+        c.state.set(SenderState::NotRunning);
+        c.changed.notify();
+    }
+
+    /// Makes sender `index`'s dispatcher connect again with its new options and regions.
+    pub fn relink_sender(&self, index: usize) {
+        let c = self.sender(index);
+        c.relink.set(true);
+        c.changed.notify();
     }
 
     /// The receiver's listener at start: `Some` when it starts with the server.
@@ -252,6 +285,7 @@ impl WanShard {
         WanStats {
             senders: self
                 .senders
+                .borrow()
                 .iter()
                 .map(|s| SenderFigures {
                     events: s.events.get(),
@@ -273,6 +307,7 @@ impl WanShard {
             queue_refusals: r.queue_refusals.get(),
             batch_rtt: self
                 .senders
+                .borrow()
                 .iter()
                 .map(|s| s.rtt.borrow().clone())
                 .collect(),
@@ -309,10 +344,11 @@ async fn sleep_or_stop(ms: u64, stop: &AtomicBool, counters: &SenderCounters) {
     .await;
 }
 
-/// Waits until the sender is started (running or paused); false when the server stops first.
+/// Waits until the sender is started (running or paused); false when the server stops or
+/// the sender is destroyed first.
 async fn wait_started(counters: &SenderCounters, stop: &AtomicBool) -> bool {
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) || counters.retired.get() {
             return false;
         }
         if counters.state.get() != SenderState::NotRunning {
@@ -322,12 +358,10 @@ async fn wait_started(counters: &SenderCounters, stop: &AtomicBool) -> bool {
     }
 }
 
-/// Runs `STRAIT.SENDER` on this shard for sender `index`: applies `op` (for START CLEAN,
-/// after discarding everything queued for the sender here) and answers the new state, or
-/// answers the state when `op` is `None`.
 /// Runs a `STRAIT.RECEIVER` operation on this shard (docs/wan.md "Receiver operations").
 pub(crate) fn receiver_op(shard: &Shard, op: Option<ReceiverOp>) -> OpReply {
-    let (Some(def), Some(port)) = (shard.config.receiver.as_ref(), shard.receiver_port) else {
+    let config = shard.config();
+    let (Some(def), Some(port)) = (config.receiver.as_ref(), shard.receiver_port.get()) else {
         return OpReply::Error("ERR this server has no gateway receiver".into());
     };
     let w = &shard.wan;
@@ -354,28 +388,41 @@ pub(crate) fn receiver_op(shard: &Shard, op: Option<ReceiverOp>) -> OpReply {
                 }
             }
         }
-        Some(ReceiverOp::Stop) if w.receiver_running.get() => {
-            w.receiver_running.set(false);
-            shard.receiver_advertised.store(false, Ordering::SeqCst);
-            w.receiver_changed.notify();
-            tracing::info!(
-                shard = shard.id.0,
-                "gateway receiver (shard {}): stopped",
-                shard.id.0
-            );
-        }
+        Some(ReceiverOp::Stop) => stop_receiver(shard),
         Some(_) => {}
     }
     OpReply::Receiver(w.receiver_running.get())
 }
 
+/// Stops the receiver on this shard: its listener and connections close.
+pub(crate) fn stop_receiver(shard: &Shard) {
+    let w = &shard.wan;
+    if !w.receiver_running.get() {
+        return;
+    }
+    w.receiver_running.set(false);
+    shard.receiver_advertised.store(false, Ordering::SeqCst);
+    w.receiver_changed.notify();
+    tracing::info!(
+        shard = shard.id.0,
+        "gateway receiver (shard {}): stopped",
+        shard.id.0
+    );
+}
+
+/// Runs `STRAIT.SENDER` on this shard for sender `index`: applies `op` (for START CLEAN,
+/// after discarding everything queued for the sender here) and answers the new state, or
+/// answers the state when `op` is `None`.
 /// Waits until the receiver on this shard stops (or starts), or the server stops.
 async fn receiver_change_or_stop(shard: &Shard, stop: &AtomicBool) {
     future::or(shard.wan.receiver_changed.notified(), wait_stop(stop)).await;
 }
 
 pub(crate) fn sender_op(shard: &Shard, index: usize, op: Option<SenderOp>) -> OpReply {
-    let counters = &shard.wan.senders[index];
+    let Some(sender) = shard.sender(index).filter(|s| s.live.get()) else {
+        return OpReply::Error("ERR the gateway sender was destroyed".into());
+    };
+    let counters = shard.wan.sender(index);
     let current = counters.state.get();
     let Some(op) = op else {
         return OpReply::Sender(current);
@@ -383,28 +430,25 @@ pub(crate) fn sender_op(shard: &Shard, index: usize, op: Option<SenderOp>) -> Op
     let next = match current.after(op) {
         Ok(next) => next,
         Err(why) => {
-            return OpReply::Error(format!(
-                "ERR gateway sender '{}' {why}",
-                shard.senders[index].id
-            ));
+            return OpReply::Error(format!("ERR gateway sender '{}' {why}", sender.id));
         }
     };
     if op == (SenderOp::Start { clean: true }) {
-        let queue = shard.senders[index].queue.borrow().clone();
+        let queue = sender.queue.borrow().clone();
         let Some(queue) = queue else {
             return OpReply::Error("ERR the server is stopping".into());
         };
         match queue.with(|q| strait_engine::sender::discard_all(q, |_, _| {})) {
             Ok(n) => tracing::info!(
-                sender = %shard.senders[index].id,
+                sender = %sender.id,
                 shard = shard.id.0,
                 "gateway sender `{}` (shard {}): START CLEAN discarded {n} queued events",
-                shard.senders[index].id, shard.id.0
+                sender.id, shard.id.0
             ),
             Err(e) => {
                 return OpReply::Error(format!(
                     "ERR gateway sender '{}': cleaning its queues: {e}",
-                    shard.senders[index].id
+                    sender.id
                 ));
             }
         }
@@ -512,6 +556,41 @@ pub(crate) async fn run_receiver(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Sets a WAN connection's kernel send and receive buffers to `bytes` (`socket-buffer-size`);
+/// 0 leaves them to the kernel's autotuning. The kernel caps a request at
+/// `net.core.wmem_max` / `rmem_max` (then doubles it, for its own bookkeeping): a smaller
+/// result than asked is logged with the sysctl to raise. Returns the (send, receive) sizes the
+/// kernel reports afterwards.
+pub(crate) fn set_socket_buffers(
+    stream: &TcpStream,
+    bytes: u32,
+    what: &str,
+) -> Option<(usize, usize)> {
+    if bytes == 0 {
+        return None;
+    }
+    let socket = socket2::SockRef::from(stream);
+    let wanted = bytes as usize;
+    let set = socket
+        .set_send_buffer_size(wanted)
+        .and_then(|()| socket.set_recv_buffer_size(wanted))
+        .and_then(|()| Ok((socket.send_buffer_size()?, socket.recv_buffer_size()?)));
+    match set {
+        Ok((send, recv)) => {
+            if send < wanted || recv < wanted {
+                tracing::warn!(
+                    "{what}: socket-buffer-size {wanted} is capped by the kernel to {send} bytes (send) and {recv} (receive); raise net.core.wmem_max and net.core.rmem_max (sysctl) to allow it"
+                );
+            }
+            Some((send, recv))
+        }
+        Err(e) => {
+            tracing::warn!("{what}: cannot set socket-buffer-size {wanted}: {e}");
+            None
+        }
+    }
+}
+
 /// Accepts on `listener` until the receiver stops on this shard or the server stops.
 async fn accept_senders(shard: &Rc<Shard>, listener: &TcpListener, stop: &Arc<AtomicBool>) {
     loop {
@@ -525,6 +604,10 @@ async fn accept_senders(shard: &Rc<Shard>, listener: &TcpListener, stop: &Arc<At
         .await;
         match accepted {
             Some(Ok(stream)) => {
+                if let Some(def) = &shard.config().receiver {
+                    let what = format!("gateway receiver (shard {})", shard.id.0);
+                    set_socket_buffers(&stream, def.socket_buffer_size, &what);
+                }
                 let (shard, stop) = (shard.clone(), stop.clone());
                 shard.wan_connections.set(shard.wan_connections.get() + 1);
                 bump(&shard.wan.receiver.connections, 1);
@@ -561,17 +644,30 @@ struct Peer {
     regions: HashMap<u16, (String, Option<u16>)>,
 }
 
+impl Peer {
+    /// The local region of the sender's region `id`: as resolved at the hello, or by name
+    /// now when the region was created here since (or destroyed and created again).
+    fn local_region(&self, shard: &Shard, id: u16) -> Option<u16> {
+        let (name, local) = self.regions.get(&id)?;
+        match local {
+            Some(i) if shard.region(*i).is_some() => Some(*i),
+            _ => shard.region_named(name.as_bytes()),
+        }
+    }
+}
+
 async fn serve_sender(
     shard: &Rc<Shard>,
     mut stream: TcpStream,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let Some(def) = shard.config.receiver.as_ref() else {
+    let site_config = shard.config();
+    let Some(def) = site_config.receiver.as_ref() else {
         return Ok(());
     };
     let epoch = Instant::now();
     let now = || epoch.elapsed().as_millis() as u64;
-    let mut config = ReceiverConfig::new(shard.site, shard.config.server.name.clone());
+    let mut config = ReceiverConfig::new(shard.site, site_config.server.name.clone());
     config.maximum_time_between_pings_ms = def.maximum_time_between_pings_ms;
     let mut conn = ReceiverConn::new(config, now());
     let mut buf = vec![0u8; WAN_READ_BYTES];
@@ -653,13 +749,9 @@ async fn flush_receiver(
                     .regions
                     .iter()
                     .map(|r| {
-                        let local = shard
-                            .regions
-                            .iter()
-                            .position(|(rc, _)| rc.name == r.name)
-                            .map(|i| i as u16);
-                        if let Some(i) = local {
-                            let here = shard.regions[usize::from(i)].0.total_buckets;
+                        let local = shard.region_named(r.name.as_bytes());
+                        if let Some(slot) = local.and_then(|i| shard.region(i)) {
+                            let here = slot.rc.total_buckets;
                             if u32::from(here) != r.total_num_buckets {
                                 tracing::warn!(
                                     region = %r.name,
@@ -712,8 +804,9 @@ async fn apply_batch(
     let mut local: Vec<(usize, u16, Record<'_>)> = Vec::new();
     let mut remote: Vec<Vec<(usize, u16, Bytes)>> = (0..shard.shards).map(|_| Vec::new()).collect();
     for (i, r) in records.iter().enumerate() {
-        match peer.regions.get(&r.region().0) {
-            Some((_, Some(region))) => {
+        match peer.local_region(shard, r.region().0) {
+            Some(region) => {
+                let region = &region;
                 let owner = shard.owner(*region, r.key());
                 if owner == usize::from(shard.id.0) {
                     local.push((i, *region, *r));
@@ -807,11 +900,11 @@ async fn apply_batch(
                     site = peer.site.0,
                     "gateway receiver: events of region `{region}` from site {} cannot be applied here; they are kept in {}",
                     peer.site,
-                    dead_letter_path(&shard.config.server.directory, region).display()
+                    dead_letter_path(&shard.config().server.directory, region).display()
                 );
             }
         }
-        let dir = shard.config.server.directory.clone();
+        let dir = shard.config().server.directory.clone();
         let written = executor()
             .spawn_blocking(move || append_dead_letters(&dir, &letters))
             .await;
@@ -841,6 +934,14 @@ pub(crate) async fn apply_here(
         HashMap::new();
     let mut out = Vec::with_capacity(records.len());
     for (region, record) in records {
+        let Some(slot) = shard.region(*region) else {
+            out.push(ApplyOutcome::DeadLetter(
+                strait_engine::apply::DeadLetterCause::UnknownRegion {
+                    region: RegionId(*region),
+                },
+            ));
+            continue;
+        };
         if shard.stores.borrow().get(usize::from(*region)).is_none() {
             out.push(ApplyOutcome::DeadLetter(
                 strait_engine::apply::DeadLetterCause::UnknownRegion {
@@ -849,7 +950,7 @@ pub(crate) async fn apply_here(
             ));
             continue;
         }
-        let plan = ForwardPlan::new(shard, *region, record);
+        let plan = ForwardPlan::new(shard, &slot, *region, record);
         loop {
             match plan.check_room(shard, *region, record) {
                 Room::Ready => break,
@@ -922,19 +1023,24 @@ enum Room {
 }
 
 impl ForwardPlan {
-    fn new(shard: &Shard, region: u16, record: &Record<'_>) -> ForwardPlan {
-        let (attached, targets) = &shard.attached[usize::from(region)];
+    fn new(
+        shard: &Shard,
+        slot: &crate::server::RegionSlot,
+        region: u16,
+        record: &Record<'_>,
+    ) -> ForwardPlan {
+        let attached = slot.attached.borrow().clone();
+        let (attached, targets) = &*attached;
         let candidates: Vec<(SenderIndex, SiteId)> = attached
             .iter()
-            .map(|&i| {
-                (
-                    SenderIndex(i),
-                    shard.config.senders[i].remote_distributed_system_id,
-                )
+            .filter_map(|&i| {
+                let s = shard.sender(i)?;
+                let site = s.def.borrow().remote_distributed_system_id;
+                Some((SenderIndex(i), site))
             })
             .collect();
         let (chosen, recipients) = forward_targets(shard.site, record, &candidates, targets);
-        let bucket: BucketId = shard.table(region).bucket_of(record.key());
+        let bucket: BucketId = slot.table.bucket_of(record.key());
         let mut plan = ForwardPlan {
             log: shard
                 .logs
@@ -948,8 +1054,8 @@ impl ForwardPlan {
             bucket,
         };
         for SenderIndex(i) in chosen {
-            let s = &shard.senders[i];
-            if shard.wan.senders[i].state.get() == SenderState::NotRunning {
+            let Some(s) = shard.sender(i) else { continue };
+            if shard.wan.sender(i).state.get() == SenderState::NotRunning {
                 plan.stopped.push(i);
                 continue;
             }
@@ -993,7 +1099,9 @@ impl ForwardPlan {
             let event = Self::log_event(region, record, &original);
             let what = format!(
                 "region `{}`: its log",
-                shard.regions[usize::from(region)].0.name
+                shard
+                    .region(region)
+                    .map_or(String::new(), |s| s.rc.name.clone())
             );
             if let Some(room) = check(log, crate::region_log::LOG_QUEUE, &event, what) {
                 return room;
@@ -1001,7 +1109,10 @@ impl ForwardPlan {
         }
         let event = self.forward_event(region, record);
         for (i, queue, qid) in &self.senders {
-            let what = format!("forwarding to gateway sender `{}`", shard.senders[*i].id);
+            let what = format!(
+                "forwarding to gateway sender `{}`",
+                shard.sender(*i).map_or(String::new(), |s| s.id.clone())
+            );
             if let Some(room) = check(queue, *qid, &event, what) {
                 return room;
             }
@@ -1039,10 +1150,10 @@ impl ForwardPlan {
         let event = self.forward_event(region, record);
         for (i, queue, qid) in &self.senders {
             push(queue, *qid, &event)?;
-            bump(&shard.wan.senders[*i].queued, 1);
+            bump(&shard.wan.sender(*i).queued, 1);
         }
         for &i in &self.stopped {
-            bump(&shard.wan.senders[i].dropped, 1);
+            bump(&shard.wan.sender(i).dropped, 1);
         }
         Ok(())
     }
@@ -1161,7 +1272,7 @@ pub(crate) async fn dead_letters_command(
     shard: &Rc<Shard>,
     cmd: DeadLettersCommand,
 ) -> Result<String, String> {
-    let dir = shard.config.server.directory.clone();
+    let dir = shard.config().server.directory.clone();
     let only = match &cmd {
         DeadLettersCommand::List => None,
         DeadLettersCommand::Replay(r) => r.clone(),
@@ -1207,10 +1318,9 @@ async fn replay_log(
     bytes: &[u8],
 ) -> Result<(usize, usize), String> {
     let log = DeadLetterLog::read(bytes);
-    let Some(local) = shard.regions.iter().position(|(r, _)| r.name == region) else {
+    let Some(local) = shard.region_named(region.as_bytes()) else {
         return Ok((0, log.entries.len()));
     };
-    let local = local as u16;
     let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; log.entries.len()];
     let mut per_shard: Vec<Vec<(usize, Bytes)>> = (0..shard.shards).map(|_| Vec::new()).collect();
     for (i, e) in log.entries.iter().enumerate() {
@@ -1258,7 +1368,7 @@ async fn replay_log(
         ))
     });
     let kept = replay.kept_log();
-    let path = dead_letter_path(&shard.config.server.directory, region);
+    let path = dead_letter_path(&shard.config().server.directory, region);
     let read_len = bytes.len();
     executor()
         .spawn_blocking(move || rewrite_log(&path, read_len, &kept))
@@ -1272,8 +1382,10 @@ async fn replay_log(
 /// How a connection ended.
 enum LinkEnd {
     Stopped,
-    /// The sender was stopped (`STRAIT.SENDER id STOP`).
+    /// The sender was stopped (`STRAIT.SENDER id STOP`) or destroyed.
     Halted,
+    /// The sender's options or regions changed at run time.
+    Relink,
     Refused(String),
     Failed {
         error: String,
@@ -1287,16 +1399,20 @@ enum LinkEnd {
 /// reconnects after any failure; a stop disconnects it until the next start. Runs until the
 /// server stops.
 pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<AtomicBool>) {
-    let def: SenderDef = shard.config.senders[index].clone();
-    let Some(queue) = shard.senders[index].queue.borrow().clone() else {
+    let Some(sender) = shard.sender(index) else {
         return;
     };
-    let mut locators = shard.config.server.locators.clone();
-    if let Some(own) = &shard.config.server.start_locator
+    let Some(queue) = sender.queue.borrow().clone() else {
+        return;
+    };
+    let site_config = shard.config();
+    let mut locators = site_config.server.locators.clone();
+    if let Some(own) = &site_config.server.start_locator
         && !locators.contains(own)
     {
         locators.push(own.clone());
     }
+    let mut def: SenderDef = sender.def.borrow().clone();
     if locators.is_empty() {
         tracing::warn!(
             sender = %def.id,
@@ -1311,36 +1427,52 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
         def.remote_distributed_system_id,
         LOOKUP_RETRY_MS,
     ));
-    let regions: Vec<RegionSpec> = shard
-        .regions
-        .iter()
-        .enumerate()
-        .filter(|(_, (r, _))| r.gateway_sender_ids.contains(&def.id))
-        .map(|(i, (r, _))| RegionSpec {
-            id: RegionId(i as u16),
-            name: r.name.clone(),
-            total_num_buckets: u32::from(r.total_buckets),
-        })
-        .collect();
-    let mine: HashSet<u16> = wan_table(
-        regions.iter().map(|r| r.total_num_buckets as u16),
-        shard.shards as u16,
-    )
-    .map(|t| t.buckets_of(shard.id).map(|b| b.0).collect())
-    .unwrap_or_default();
-    let mut config = SenderConfig::new(
-        shard.site,
-        def.remote_distributed_system_id,
-        shard.config.server.name.clone(),
-        def.id.clone(),
-        regions,
-    );
-    if def.socket_read_timeout_ms > 0 {
-        config.ack_timeout_ms = u64::from(def.socket_read_timeout_ms);
-    }
-    config.inflight_batches_max = usize::from(def.batches_in_flight);
+    // The sender's options and regions, read again after a run-time change (`relink`).
+    let link_config = |def: &SenderDef| {
+        let regions: Vec<RegionSpec> = shard
+            .regions()
+            .iter()
+            .enumerate()
+            // Destroyed regions too: events queued before the destroy still name them, and
+            // reach the remote site's region of that name.
+            .filter(|(_, slot)| {
+                slot.attached.borrow().0.contains(&index)
+                    || slot.state.get() == crate::server::RegionState::Destroyed
+            })
+            .map(|(i, slot)| RegionSpec {
+                id: RegionId(i as u16),
+                name: slot.rc.name.clone(),
+                total_num_buckets: u32::from(slot.rc.total_buckets),
+            })
+            .collect();
+        let mine: HashSet<u16> = wan_table(
+            regions.iter().map(|r| r.total_num_buckets as u16),
+            shard.shards as u16,
+        )
+        .map(|t| t.buckets_of(shard.id).map(|b| b.0).collect())
+        .unwrap_or_default();
+        let mut config = SenderConfig::new(
+            shard.site,
+            def.remote_distributed_system_id,
+            site_config.server.name.clone(),
+            def.id.clone(),
+            regions,
+        );
+        if def.socket_read_timeout_ms > 0 {
+            config.ack_timeout_ms = u64::from(def.socket_read_timeout_ms);
+        }
+        config.inflight_batches_max = usize::from(def.batches_in_flight);
+        // The window holds `batches-in-flight` full batches' worth of events: a parallel
+        // sender's batches each carry one bucket queue's records and are small, and a window
+        // of whole batches held too few events to fill a long link (docs/benchmarks.md).
+        config.inflight_events_max =
+            Some(u64::from(def.batches_in_flight) * u64::from(def.batch_size.max(1)));
+        (config, mine)
+    };
+    let (mut config, mut mine) = link_config(&def);
     let name = format!("gateway sender `{}` (shard {})", def.id, shard.id.0);
-    let counters = &shard.wan.senders[index];
+    let counters = shard.wan.sender(index);
+    let counters = &*counters;
     let mut backoff = RECONNECT_BACKOFF_MIN_MS;
     let mut attempt = 0usize;
     let mut last_error = String::new();
@@ -1349,13 +1481,17 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
     let mut report = |target: &str, error: String| {
         let kind = error.replace(target, "<receiver>");
         if kind != last_error {
-            tracing::warn!(sender = %def.id, shard = shard.id.0, "{name}: {error}");
+            tracing::warn!(sender = %sender.id, shard = shard.id.0, "{name}: {error}");
             last_error = kind;
         }
     };
     loop {
         if !wait_started(counters, &stop).await {
             return;
+        }
+        if counters.relink.replace(false) {
+            def = sender.def.borrow().clone();
+            (config, mine) = link_config(&def);
         }
         let Some(l) = lookup.take() else { return };
         let (l, found) = executor()
@@ -1404,6 +1540,7 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
             Some(addr) => match connect_or_stop(addr, &stop).await {
                 Connect::Connected(stream) => {
                     let _ = stream.set_nodelay(true);
+                    set_socket_buffers(&stream, def.socket_buffer_size, &name);
                     Some(run_link(counters, &queue, &def, &config, stream, &stop, &name).await)
                 }
                 Connect::Stopped => Some(LinkEnd::Stopped),
@@ -1424,6 +1561,14 @@ pub(crate) async fn run_dispatcher(shard: Rc<Shard>, index: usize, stop: Arc<Ato
         queue.with(strait_engine::link::reset_all);
         match end {
             Some(LinkEnd::Stopped) => return,
+            Some(LinkEnd::Relink) => {
+                tracing::info!(
+                    sender = %def.id,
+                    shard = shard.id.0,
+                    "{name}: its configuration changed; connecting again"
+                );
+                continue;
+            }
             Some(LinkEnd::Halted) => {
                 tracing::info!(
                     sender = %def.id,
@@ -1663,6 +1808,9 @@ async fn run_link(
             if state == SenderState::NotRunning {
                 return LinkEnd::Halted;
             }
+            if counters.relink.get() {
+                return LinkEnd::Relink;
+            }
             let running = state == SenderState::Running;
             let mut sent = false;
             while running && conn.borrow().can_send() {
@@ -1747,6 +1895,34 @@ async fn run_link(
 mod tests {
     use super::*;
     use SenderState::*;
+
+    #[test]
+    fn socket_buffer_size_sets_both_kernel_buffers_and_zero_leaves_them_to_the_kernel() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let at = listener.local_addr().unwrap();
+            let connect = glommio::spawn_local(async move { TcpStream::connect(at).await });
+            let accepted = listener.accept().await.unwrap();
+            let stream = connect.await.unwrap();
+            let before = socket2::SockRef::from(&stream).send_buffer_size().unwrap();
+            assert_eq!(set_socket_buffers(&stream, 0, "test"), None);
+            assert_eq!(
+                socket2::SockRef::from(&stream).send_buffer_size().unwrap(),
+                before
+            );
+            // Linux keeps twice the size asked for (its bookkeeping), below net.core.*mem_max.
+            let n = 100_000;
+            assert_eq!(
+                set_socket_buffers(&stream, n, "test"),
+                Some((2 * n as usize, 2 * n as usize))
+            );
+            let (send, recv) = set_socket_buffers(&accepted, n, "test").unwrap();
+            assert_eq!((send, recv), (2 * n as usize, 2 * n as usize));
+        });
+    }
 
     #[test]
     fn sender_figures_sum_and_a_state_only_while_shards_agree() {

@@ -383,12 +383,18 @@ fn a_second_server_on_the_same_directory_is_refused() {
 #[test]
 fn a_server_with_a_gateway_receiver_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = free_port();
+    // A range of 32 ports, so two free ones are found even when a neighbour of the free port
+    // is taken, and clear of the client port.
+    let client = free_port();
+    let mut base = free_port();
+    while (base..=base + 31).contains(&client) || base > u16::MAX - 31 {
+        base = free_port();
+    }
     let extra = format!(
         "[gateway-receiver]\nstart-port = {base}\nend-port = {}\nbind-address = \"127.0.0.1\"\n{REGIONS}",
-        base + 1
+        base + 31
     );
-    let s = server::start(site(free_port(), tmp.path(), &extra)).unwrap();
+    let s = server::start(site(client, tmp.path(), &extra)).unwrap();
     let mut c = Client::connect(s.client_addr);
     assert_eq!(
         c.call(&["STRAIT.RECEIVER", "STATUS"]),

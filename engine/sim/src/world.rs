@@ -445,14 +445,14 @@ impl World {
             let persistent = rng.chance(500);
             // A parallel sender (a queue per bucket) or a serial one (a queue per dispatcher).
             let layout = if rng.chance(600) {
-                QueueLayout::Parallel
+                QueueLayout::Parallel { queues: buckets }
             } else {
                 QueueLayout::Serial {
                     dispatchers: rng.range(1, 5) as u16,
                 }
             };
             let queue_config = QueueConfig {
-                queue_count: layout.queue_count(buckets),
+                queue_count: layout.queue_count(),
                 memory_bytes_max: rng.range(8, 48) << 10,
                 persistent,
                 disk_synchronous: true,
@@ -501,7 +501,7 @@ impl World {
             two_locator_sites: disc.sites_with_two_locators(),
             serial_sites: sites
                 .iter()
-                .filter(|s| s.layout != QueueLayout::Parallel)
+                .filter(|s| matches!(s.layout, QueueLayout::Serial { .. }))
                 .count() as u64,
             conflating_sites: sites.iter().filter(|s| s.queue_config.conflation).count() as u64,
             seed,

@@ -45,8 +45,14 @@ pub struct SenderConfig {
     pub sender_id: String,
     /// Every region index the sender's records use.
     pub regions: Vec<RegionSpec>,
-    /// Most batches sent and not yet acknowledged; 1..=[`INFLIGHT_BATCHES_MAX`].
+    /// Most batches sent and not yet acknowledged; 1..=[`INFLIGHT_BATCHES_MAX`]. Ignored when
+    /// [`SenderConfig::inflight_events_max`] is set.
     pub inflight_batches_max: usize,
+    /// When set, the window counts events instead of batches: another batch may be sent while
+    /// fewer than this many events are in flight, however many batches carry them (at most
+    /// [`INFLIGHT_BATCHES_MAX`]). A sender with many queues sends small batches (each holds
+    /// one queue's records), and a window of whole batches would then hold few events.
+    pub inflight_events_max: Option<u64>,
     /// How long a batch, the hello or a ping may wait for its answer.
     pub ack_timeout_ms: u64,
     /// Ping after sending nothing for this long; `None`: a third of the receiver's
@@ -70,6 +76,7 @@ impl SenderConfig {
             sender_id: sender_id.into(),
             regions,
             inflight_batches_max: INFLIGHT_BATCHES_MAX_DEFAULT,
+            inflight_events_max: None,
             ack_timeout_ms: ACK_TIMEOUT_MS_DEFAULT,
             ping_interval_ms: None,
         }
@@ -213,6 +220,8 @@ pub enum SenderError {
 pub enum SenderConfigError {
     #[error("inflight-batches-max {0} is outside 1..={INFLIGHT_BATCHES_MAX}")]
     InflightBatchesMax(usize),
+    #[error("inflight-events-max must be at least 1")]
+    InflightEventsMax,
     #[error("ack-timeout must be at least 1 ms")]
     AckTimeout,
     #[error("ping-interval must be at least 1 ms")]
@@ -254,6 +263,8 @@ pub struct SenderConn {
     state: State,
     events: VecDeque<SenderEvent>,
     inflight: VecDeque<InflightBatch>,
+    /// Events of the batches in `inflight`.
+    inflight_events: u64,
     next_batch: BatchId,
     /// When the last frame was handed to the shell to write.
     last_sent_ms: u64,
@@ -269,6 +280,9 @@ impl SenderConn {
             return Err(SenderConfigError::InflightBatchesMax(
                 config.inflight_batches_max,
             ));
+        }
+        if config.inflight_events_max == Some(0) {
+            return Err(SenderConfigError::InflightEventsMax);
         }
         if config.ack_timeout_ms == 0 {
             return Err(SenderConfigError::AckTimeout);
@@ -290,6 +304,7 @@ impl SenderConn {
         events.push_back(SenderEvent::SendHello(hello));
         Ok(SenderConn {
             inflight: VecDeque::with_capacity(config.inflight_batches_max),
+            inflight_events: 0,
             config,
             state: State::Handshaking {
                 hello_sent_ms: now_ms,
@@ -304,8 +319,19 @@ impl SenderConn {
 
     /// Whether the connection is accepted and the window has room for another batch.
     pub fn can_send(&self) -> bool {
-        matches!(self.state, State::Connected { .. })
-            && self.inflight.len() < self.config.inflight_batches_max
+        matches!(self.state, State::Connected { .. }) && !self.window_full()
+    }
+
+    /// Whether the window is full: [`SenderConfig::inflight_batches_max`] batches in flight,
+    /// or with [`SenderConfig::inflight_events_max`] that many events (or
+    /// [`INFLIGHT_BATCHES_MAX`] batches).
+    fn window_full(&self) -> bool {
+        match self.config.inflight_events_max {
+            None => self.inflight.len() >= self.config.inflight_batches_max,
+            Some(events) => {
+                self.inflight.len() >= INFLIGHT_BATCHES_MAX || self.inflight_events >= events
+            }
+        }
     }
 
     /// Whether the connection is over (refused or failed).
@@ -328,7 +354,7 @@ impl SenderConn {
         if !matches!(self.state, State::Connected { .. }) {
             return Err(SendError::NotConnected);
         }
-        if self.inflight.len() >= self.config.inflight_batches_max {
+        if self.window_full() {
             return Err(SendError::WindowFull(self.inflight.len()));
         }
         if batch.events == 0 {
@@ -354,6 +380,7 @@ impl SenderConn {
             batch.possible_duplicate,
         )?;
         self.next_batch = id.next();
+        self.inflight_events += u64::from(batch.events);
         self.inflight.push_back(InflightBatch {
             id,
             queue: batch.queue,
@@ -536,6 +563,7 @@ impl SenderConn {
                     dead_letters.push(d.into_owned());
                 }
                 self.inflight.pop_front();
+                self.inflight_events -= u64::from(oldest.events);
                 self.events.push_back(SenderEvent::Acked(AckedBatch {
                     batch: oldest.id,
                     queue: oldest.queue,
@@ -574,6 +602,7 @@ impl SenderConn {
         self.state = State::Closed;
         self.ping = None;
         let inflight = self.inflight.drain(..).collect();
+        self.inflight_events = 0;
         self.events
             .push_back(SenderEvent::Failed { error, inflight });
     }

@@ -171,6 +171,22 @@ enum Top {
         #[arg(long)]
         key: String,
     },
+    /// Create a disk store, gateway sender, gateway receiver or region on a running server;
+    /// kept in the server's directory, it comes back after a restart.
+    Create {
+        #[command(subcommand)]
+        what: Create,
+    },
+    /// Change a running server's gateway sender or region.
+    Alter {
+        #[command(subcommand)]
+        what: Alter,
+    },
+    /// Destroy a running server's disk store, gateway sender, gateway receiver or region.
+    Destroy {
+        #[command(subcommand)]
+        what: Destroy,
+    },
     /// The gateway receiver's dead-letter logs: events it could not apply.
     DeadLetters {
         #[command(subcommand)]
@@ -252,6 +268,11 @@ enum List {
         #[command(flatten)]
         target: Target,
     },
+    /// The server's disk stores (`create disk-store`) and the senders in each.
+    DiskStores {
+        #[command(flatten)]
+        target: Target,
+    },
     /// The servers a locator knows (its site's directory).
     Members {
         /// The locator, `host[port]` or `host:port`.
@@ -273,6 +294,400 @@ enum Describe {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// `--if-not-exists`: an existing one is no failure (gfsh's flag).
+#[derive(Args, Clone, Copy)]
+struct IfNotExists {
+    /// Succeed, doing nothing, when it already exists.
+    #[arg(long)]
+    if_not_exists: bool,
+}
+
+/// `--if-exists`: a missing one is no failure (gfsh's flag).
+#[derive(Args, Clone, Copy)]
+struct IfExists {
+    /// Succeed, doing nothing, when it does not exist.
+    #[arg(long)]
+    if_exists: bool,
+}
+
+#[derive(Subcommand)]
+enum Create {
+    /// A named directory for persistent gateway senders' queues (`--disk-store-name`).
+    DiskStore {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        name: String,
+        /// The directory; a relative one is inside the server's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        guard: IfNotExists,
+    },
+    /// A gateway sender; attach it to regions with `create region` or `alter region`.
+    GatewaySender {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        options: SenderOptions,
+        #[command(flatten)]
+        fixed: SenderCreateOptions,
+        #[command(flatten)]
+        guard: IfNotExists,
+    },
+    /// The server's gateway receiver (one per server).
+    GatewayReceiver {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        options: ReceiverOptions,
+        #[command(flatten)]
+        guard: IfNotExists,
+    },
+    /// A region.
+    Region {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        options: RegionOptions,
+        #[command(flatten)]
+        guard: IfNotExists,
+    },
+}
+
+/// The options of `create gateway-sender` that are fixed once the sender exists (site.toml's
+/// `[[gateway-sender]]` keys; docs/configuration.md has their defaults).
+#[derive(Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct SenderCreateOptions {
+    /// The site this sender replicates to (required).
+    #[arg(long)]
+    remote_distributed_system_id: u8,
+    /// A queue per bucket (true) or per dispatcher (default false).
+    #[arg(long)]
+    parallel: Option<bool>,
+    /// Queue memory before overflow to disk, MiB, split among shards (default 100).
+    #[arg(long)]
+    maximum_queue_memory: Option<u32>,
+    /// Queues survive a restart (default false).
+    #[arg(long)]
+    enable_persistence: Option<bool>,
+    /// A disk store made with `create disk-store`; the queues go to `<its dir>/<id>`.
+    #[arg(long, conflicts_with = "disk_dir")]
+    disk_store_name: Option<String>,
+    /// The queues' directory, instead of a disk store (default `<directory>/queues/<id>`).
+    #[arg(long)]
+    disk_dir: Option<PathBuf>,
+    /// With `every-batch`, an append completes once synced (default true).
+    #[arg(long)]
+    disk_synchronous: Option<bool>,
+    /// When persistent queues fdatasync: `never`, `every-batch` (default) or `interval-<ms>ms`.
+    #[arg(long)]
+    sync_policy: Option<String>,
+    /// Default false.
+    #[arg(long)]
+    enable_batch_conflation: Option<bool>,
+    /// Serial senders' dispatchers (default 5).
+    #[arg(long)]
+    dispatcher_threads: Option<u16>,
+    /// `key` (default), `thread` or `partition`.
+    #[arg(long)]
+    order_policy: Option<String>,
+    /// Kernel send and receive buffers, bytes (default 0: the kernel autotunes).
+    #[arg(long)]
+    socket_buffer_size: Option<u32>,
+    /// Start not running, queueing nothing, until `start gateway-sender` (default false).
+    #[arg(long)]
+    manual_start: Option<bool>,
+}
+
+/// The options of `create gateway-receiver` (site.toml's `[gateway-receiver]` keys).
+#[derive(Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ReceiverOptions {
+    /// First port of the range, one port per shard (default 5000).
+    #[arg(long)]
+    start_port: Option<u16>,
+    /// Last port of the range, inclusive (default 5500).
+    #[arg(long)]
+    end_port: Option<u16>,
+    /// Default 0.0.0.0.
+    #[arg(long)]
+    bind_address: Option<String>,
+    /// The name advertised to other sites (default: the bind address, else the host name);
+    /// across NAT, the public address.
+    #[arg(long)]
+    hostname_for_senders: Option<String>,
+    /// Milliseconds a sender connection may stay silent (default 60000).
+    #[arg(long)]
+    maximum_time_between_pings: Option<u32>,
+    /// Kernel send and receive buffers, bytes (default 0: the kernel autotunes).
+    #[arg(long)]
+    socket_buffer_size: Option<u32>,
+    /// Start not listening until `start gateway-receiver` (default false).
+    #[arg(long)]
+    manual_start: Option<bool>,
+}
+
+/// The options of `create region` (site.toml's `[[region]]` keys).
+#[derive(Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct RegionOptions {
+    /// The region's name, the same at every site.
+    #[arg(long)]
+    name: String,
+    /// `partition`, `replicate`, or Geode's PARTITION, PARTITION_REDUNDANT,
+    /// PARTITION_PERSISTENT, PARTITION_REDUNDANT_PERSISTENT, REPLICATE, REPLICATE_PERSISTENT.
+    #[arg(long = "type")]
+    #[serde(rename = "type")]
+    kind: String,
+    /// Buckets of a partitioned region, the same at every site (default 113).
+    #[arg(long)]
+    total_num_buckets: Option<u16>,
+    /// Gateway senders the region's writes are queued for (comma-separated or repeated).
+    #[arg(long = "gateway-sender-id", value_delimiter = ',')]
+    gateway_sender_ids: Vec<String>,
+    /// Log every write to disk and restore it at start (default false; the *_PERSISTENT
+    /// types set it).
+    #[arg(long)]
+    persistent: Option<bool>,
+}
+
+/// Options as a JSON object of site.toml keys, without those not given.
+fn options_json(
+    options: &impl serde::Serialize,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let serde_json::Value::Object(mut o) = serde_json::to_value(options)? else {
+        anyhow::bail!("internal: options are not an object");
+    };
+    o.retain(|_, v| !v.is_null());
+    if let Some(serde_json::Value::Array(ids)) = o.get_mut("gateway-sender-ids") {
+        ids.retain(|v| v.as_str() != Some(""));
+    }
+    Ok(o)
+}
+
+/// A sender's id and the options `alter gateway-sender` may also change.
+#[derive(Args, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct SenderOptions {
+    /// The sender's id.
+    #[arg(long)]
+    id: String,
+    /// Events per batch at most (default 100).
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Longest wait to fill a batch, ms (default 1000).
+    #[arg(long)]
+    batch_time_interval: Option<u32>,
+    /// Warn about events older than this when sent, ms (default 0: off).
+    #[arg(long)]
+    alert_threshold: Option<u32>,
+    /// Batches sent and not yet acknowledged, per dispatcher (default 64).
+    #[arg(long)]
+    batches_in_flight: Option<u16>,
+    /// How long to wait for an ack before reconnecting, ms (0 or ≥ 30000; default 0: 30000).
+    #[arg(long)]
+    socket_read_timeout: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Alter {
+    /// Change a gateway sender's batch size, batch time interval, alert threshold,
+    /// batches in flight or socket read timeout; its dispatchers reconnect with them.
+    GatewaySender {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        options: SenderOptions,
+    },
+    /// Change which gateway senders a region's writes are queued for.
+    Region {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        name: String,
+        /// The senders (comma-separated or repeated); `--gateway-sender-id ""` detaches all.
+        #[arg(long = "gateway-sender-id", value_delimiter = ',', required = true)]
+        gateway_sender_ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Destroy {
+    /// A disk store no gateway sender uses.
+    DiskStore {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        guard: IfExists,
+    },
+    /// A gateway sender no region uses; its queues and their files are deleted.
+    GatewaySender {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        guard: IfExists,
+    },
+    /// The gateway receiver: its ports close and the locators stop advertising it.
+    GatewayReceiver {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        guard: IfExists,
+    },
+    /// A region: its entries (and, when persistent, its log) are deleted.
+    Region {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        guard: IfExists,
+    },
+}
+
+fn create(what: Create) -> anyhow::Result<()> {
+    let tolerate = |g: IfNotExists| g.if_not_exists.then_some(409);
+    let (target, path, body, what, guard) = match what {
+        Create::DiskStore {
+            target,
+            name,
+            dir,
+            guard,
+        } => {
+            let body = serde_json::json!({ "name": name, "directory": dir.display().to_string() });
+            let what = format!("create disk-store {name}");
+            (target, "disk-stores", body, what, guard)
+        }
+        Create::GatewaySender {
+            target,
+            options,
+            fixed,
+            guard,
+        } => {
+            let mut body = options_json(&options)?;
+            body.extend(options_json(&fixed)?);
+            let what = format!("create gateway-sender {}", options.id);
+            (target, "gateway-senders", body.into(), what, guard)
+        }
+        Create::GatewayReceiver {
+            target,
+            options,
+            guard,
+        } => {
+            let body = options_json(&options)?.into();
+            let what = "create gateway-receiver".to_string();
+            (target, "gateway-receiver", body, what, guard)
+        }
+        Create::Region {
+            target,
+            options,
+            guard,
+        } => {
+            let body = options_json(&options)?.into();
+            let what = format!("create region {}", options.name);
+            (target, "regions", body, what, guard)
+        }
+    };
+    let op = Op::Change {
+        method: "POST",
+        path: format!("/v1/{path}"),
+        body: Some(body),
+        what,
+        tolerate: tolerate(guard),
+    };
+    admin::run(&target, op)
+}
+
+fn alter(what: Alter) -> anyhow::Result<()> {
+    let (target, path, body, what) = match what {
+        Alter::GatewaySender { target, options } => {
+            let mut body = options_json(&options)?;
+            body.remove("id");
+            let path = format!("/v1/gateway-senders/{}", admin::segment(&options.id));
+            (
+                target,
+                path,
+                body,
+                format!("alter gateway-sender {}", options.id),
+            )
+        }
+        Alter::Region {
+            target,
+            name,
+            gateway_sender_ids,
+        } => {
+            let ids: Vec<&String> = gateway_sender_ids
+                .iter()
+                .filter(|s| !s.is_empty())
+                .collect();
+            let body = serde_json::json!({ "gateway-sender-ids": ids });
+            let body = body.as_object().cloned().unwrap_or_default();
+            let path = format!("/v1/regions/{}", admin::segment(&name));
+            (target, path, body, format!("alter region {name}"))
+        }
+    };
+    let op = Op::Change {
+        method: "PATCH",
+        path,
+        body: Some(body.into()),
+        what,
+        tolerate: None,
+    };
+    admin::run(&target, op)
+}
+
+fn destroy(what: Destroy) -> anyhow::Result<()> {
+    let tolerate = |g: IfExists| g.if_exists.then_some(404);
+    let (target, path, what, guard) = match what {
+        Destroy::DiskStore {
+            target,
+            name,
+            guard,
+        } => (
+            target,
+            format!("/v1/disk-stores/{}", admin::segment(&name)),
+            format!("destroy disk-store {name}"),
+            guard,
+        ),
+        Destroy::GatewaySender { target, id, guard } => (
+            target,
+            format!("/v1/gateway-senders/{}", admin::segment(&id)),
+            format!("destroy gateway-sender {id}"),
+            guard,
+        ),
+        Destroy::GatewayReceiver { target, guard } => (
+            target,
+            "/v1/gateway-receiver".to_string(),
+            "destroy gateway-receiver".to_string(),
+            guard,
+        ),
+        Destroy::Region {
+            target,
+            name,
+            guard,
+        } => (
+            target,
+            format!("/v1/regions/{}", admin::segment(&name)),
+            format!("destroy region {name}"),
+            guard,
+        ),
+    };
+    let op = Op::Change {
+        method: "DELETE",
+        path,
+        body: None,
+        what,
+        tolerate: tolerate(guard),
+    };
+    admin::run(&target, op)
 }
 
 #[derive(Subcommand)]
@@ -622,6 +1037,12 @@ fn main() -> ExitCode {
         Top::List {
             what: List::Regions { target },
         } => admin::run(&target, Op::ListRegions),
+        Top::List {
+            what: List::DiskStores { target },
+        } => admin::run(&target, Op::ListDiskStores),
+        Top::Create { what } => create(what),
+        Top::Alter { what } => alter(what),
+        Top::Destroy { what } => destroy(what),
         Top::List {
             what: List::Members { locator },
         } => admin::run(

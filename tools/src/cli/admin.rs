@@ -68,12 +68,25 @@ pub enum Op {
     DeadLettersReplay {
         region: Option<String>,
     },
+    ListDiskStores,
+    /// A run-time change: `method path` with a JSON body (docs/admin-api.md).
+    Change {
+        method: &'static str,
+        path: String,
+        body: Option<Value>,
+        /// What it does, for the line printed when it is done.
+        what: String,
+        /// `--if-exists` / `--if-not-exists`: an answer of 404 (or 409) is no failure.
+        tolerate: Option<u16>,
+    },
 }
 
 /// An HTTP client of one server's admin API.
 pub struct Admin {
     base: String,
     agent: ureq::Agent,
+    /// The HTTP status of the last answer.
+    last_status: std::cell::Cell<u16>,
 }
 
 impl Admin {
@@ -87,6 +100,7 @@ impl Admin {
         Admin {
             base: url.trim_end_matches('/').to_string(),
             agent,
+            last_status: std::cell::Cell::new(0),
         }
     }
 
@@ -105,12 +119,14 @@ impl Admin {
             ("DELETE", _) => self.agent.delete(&url).call(),
             ("PUT", Some(b)) => self.agent.put(&url).send(b),
             ("POST", Some(b)) => self.agent.post(&url).send(b),
+            ("PATCH", Some(b)) => self.agent.patch(&url).send(b),
             ("PUT", None) => self.agent.put(&url).send_empty(),
             ("POST", None) => self.agent.post(&url).send_empty(),
             (m, _) => bail!("internal: method {m}"),
         }
         .map_err(unreachable)?;
         let status = response.status().as_u16();
+        self.last_status.set(status);
         let bytes = response
             .into_body()
             .with_config()
@@ -138,7 +154,7 @@ impl Admin {
 }
 
 /// `%XX`-escapes everything but unreserved characters, for a path segment.
-fn segment(s: &str) -> String {
+pub fn segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -462,6 +478,43 @@ fn run_one(url: &str, op: Op) -> anyhow::Result<()> {
                 .unwrap_or_default();
             let v = admin.json("POST", &format!("/v1/dead-letters/replay{q}"))?;
             print!("{}", cell(&v["replayed"]));
+        }
+        Op::ListDiskStores => {
+            let v = admin.json("GET", "/v1/disk-stores")?;
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|d| {
+                    let users = d["gateway_senders"]
+                        .as_array()
+                        .map(|a| a.iter().map(cell).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    vec![cell(&d["name"]), cell(&d["directory"]), users]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("No disk stores.");
+            } else {
+                table(&["Disk Store", "Directory", "Gateway Senders"], &rows);
+            }
+        }
+        Op::Change {
+            method,
+            path,
+            body,
+            what,
+            tolerate,
+        } => {
+            let body = body.map(|b| b.to_string());
+            match admin.call(method, &path, body.as_deref().map(str::as_bytes)) {
+                Ok(_) => println!("{what}: done"),
+                Err(e) if tolerate == Some(admin.last_status.get()) => {
+                    println!("{what}: nothing to do ({e:#})")
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())

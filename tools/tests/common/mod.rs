@@ -528,3 +528,37 @@ pub fn small_disk(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
     }
     Some(Tmpfs(small))
 }
+
+/// Runs `strait args...` and returns its output.
+pub fn strait(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `strait args... --url <site's admin API>`.
+pub fn strait_at(site: &Site, args: &[&str]) -> std::process::Output {
+    let url = format!("http://127.0.0.1:{}", site.admin_port);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--url", &url]);
+    strait(&all)
+}
+
+/// Runs `strait args... --url <site's admin API>`; asserts it succeeded and returns stdout.
+pub fn ok_at(site: &Site, args: &[&str]) -> String {
+    let out = strait_at(site, args);
+    assert!(
+        out.status.success(),
+        "strait {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `strait args... --url <site's admin API>`; asserts it failed and returns stderr.
+pub fn err_at(site: &Site, args: &[&str]) -> String {
+    let out = strait_at(site, args);
+    assert!(!out.status.success(), "strait {args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
+}
