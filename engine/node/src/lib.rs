@@ -11,6 +11,7 @@
 //! | [`locator::start_locator`] → [`locator::LocatorHandle`] | a running locator: the site's directory behind HTTP + JSON, on one control-plane thread |
 //! | [`locator::LocatorClient`] | a blocking client of a locator (register, heartbeat, the directory, least-loaded, status) |
 //! | [`runtime::State`] / [`runtime::Journal`] | what is created, altered and destroyed while the server runs, validated as the file is, kept in the server's directory and replayed at start |
+//! | [`control::Control`] | the admin API's side of such a change: validate, open on every shard (`STRAIT.LAYOUT PREPARE`), switch (`COMMIT`), journal, advertise |
 //! | [`registration::Registration`] | a server's embedded locator (`start-locator`) and its registration agents, a plain thread per locator that registers, heartbeats the client-connection count and deregisters |
 //!
 //! Shards never call a locator: the agent reads a counter the shards update, so a locator
