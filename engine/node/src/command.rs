@@ -41,9 +41,9 @@ pub enum Command<'a> {
     /// HELLO [protover ...]: switch to RESP2 or RESP3 (AUTH and SETNAME are accepted and
     /// ignored: there is no authentication yet).
     Hello(Option<u64>),
-    /// STRAIT.DEADLETTERS LIST | REPLAY [region]: the gateway receiver's dead-letter logs.
+    /// STRAIT.DEADLETTERS LIST | REPLAY `[region]`: the gateway receiver's dead-letter logs.
     DeadLetters(DeadLettersCommand),
-    /// STRAIT.SENDER id START [CLEAN] | STOP | PAUSE | RESUME | STATUS: a gateway sender's
+    /// STRAIT.SENDER id START `[CLEAN]` | STOP | PAUSE | RESUME | STATUS: a gateway sender's
     /// lifecycle on every shard (docs/wan.md "Sender operations").
     Sender(&'a [u8], SenderAction),
     /// STRAIT.RECEIVER START | STOP | STATUS: the gateway receiver on every shard (Geode's

@@ -6,7 +6,7 @@
 //! shard-<i>/`. A write is appended to it exactly like to a sender's queue (room checked
 //! first, the store updated after every queue took it, the reply after it is durable), so a
 //! write that got its reply survives a crash of the process. The records are the queue's own
-//! format; [`restore`] replays them in order through
+//! format; [`open`] replays them in order through
 //! [`strait_engine::apply::restore_logged`], which gives local writes back their versions and
 //! remote ones their dedupe marks, so a resend from another site after a restart is still
 //! recognised as a duplicate.

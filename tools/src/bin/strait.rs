@@ -738,7 +738,7 @@ struct ServerArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     shards: Option<u16>,
     /// Run a locator in this process at `host[port]` and register with it (overrides
-    /// server.start-locator; without a value: localhost[10334]).
+    /// server.start-locator; without a value: `localhost[10334]`).
     #[arg(long, num_args = 0..=1, default_missing_value = "localhost[10334]")]
     start_locator: Option<String>,
 }

@@ -1,17 +1,17 @@
 //! `strait demo`: several sites replicating on loopback, in one command and with no
 //! configuration (`docs/demo.md`).
 //!
-//! - [`cluster`]: the sites as child processes of this binary (a locator and a server each,
+//! - `cluster`: the sites as child processes of this binary (a locator and a server each,
 //!   a full mesh of gateway senders, free ports, a temporary directory), and their stop.
-//! - [`client`]: a blocking RESP client for the writer, the INFO polls and the verification.
-//! - [`data`]: what each site writes (keys and values are functions of site and index), and
+//! - `client`: a blocking RESP client for the writer, the INFO polls and the verification.
+//! - `data`: what each site writes (keys and values are functions of site and index), and
 //!   the check of what a site holds: an order-independent digest and per-entry comparison.
-//! - [`stats`]: INFO parsed, the live table, the drain condition (pure).
+//! - `stats`: INFO parsed, the live table, the drain condition (pure).
 //!
 //! The run: start the sites, wait until every link is connected, write at every site (site 1
 //! most) on a writer thread while the main thread polls every server's INFO and redraws the
 //! table, wait until every queue is empty and every site has applied what it should (giving
-//! up when nothing moves for [`STALL_TIMEOUT`]), read every site's entries and compare them,
+//! up when nothing moves for `STALL_TIMEOUT`), read every site's entries and compare them,
 //! stop the processes, remove the directory, print the summary on stdout. SIGINT or SIGTERM
 //! stops everything the same way and exits 130; a second one exits at once.
 

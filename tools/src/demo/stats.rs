@@ -2,7 +2,7 @@
 //! [`ServerInfo`]; a [`Sample`] is every server's at one moment (time passed in, in
 //! milliseconds) with the writer's progress; [`render`] turns two samples into the live table
 //! (per-link events sent per second and queue depth, per-receiver events applied per second);
-//! [`drained`] says whether every queue is empty and every site has applied what it should.
+//! `drained` says whether every queue is empty and every site has applied what it should.
 
 use std::collections::BTreeMap;
 
