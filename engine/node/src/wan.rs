@@ -556,6 +556,10 @@ pub(crate) async fn run_receiver(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// Bytes of batches a dispatcher gathers before it writes them out (a single batch larger
+/// than this goes out alone).
+pub const WAN_WRITE_BYTES_MAX: usize = 1 << 20;
+
 /// Sets a WAN connection's kernel send and receive buffers to `bytes` (`socket-buffer-size`);
 /// 0 leaves them to the kernel's autotuning. The kernel caps a request at
 /// `net.core.wmem_max` / `rmem_max` (then doubles it, for its own bookkeeping): a smaller
@@ -673,16 +677,19 @@ async fn serve_sender(
     let mut buf = vec![0u8; WAN_READ_BYTES];
     let mut filled = 0;
     let mut peer: Option<Peer> = None;
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let mut at = 0;
         loop {
             let handled = conn.handle_bytes(&buf[at..filled], now());
             at += handled.consumed;
-            if let Some(end) = flush_receiver(shard, &mut conn, &mut stream, &mut peer).await? {
+            let last = handled.consumed == 0;
+            let io = (&mut stream, &mut out, last);
+            if let Some(end) = flush_receiver(shard, &mut conn, io, &mut peer).await? {
                 return end;
             }
             let Some(batch) = handled.batch else {
-                if handled.consumed == 0 {
+                if last {
                     break;
                 }
                 continue;
@@ -693,7 +700,8 @@ async fn serve_sender(
             let outcome = apply_batch(shard, p, &batch).await?;
             conn.handle_applied(batch.id, &outcome)
                 .map_err(|e| format!("acknowledging batch {}: {e}", batch.id))?;
-            if let Some(end) = flush_receiver(shard, &mut conn, &mut stream, &mut peer).await? {
+            let io = (&mut stream, &mut out, false);
+            if let Some(end) = flush_receiver(shard, &mut conn, io, &mut peer).await? {
                 return end;
             }
         }
@@ -733,17 +741,19 @@ async fn serve_sender(
 }
 
 /// Writes what the connection wants written; `Some` when it is over.
+///
+/// What is to be transmitted (acks, pongs) is gathered in `out` and written only when
+/// `write` is set, so the acks of every batch that came in one read leave in one write; the
+/// caller writes before it waits for more bytes.
 async fn flush_receiver(
     shard: &Shard,
     conn: &mut ReceiverConn,
-    stream: &mut TcpStream,
+    (stream, out, write): (&mut TcpStream, &mut Vec<u8>, bool),
     peer: &mut Option<Peer>,
 ) -> Result<Option<Result<(), String>>, String> {
     while let Some(event) = conn.poll_event() {
         match event {
-            ReceiverEvent::Transmit(bytes) => {
-                stream.write_all(&bytes).await.map_err(|e| e.to_string())?
-            }
+            ReceiverEvent::Transmit(bytes) => out.extend_from_slice(&bytes),
             ReceiverEvent::Connected(info) => {
                 let regions = info
                     .regions
@@ -780,11 +790,17 @@ async fn flush_receiver(
             }
             ReceiverEvent::Closed(e) => {
                 while let Some(ReceiverEvent::Transmit(bytes)) = conn.poll_event() {
-                    let _ = stream.write_all(&bytes).await;
+                    out.extend_from_slice(&bytes);
                 }
+                let _ = stream.write_all(out).await;
+                out.clear();
                 return Ok(Some(Err(e.to_string())));
             }
         }
+    }
+    if write && !out.is_empty() {
+        stream.write_all(out).await.map_err(|e| e.to_string())?;
+        out.clear();
     }
     Ok(None)
 }
@@ -1834,16 +1850,19 @@ async fn run_link(
                     Err(e) => return fail(format!("sending a batch: {e}"), progressed),
                 };
                 // The records go out as the queue holds them; they are copied once into the
-                // write buffer because the queue cannot stay borrowed across the write.
-                out.clear();
+                // write buffer because the queue cannot stay borrowed across the write. The
+                // batches the window lets out now share one write (up to
+                // WAN_WRITE_BYTES_MAX), so small batches do not cost a system call and a
+                // wake-up at the receiver each.
                 out.extend_from_slice(&prefix);
+                let records_at = out.len();
                 queue.with(|q| {
                     for s in q.batch_slices(&batch) {
                         out.extend_from_slice(s);
                     }
                 });
                 let ages = strait_engine::alert::batch_ages(
-                    &out[prefix.len()..],
+                    &out[records_at..],
                     wall_ms() * 1000,
                     def.alert_threshold_ms,
                 );
@@ -1854,12 +1873,21 @@ async fn run_link(
                         due.late, def.alert_threshold_ms, due.longest_ms
                     );
                 }
-                if let Err(e) = wr.write_all(&out).await {
-                    return fail(e.to_string(), progressed);
-                }
                 bump(&counters.events, u64::from(batch.events));
                 bump(&counters.batches, 1);
                 sent = true;
+                if out.len() >= WAN_WRITE_BYTES_MAX {
+                    if let Err(e) = wr.write_all(&out).await {
+                        return fail(e.to_string(), progressed);
+                    }
+                    out.clear();
+                }
+            }
+            if !out.is_empty() {
+                if let Err(e) = wr.write_all(&out).await {
+                    return fail(e.to_string(), progressed);
+                }
+                out.clear();
             }
             if sent {
                 // Appends during the writes were seen by the peek loop or wake the next wait.
