@@ -543,16 +543,10 @@ fn answer(
             &json!({ "site_toml": crate::config::to_toml(&control.config()) }),
         )),
         Route::DiskStores => {
-            let users = control.sender_stores();
             let stores: Vec<Value> = control
                 .disk_stores()
                 .into_iter()
-                .map(|(name, dir)| {
-                    let senders: Vec<&String> = users
-                        .iter()
-                        .filter(|(_, s)| **s == name)
-                        .map(|(id, _)| id)
-                        .collect();
+                .map(|(name, dir, senders)| {
                     json!({ "name": name, "directory": dir.display().to_string(), "gateway_senders": senders })
                 })
                 .collect();

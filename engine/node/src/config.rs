@@ -148,6 +148,24 @@ pub struct SiteConfig {
     pub regions: Vec<RegionDef>,
     pub senders: Vec<SenderDef>,
     pub receiver: Option<ReceiverDef>,
+    /// Named directories for senders' queues (`[[disk-store]]`, Geode's `<disk-store>`).
+    pub disk_stores: Vec<DiskStoreDef>,
+}
+
+/// A disk store: a name for a directory that persistent senders' queues go in (a sender made
+/// with `disk-store-name` at run time keeps its queues in `<directory>/<sender id>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskStoreDef {
+    pub name: String,
+    /// As written; a relative one is inside the server's `directory` ([`DiskStoreDef::path`]).
+    pub directory: PathBuf,
+}
+
+impl DiskStoreDef {
+    /// The store's directory for a server whose `directory` is `server_dir`.
+    pub fn path(&self, server_dir: &Path) -> PathBuf {
+        server_dir.join(&self.directory)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,6 +252,15 @@ pub(crate) struct RawFile {
     #[serde(default)]
     pub(crate) gateway_sender: Vec<Spanned<RawSender>>,
     pub(crate) gateway_receiver: Option<Spanned<RawReceiver>>,
+    #[serde(default)]
+    pub(crate) disk_store: Vec<Spanned<RawDiskStore>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawDiskStore {
+    pub(crate) name: String,
+    pub(crate) directory: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -755,6 +782,30 @@ impl Validator<'_> {
                 })
             }
         };
+        let mut disk_stores: Vec<DiskStoreDef> = Vec::new();
+        for (i, d) in raw.disk_store.into_iter().enumerate() {
+            let span = d.span();
+            let d = d.into_inner();
+            self.name(&span, &format!("disk-store[{i}].name"), &d.name)?;
+            if disk_stores.iter().any(|o| o.name == d.name) {
+                return Err(self.err(
+                    Some(span),
+                    format!("disk-store[{i}].name"),
+                    format!("disk store `{}` is defined twice", d.name),
+                ));
+            }
+            if d.directory.as_os_str().is_empty() {
+                return Err(self.err(
+                    Some(span),
+                    format!("disk-store[{i}].directory"),
+                    "is empty; give the directory the queues go in",
+                ));
+            }
+            disk_stores.push(DiskStoreDef {
+                name: d.name,
+                directory: d.directory,
+            });
+        }
         if ds_id.is_none() && needs_site_id.is_some() {
             return Err(self.err(
                 server_span.or(needs_site_id),
@@ -767,6 +818,7 @@ impl Validator<'_> {
             regions,
             senders,
             receiver,
+            disk_stores,
         })
     }
 }
@@ -900,6 +952,19 @@ pub fn to_toml(cfg: &SiteConfig) -> String {
         .collect();
     let mut file = Table::new();
     file.insert("server".into(), Value::Table(server));
+    if !cfg.disk_stores.is_empty() {
+        let stores = cfg
+            .disk_stores
+            .iter()
+            .map(|d| {
+                let mut t = Table::new();
+                t.insert("name".into(), text(&d.name));
+                t.insert("directory".into(), path(&d.directory));
+                Value::Table(t)
+            })
+            .collect();
+        file.insert("disk-store".into(), Value::Array(stores));
+    }
     if !senders.is_empty() {
         file.insert("gateway-sender".into(), Value::Array(senders));
     }

@@ -16,7 +16,6 @@
 
 use crate::config::SiteConfig;
 use crate::runtime::{Change, ChangeError, Journal, JournalError, RegionIds, State};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -90,14 +89,19 @@ impl Control {
         self.lock().state.config.clone()
     }
 
-    /// Disk store name → directory.
-    pub fn disk_stores(&self) -> BTreeMap<String, PathBuf> {
-        self.lock().state.disk_stores.clone()
-    }
-
-    /// Which disk store each sender created in one is in.
-    pub fn sender_stores(&self) -> BTreeMap<String, String> {
-        self.lock().state.sender_stores.clone()
+    /// Every disk store: (name, directory, the senders whose queues are in it).
+    pub fn disk_stores(&self) -> Vec<(String, PathBuf, Vec<String>)> {
+        let inner = self.lock();
+        let state = &inner.state;
+        state
+            .config
+            .disk_stores
+            .iter()
+            .map(|d| {
+                let dir = d.path(&state.config.server.directory);
+                (d.name.clone(), dir, state.senders_in(&d.name))
+            })
+            .collect()
     }
 
     /// Makes `change` (module docs for the steps).
@@ -120,8 +124,8 @@ impl Control {
         };
         match &change {
             Change::CreateDiskStore { name, .. } => {
-                if let Some(d) = next.disk_stores.get(name) {
-                    make_dir(d, &format!("disk store `{name}`"))?;
+                if let Some(d) = next.disk_store_path(name) {
+                    make_dir(&d, &format!("disk store `{name}`"))?;
                 }
             }
             Change::CreateGatewaySender { .. } => {

@@ -17,8 +17,8 @@
 //! is a [`Warning`]; `docs/configuration.md` ("Geode's files") has the whole mapping.
 
 use crate::config::{
-    self, ConfigError, HostPort, OrderPolicy, RawFile, RawReceiver, RawRegion, RawSender,
-    RawServer, RegionType, SiteConfig,
+    self, ConfigError, HostPort, OrderPolicy, RawDiskStore, RawFile, RawReceiver, RawRegion,
+    RawSender, RawServer, RegionType, SiteConfig,
 };
 use crate::locator::LocatorConfig;
 use java_properties::{LineContent, PropertiesIter};
@@ -630,7 +630,24 @@ impl Xml<'_, '_> {
                 continue;
             }
             match node.tag_name().name() {
-                "disk-store" | "region-attributes" => {}
+                "disk-store" => {
+                    // In the configuration too, so a sender created at run time can name it.
+                    if let (Some(name), Some(dir)) = (
+                        node.attribute("name"),
+                        stores
+                            .get(node.attribute("name").unwrap_or_default())
+                            .and_then(|s| s.dirs.first()),
+                    ) {
+                        raw.disk_store.push(Spanned::new(
+                            node.range(),
+                            RawDiskStore {
+                                name: name.to_string(),
+                                directory: dir.clone(),
+                            },
+                        ));
+                    }
+                }
+                "region-attributes" => {}
                 "gateway-sender" => {
                     let sender = self.gateway_sender(node, &stores)?;
                     raw.gateway_sender.push(sender);

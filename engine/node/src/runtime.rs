@@ -22,7 +22,6 @@
 use crate::config::{self, ConfigError, SiteConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -133,79 +132,78 @@ pub enum ChangeError {
     Invalid(String),
 }
 
-/// The effective configuration and the disk stores.
+/// The effective configuration: the start configuration with every change applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     pub config: SiteConfig,
-    /// Disk store name → its directory (absolute, or relative to the working directory as the
-    /// server's own `directory` is).
-    pub disk_stores: BTreeMap<String, PathBuf>,
-    /// Sender id → the disk store it was created in.
-    pub sender_stores: BTreeMap<String, String>,
 }
 
 impl State {
     /// The state of a server started with `config` and no change yet.
     pub fn new(config: SiteConfig) -> State {
-        State {
-            config,
-            disk_stores: BTreeMap::new(),
-            sender_stores: BTreeMap::new(),
-        }
+        State { config }
+    }
+
+    /// Disk store `name`'s directory.
+    pub fn disk_store_path(&self, name: &str) -> Option<PathBuf> {
+        self.config
+            .disk_stores
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.path(&self.config.server.directory))
+    }
+
+    /// The senders whose queues are in disk store `name` (their `disk-dir` inside its
+    /// directory).
+    pub fn senders_in(&self, name: &str) -> Vec<String> {
+        let Some(dir) = self.disk_store_path(name) else {
+            return Vec::new();
+        };
+        self.config
+            .senders
+            .iter()
+            .filter(|s| s.disk_dir.starts_with(&dir))
+            .map(|s| s.id.clone())
+            .collect()
     }
 
     /// The state after `change`, or why it is refused. Pure: nothing is touched.
     pub fn apply(&self, change: &Change) -> Result<State, ChangeError> {
-        let mut next = self.clone();
         let cfg = &self.config;
+        let mut file: toml::Table = toml::from_str(&config::to_toml(cfg))
+            .map_err(|e| ChangeError::Invalid(format!("the current configuration: {e}")))?;
         match change {
             Change::CreateDiskStore { name, directory } => {
                 check_name("disk store", name)?;
-                if self.disk_stores.contains_key(name) {
+                if self.disk_store_path(name).is_some() {
                     return Err(ChangeError::Exists(format!(
                         "disk store `{name}` already exists; destroy it first or choose another name"
                     )));
                 }
-                if directory.as_os_str().is_empty() {
-                    return Err(ChangeError::Invalid(format!(
-                        "disk store `{name}`: `directory` is empty; give the directory its files go to"
-                    )));
-                }
-                let dir = if directory.is_absolute() {
-                    directory.clone()
-                } else {
-                    cfg.server.directory.join(directory)
-                };
-                next.disk_stores.insert(name.clone(), dir);
-                return Ok(next);
+                let mut t = toml::Table::new();
+                t.insert("name".into(), toml::Value::String(name.clone()));
+                t.insert(
+                    "directory".into(),
+                    toml::Value::String(directory.display().to_string()),
+                );
+                push_table(&mut file, "disk-store", t);
             }
             Change::DestroyDiskStore { name } => {
-                if !self.disk_stores.contains_key(name) {
+                let Some(i) = cfg.disk_stores.iter().position(|d| &d.name == name) else {
                     return Err(ChangeError::NotFound(format!(
                         "unknown disk store `{name}`; `strait list disk-stores` shows them"
                     )));
-                }
-                let users: Vec<&str> = self
-                    .sender_stores
-                    .iter()
-                    .filter(|(_, s)| *s == name)
-                    .map(|(id, _)| id.as_str())
-                    .collect();
+                };
+                let users = self.senders_in(name);
                 if !users.is_empty() {
+                    let users: Vec<&str> = users.iter().map(String::as_str).collect();
                     return Err(ChangeError::InUse(format!(
                         "disk store `{name}` holds the queues of gateway sender(s) {}; destroy them first",
                         quoted(&users)
                     )));
                 }
-                next.disk_stores.remove(name);
-                return Ok(next);
+                remove_item(&mut file, "disk-store", i);
             }
-            _ => {}
-        }
-        let mut file: toml::Table = toml::from_str(&config::to_toml(cfg))
-            .map_err(|e| ChangeError::Invalid(format!("the current configuration: {e}")))?;
-        match change {
-            Change::CreateDiskStore { .. } | Change::DestroyDiskStore { .. } => {}
             Change::CreateGatewaySender { options } => {
                 let mut options = options.clone();
                 let id = required_text(&options, "id", "gateway sender")?;
@@ -222,14 +220,14 @@ impl State {
                         )));
                     }
                     None if !options.contains_key("disk-dir")
-                        && self.disk_stores.contains_key(DEFAULT_DISK_STORE) =>
+                        && self.disk_store_path(DEFAULT_DISK_STORE).is_some() =>
                     {
                         Some(DEFAULT_DISK_STORE.to_string())
                     }
                     None => None,
                 };
                 if let Some(store) = &store {
-                    let Some(dir) = self.disk_stores.get(store) else {
+                    let Some(dir) = self.disk_store_path(store) else {
                         return Err(ChangeError::NotFound(format!(
                             "gateway sender `{id}`: unknown disk store `{store}`; create it first (`strait create disk-store`)"
                         )));
@@ -243,7 +241,6 @@ impl State {
                         "disk-dir".into(),
                         Value::String(dir.join(&id).display().to_string()),
                     );
-                    next.sender_stores.insert(id.clone(), store.clone());
                 }
                 push_table(&mut file, "gateway-sender", to_table(&options)?);
             }
@@ -287,7 +284,6 @@ impl State {
                     )));
                 }
                 remove_item(&mut file, "gateway-sender", i);
-                next.sender_stores.remove(id);
             }
             Change::CreateGatewayReceiver { options } => {
                 if cfg.receiver.is_some() {
@@ -358,8 +354,8 @@ impl State {
         }
         let text = toml::to_string(&file)
             .map_err(|e| ChangeError::Invalid(format!("cannot write the configuration: {e}")))?;
-        next.config = config::parse(Path::new("(the change)"), &text).map_err(invalid)?;
-        Ok(next)
+        let config = config::parse(Path::new("(the change)"), &text).map_err(invalid)?;
+        Ok(State { config })
     }
 }
 

@@ -23,6 +23,10 @@ client-port = 40405
 shards = 2
 directory = "/var/lib/strait"
 
+[[disk-store]]
+name = "fast"
+directory = "nvme"
+
 [[gateway-sender]]
 id = "to-london"
 remote-distributed-system-id = 2
@@ -291,6 +295,7 @@ fn a_configuration_written_out_reads_back_the_same() {
     let full = parse(FULL).unwrap();
     let text = to_toml(&full);
     assert!(text.contains("[[gateway-sender]]"), "{text}");
+    assert!(text.contains("[[disk-store]]"), "{text}");
     assert_eq!(parse(&text).unwrap(), full, "{text}");
     // Every default is written out, so the file says what the server does.
     let minimal = parse(
@@ -306,4 +311,26 @@ fn a_configuration_written_out_reads_back_the_same() {
         assert!(text.contains(key), "{key} missing from\n{text}");
     }
     assert_eq!(parse(&text).unwrap(), minimal, "{text}");
+}
+
+#[test]
+fn disk_stores_are_named_directories_inside_the_servers_directory() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(
+        c.disk_stores,
+        vec![DiskStoreDef {
+            name: "fast".into(),
+            directory: "nvme".into(),
+        }]
+    );
+    assert_eq!(
+        c.disk_stores[0].path(&c.server.directory),
+        Path::new("/var/lib/strait/nvme")
+    );
+    let twice = "[[disk-store]]\nname = \"a\"\ndirectory = \"x\"\n[[disk-store]]\nname = \"a\"\ndirectory = \"y\"\n";
+    let e = refusal(twice);
+    assert_eq!((e.key.as_str(), e.line), ("disk-store[1].name", Some(4)));
+    assert!(e.reason.contains("defined twice"), "{e}");
+    let e = refusal("[[disk-store]]\nname = \"a\"\ndirectory = \"\"\n");
+    assert_eq!(e.key, "disk-store[0].directory");
 }

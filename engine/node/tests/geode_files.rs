@@ -363,6 +363,23 @@ fn a_named_disk_store_and_the_default_one_give_each_sender_its_own_directory() {
             Path::new("./default-store/c")
         ]
     );
+    // The stores are in the configuration too, for senders created at run time; their
+    // senders are found by directory.
+    let stores: Vec<(&str, &Path)> = loaded
+        .config
+        .disk_stores
+        .iter()
+        .map(|d| (d.name.as_str(), d.directory.as_path()))
+        .collect();
+    assert_eq!(
+        stores,
+        [
+            ("DEFAULT", Path::new("default-store")),
+            ("wan", Path::new("wan-store"))
+        ]
+    );
+    let state = strait_node::runtime::State::new(loaded.config.clone());
+    assert_eq!(state.senders_in("wan"), ["a", "b"]);
     assert_eq!(loaded.warnings.len(), 1);
     assert!(
         loaded.warnings[0]
