@@ -72,6 +72,13 @@ pub struct E2eArgs {
     /// `batches-in-flight` of the senders (Strait's default: 64).
     #[arg(long)]
     batches_in_flight: Option<u16>,
+    /// `shards` of each site's server (default: one per CPU the server may run on).
+    #[arg(long)]
+    shards: Option<u16>,
+    /// The CPUs of site 1's and site 2's servers, one `taskset` CPU list each (e.g. `0,1`:
+    /// site 1 on CPU 0, site 2 on CPU 1); default: both may run on every CPU.
+    #[arg(long, value_delimiter = ',')]
+    site_cpus: Option<Vec<String>>,
     /// Key space of the writes: each site's store grows to about `keys` × value size.
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
@@ -328,19 +335,34 @@ fn start_sites(
     {
         let d = dir.join(format!("site{id}"));
         let cfg = format!(
-            "[server]\nname = \"s{id}\"\ndistributed-system-id = {id}\nbind-address = \"127.0.0.1\"\nclient-port = {client}\nhttp-service-port = 0\ndirectory = \"{}\"\nlocators = [\"127.0.0.1:{locator}\"]\n\
+            "[server]\nname = \"s{id}\"\ndistributed-system-id = {id}\nbind-address = \"127.0.0.1\"\nclient-port = {client}\nhttp-service-port = 0\ndirectory = \"{}\"\nlocators = [\"127.0.0.1:{locator}\"]\n{}\
              [[region]]\nname = \"bench\"\ntype = \"partition\"\ngateway-sender-ids = [{senders}]\n{extra}",
-            d.display()
+            d.display(),
+            args.shards
+                .map_or(String::new(), |n| format!("shards = {n}\n")),
         );
         let path = d.join("site.toml");
         std::fs::write(&path, cfg)?;
-        let a = vec![
+        let mut a: Vec<String> = vec![
             "start".into(),
             "server".into(),
             "--config".into(),
             path.display().to_string(),
         ];
-        procs.push(spawn(&strait, &a, &d.join("server.log"))?);
+        let bin = match &args.site_cpus {
+            Some(cpus) => {
+                let [one, two] = cpus.as_slice() else {
+                    anyhow::bail!(
+                        "--site-cpus takes two CPU lists, site 1's and site 2's: e.g. 0,1"
+                    );
+                };
+                let list = if id == 1 { one.clone() } else { two.clone() };
+                a.splice(0..0, ["-c".to_string(), list, strait.display().to_string()]);
+                PathBuf::from("taskset")
+            }
+            None => strait.clone(),
+        };
+        procs.push(spawn(&bin, &a, &d.join("server.log"))?);
         wait_ready(client).with_context(|| {
             format!(
                 "site {id}'s server (log: {})",
