@@ -40,6 +40,18 @@ pub fn next_batch(
     (None, errors)
 }
 
+/// What the connection is told of a batch peeked from a queue.
+pub fn wire_batch(batch: &Batch) -> BatchOut {
+    BatchOut {
+        queue: batch.queue,
+        first_seq: batch.first_seq,
+        last_seq: batch.last_seq,
+        events: batch.events,
+        records_len: batch.bytes as usize,
+        possible_duplicate: batch.possible_duplicate,
+    }
+}
+
 /// Registers `batch` with `conn` and returns the bytes to write for it: the frame prefix,
 /// then the records as the queue holds them.
 pub fn send_batch(
@@ -48,15 +60,7 @@ pub fn send_batch(
     batch: &Batch,
     now_ms: u64,
 ) -> Result<Vec<u8>, SendError> {
-    let out = BatchOut {
-        queue: batch.queue,
-        first_seq: batch.first_seq,
-        last_seq: batch.last_seq,
-        events: batch.events,
-        records_len: batch.bytes as usize,
-        possible_duplicate: batch.possible_duplicate,
-    };
-    let (_, prefix) = conn.handle_batch(out, now_ms)?;
+    let (_, prefix) = conn.handle_batch(wire_batch(batch), now_ms)?;
     let mut bytes = Vec::with_capacity(prefix.len() + batch.bytes as usize);
     bytes.extend_from_slice(&prefix);
     for slice in queue.batch_slices(batch) {

@@ -2,8 +2,10 @@
 //! by SIGINT. Each demo gets a `TMPDIR` of its own, so "the directory is gone" is checked on a
 //! folder nothing else writes to. Every wait is bounded by [`DEADLINE`].
 
+mod common;
+use common::stderr_lines;
 use rustix::process::{Pid, Signal, kill_process};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -38,15 +40,7 @@ impl Demo {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stderr_lines(&mut child);
         Demo {
             child,
             stderr: rx,

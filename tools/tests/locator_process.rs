@@ -3,8 +3,7 @@
 //! stops the locator with exit 0; and `--start-locator` runs one inside the server.
 
 mod common;
-use common::free_port;
-use std::io::{BufRead, BufReader};
+use common::{free_port, stderr_lines};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -28,15 +27,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stderr_lines(&mut child);
         let deadline = Instant::now() + DEADLINE;
         loop {
             let line = rx

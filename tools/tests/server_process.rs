@@ -6,8 +6,8 @@
 //! checked: it prints SKIPPED with the reason.
 
 mod common;
-use common::free_port;
-use std::io::{BufRead, BufReader, Read, Write};
+use common::{free_port, stderr_lines};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -40,15 +40,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stderr_lines(&mut child);
         // Ready when it says it listens.
         let deadline = Instant::now() + START_TIMEOUT;
         let mut seen = Vec::new();

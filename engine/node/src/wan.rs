@@ -30,7 +30,7 @@ use strait_engine::bucket::{BucketTable, ShardId};
 use strait_engine::deadletter::{DeadLetterLog, encode_entry};
 use strait_engine::locator::choose_receiver;
 use strait_net::wire::{
-    self, AckOutcome, BatchIn, BatchOut, FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, ReceiverConfig,
+    self, AckOutcome, BatchIn, FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES, ReceiverConfig,
     ReceiverConn, ReceiverEvent, RegionSpec, SenderConfig, SenderConn, SenderEvent,
 };
 use strait_queue::ids::{BucketId, QueueId, RegionId, SiteId};
@@ -1834,14 +1834,7 @@ async fn run_link(
                 else {
                     break;
                 };
-                let out_batch = BatchOut {
-                    queue: batch.queue,
-                    first_seq: batch.first_seq,
-                    last_seq: batch.last_seq,
-                    events: batch.events,
-                    records_len: batch.bytes as usize,
-                    possible_duplicate: batch.possible_duplicate,
-                };
+                let out_batch = strait_engine::link::wire_batch(&batch);
                 let prefix = match conn.borrow_mut().handle_batch(out_batch, now()) {
                     Ok((id, prefix)) => {
                         sent_at.borrow_mut().push_back((id, Instant::now()));

@@ -425,7 +425,7 @@ pub fn run(seed: u64, echo: bool) -> Result<Report, Failure> {
 
 impl World {
     fn new(seed: u64, echo: bool) -> World {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng(seed);
         let n = rng.range(2, 4) as u8;
         let topology = Topology::ALL[rng.below(Topology::ALL.len())];
         let edges = topology.edges(n);

@@ -296,6 +296,11 @@ enum Describe {
     },
 }
 
+/// `start|stop|pause|resume gateway-sender`.
+fn sender_action(target: &Target, id: String, op: &'static str, clean: bool) -> anyhow::Result<()> {
+    admin::run(target, Op::SenderAction { id, op, clean })
+}
+
 /// `--if-not-exists`: an existing one is no failure (gfsh's flag).
 #[derive(Args, Clone, Copy)]
 struct IfNotExists {
@@ -969,50 +974,22 @@ fn main() -> ExitCode {
                     id,
                     clean_queues,
                 },
-        } => admin::run(
-            &target,
-            Op::SenderAction {
-                id,
-                op: "start",
-                clean: clean_queues,
-            },
-        ),
+        } => sender_action(&target, id, "start", clean_queues),
         Top::Start {
             what: Start::GatewayReceiver { target },
         } => admin::run(&target, Op::ReceiverAction { op: "start" }),
         Top::Stop {
             what: Member::GatewaySender { target, id },
-        } => admin::run(
-            &target,
-            Op::SenderAction {
-                id,
-                op: "stop",
-                clean: false,
-            },
-        ),
+        } => sender_action(&target, id, "stop", false),
         Top::Stop {
             what: Member::GatewayReceiver { target },
         } => admin::run(&target, Op::ReceiverAction { op: "stop" }),
         Top::Pause {
             what: SenderOnly::GatewaySender { target, id },
-        } => admin::run(
-            &target,
-            Op::SenderAction {
-                id,
-                op: "pause",
-                clean: false,
-            },
-        ),
+        } => sender_action(&target, id, "pause", false),
         Top::Resume {
             what: SenderOnly::GatewaySender { target, id },
-        } => admin::run(
-            &target,
-            Op::SenderAction {
-                id,
-                op: "resume",
-                clean: false,
-            },
-        ),
+        } => sender_action(&target, id, "resume", false),
         Top::Status {
             what: Member::GatewaySender { target, id },
         } => admin::run(&target, Op::SenderStatus { id }),

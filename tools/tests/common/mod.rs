@@ -80,15 +80,7 @@ impl Proc {
             }
         };
         let mut child = cmd.args(args).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stderr_lines(&mut child);
         let mut p = Proc {
             child,
             stderr: rx,
@@ -561,4 +553,18 @@ pub fn err_at(site: &Site, args: &[&str]) -> String {
     let out = strait_at(site, args);
     assert!(!out.status.success(), "strait {args:?} succeeded");
     String::from_utf8(out.stderr).unwrap()
+}
+
+/// The lines `child` writes on its stderr (piped), read by a thread of their own.
+pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().expect("the child's stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
