@@ -297,9 +297,11 @@ impl Hasher for PositionHasher {
 pub struct RegionStore {
     total_buckets: u16,
     entries_max: usize,
-    /// Position → the entries at that position, sorted by key (almost always one, held
-    /// inline).
-    groups: FastMap<Group>,
+    /// Per bucket (a position's high half): position → the entries at that position, sorted
+    /// by key (almost always one, held inline). One map per bucket, not one per store, so a
+    /// map that must grow rehashes one bucket's entries, not the shard's: a store of a million
+    /// keys otherwise stops its shard for hundreds of milliseconds each time it doubles.
+    groups: Vec<FastMap<Group>>,
     /// Every position in `groups`, in order: what SCAN walks.
     positions: BTreeSet<u64>,
     /// Entries, tombstones included.
@@ -326,7 +328,9 @@ impl RegionStore {
         Ok(RegionStore {
             total_buckets: config.total_buckets,
             entries_max: entries_max.min(ENTRIES_MAX),
-            groups: HashMap::default(),
+            groups: (0..config.total_buckets)
+                .map(|_| FastMap::default())
+                .collect(),
             positions: BTreeSet::new(),
             entries: 0,
             live: 0,
@@ -585,7 +589,7 @@ impl RegionStore {
         let mut visited = 0;
         let mut entries = Vec::new();
         for &pos in self.positions.range(cursor.0..) {
-            let Some(group) = self.groups.get(&pos) else {
+            let Some(group) = self.groups_of(pos).get(&pos) else {
                 continue;
             };
             if visited >= count {
@@ -617,12 +621,13 @@ impl RegionStore {
             let Some((_, pos, key)) = self.tombstones.pop_first() else {
                 break;
             };
-            if let Some(group) = self.groups.get_mut(&pos)
+            let groups = &mut self.groups[(pos >> 32) as usize];
+            if let Some(group) = groups.get_mut(&pos)
                 && let Ok(i) = group.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref()))
             {
                 group.remove(i);
                 if group.is_empty() {
-                    self.groups.remove(&pos);
+                    groups.remove(&pos);
                     self.positions.remove(&pos);
                 }
                 self.entries -= 1;
@@ -637,8 +642,13 @@ impl RegionStore {
         (u64::from(bucket_of_hash(hash, self.total_buckets).0) << 32) | u64::from(hash)
     }
 
+    /// The map of the bucket a position is in.
+    fn groups_of(&self, pos: u64) -> &FastMap<Group> {
+        &self.groups[(pos >> 32) as usize]
+    }
+
     fn find(&self, pos: u64, key: &[u8]) -> Option<&Entry> {
-        let group = self.groups.get(&pos)?;
+        let group = self.groups_of(pos).get(&pos)?;
         let i = group.binary_search_by(|(k, _)| k.as_ref().cmp(key)).ok()?;
         group.get(i).map(|(_, e)| e)
     }
@@ -656,10 +666,12 @@ impl RegionStore {
     fn write(&mut self, pos: u64, key: &[u8], entry: Entry) {
         let new_tombstone =
             matches!(entry.value, EntryValue::Tombstone).then_some(entry.version.timestamp_us);
-        let group = self.groups.entry(pos).or_insert_with(|| {
-            self.positions.insert(pos);
-            Group::new()
-        });
+        let group = self.groups[(pos >> 32) as usize]
+            .entry(pos)
+            .or_insert_with(|| {
+                self.positions.insert(pos);
+                Group::new()
+            });
         let (key, old) = match group.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
             Ok(i) => {
                 let (k, slot) = &mut group[i];

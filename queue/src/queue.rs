@@ -905,6 +905,11 @@ impl SenderQueue {
         let Some(queue) = self.queues.get_mut(q.0 as usize) else {
             return Ok(None);
         };
+        // Nothing appended past the cursor: the common answer for most of a parallel sender's
+        // bucket queues each time its dispatcher looks through them, without touching extents.
+        if queue.peek.seq >= queue.next_seq {
+            return Ok(None);
+        }
         let mut c = queue.normalize(queue.peek);
         let mut batch = Batch {
             queue: q,

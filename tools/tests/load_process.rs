@@ -48,6 +48,8 @@ fn a_counted_run_at_full_speed_does_every_operation_and_prints_json() {
         "3001",
         "--connections",
         "3",
+        "--threads",
+        "2",
         "--pipeline",
         "8",
         "--keys",
@@ -182,6 +184,7 @@ fn bad_arguments_and_an_absent_server_are_refused_with_a_reason() {
         (vec!["--reads", "1.5"], 2, "--reads"),
         (vec!["--key-dist", "zipf:x"], 2, "zipf exponent"),
         (vec!["--pipeline", "0"], 2, "--pipeline"),
+        (vec!["--threads", "5"], 2, "at most one a connection"),
         (
             vec!["--e2e", "127.0.0.1:1", "--value-size", "8"],
             2,

@@ -608,6 +608,10 @@ async fn accept_senders(shard: &Rc<Shard>, listener: &TcpListener, stop: &Arc<At
         .await;
         match accepted {
             Some(Ok(stream)) => {
+                // Acks are small writes: without this, Nagle holds an ack back until the
+                // sender's delayed ACK of the previous one (up to 40 ms), and a full window
+                // stalls the sender that long.
+                let _ = stream.set_nodelay(true);
                 if let Some(def) = &shard.config().receiver {
                     let what = format!("gateway receiver (shard {})", shard.id.0);
                     set_socket_buffers(&stream, def.socket_buffer_size, &what);

@@ -59,6 +59,9 @@ struct Args {
     reads: f64,
     #[arg(long, default_value_t = 4)]
     connections: u32,
+    /// Load threads sharing the connections (each drives its connections with one poll).
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
     /// Requests outstanding per connection at most.
     #[arg(long, default_value_t = 1)]
     pipeline: u32,
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         values: a.value_size,
         reads: a.reads,
         connections: a.connections,
+        threads: a.threads,
         pipeline: a.pipeline,
         seed: a.seed,
         progress: !a.quiet,

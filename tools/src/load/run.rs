@@ -4,13 +4,17 @@
 //! - [`LoadConfig`]: a checked description of the run ([`LoadConfig::check`]).
 //! - [`run`]: carries it out and returns the [`Summary`].
 //!
-//! Each connection has two threads. The writer sends every operation when its
-//! [`Schedule`] says, whether or not earlier replies came (open loop), except that at most
-//! `pipeline` requests are outstanding: the writer hands each request's intended send time to
-//! the reader through a channel of `pipeline - 1` slots (plus the one the reader holds), so a
-//! full pipeline blocks the writer. The reader times each reply from the *intended* send time,
-//! so a server that stalls is charged for every request that should have gone out meanwhile
-//! (no coordinated omission).
+//! `threads` load threads (1 by default) share the connections. Each drives its connections
+//! with non-blocking sockets and one `poll` (no thread per connection, no hand-off between
+//! threads per request): it sends every operation when its [`Schedule`] says, whether or not
+//! earlier replies came (open loop), gathering what is due on a connection into one write,
+//! except that at most `pipeline` requests are outstanding on a connection (a full pipeline
+//! holds the next ones back, and they go out late). Each reply is timed from its request's
+//! *intended* send time, so a server that stalls is charged for every request that should have
+//! gone out meanwhile (no coordinated omission).
+//!
+//! - [`Sender`]: one connection's operations, schedule and stop; [`Conn`]: the connection's
+//!   socket, write and read buffers and requests in flight; [`drive`]: one load thread.
 //!
 //! End to end: every `sample_every`-th write of a connection goes to a key of its own
 //! (`<prefix>e2e:<connection>:<n>`) with a value that starts `t=<µs since the Unix epoch>;`,
@@ -21,23 +25,30 @@
 use super::workload::{KeyDist, Op, OpGen, Schedule, ValueSize};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use strait_net::resp::{Limits, Reply, encode_command, parse_reply};
 
 /// Most connections of one run.
 pub const CONNECTIONS_MAX: u32 = 1024;
+/// Most load threads of one run.
+pub const THREADS_MAX: u32 = 64;
 /// Most requests outstanding on one connection.
 pub const PIPELINE_MAX: u32 = 65_536;
-/// Bytes a writer gathers before it writes them out.
+/// Bytes of requests a connection gathers before it writes them out.
 const WRITE_BATCH_BYTES_MAX: usize = 256 << 10;
-/// Bytes a reader asks the socket for at once.
+/// A load thread's shortest sleep when no reply can be read: operations that fall due
+/// meanwhile go out together in one write per connection, at most this late (the lateness is
+/// part of their measured latency, since each is timed from its intended send time).
+const POLL_WAIT_MIN: Duration = Duration::from_micros(100);
+/// Bytes a load thread asks a socket for at once.
 const READ_BYTES: usize = 256 << 10;
 /// How long a reply may take before the connection counts as failed.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -89,6 +100,8 @@ pub struct LoadConfig {
     /// Share of GETs, 0 to 1.
     pub reads: f64,
     pub connections: u32,
+    /// Load threads sharing the connections (connection `c` on thread `c % threads`).
+    pub threads: u32,
     pub pipeline: u32,
     pub seed: u64,
     /// Progress lines on stderr.
@@ -101,6 +114,12 @@ impl LoadConfig {
     pub fn check(&self) -> Result<(), String> {
         if !(1..=CONNECTIONS_MAX).contains(&self.connections) {
             return Err(format!("--connections must be 1 to {CONNECTIONS_MAX}"));
+        }
+        if !(1..=THREADS_MAX.min(self.connections)).contains(&self.threads) {
+            return Err(format!(
+                "--threads must be 1 to {} (at most one a connection)",
+                THREADS_MAX.min(self.connections)
+            ));
         }
         if !(1..=PIPELINE_MAX).contains(&self.pipeline) {
             return Err(format!("--pipeline must be 1 to {PIPELINE_MAX}"));
@@ -280,7 +299,8 @@ fn connect(addr: SocketAddr, region: Option<&str>) -> anyhow::Result<TcpStream> 
     Ok(s)
 }
 
-/// Replies from one socket: bytes read and not yet parsed, and a read buffer zeroed once.
+/// Replies from a blocking socket (the poller's, and `REGION` at connect): bytes read and
+/// not yet parsed, and a read buffer zeroed once.
 #[derive(Debug)]
 struct ReplyReader {
     s: TcpStream,
@@ -324,162 +344,303 @@ impl ReplyReader {
     }
 }
 
-/// Everything one connection's writer needs.
+/// What one connection sends: its operations, their schedule and when it stops.
 #[derive(Debug)]
-struct Writer {
+struct Sender {
     conn: u32,
     ops: OpGen,
     schedule: Schedule,
-    start: Instant,
     stop: Stop,
     /// This connection's share of `Stop::Requests`.
     requests: u64,
     key_prefix: String,
     sample_every: Option<u64>,
+    /// Operations made so far (the next one's index).
+    made: u64,
+    /// SETs made so far (samples are every `sample_every`-th of them).
+    writes: u64,
+    /// No operation is left to make.
+    finished: bool,
+    /// Padding of values, as long as the largest value.
+    filler: Vec<u8>,
 }
 
-impl Writer {
-    fn run(mut self, mut s: TcpStream, tx: SyncSender<Meta>) -> anyhow::Result<()> {
-        let filler = vec![b'v'; self.gen_max_value()];
-        let mut out = Vec::with_capacity(WRITE_BATCH_BYTES_MAX + filler.len());
+impl Sender {
+    /// When the next operation is meant to go (`start` + its offset), `now` at max rate, or
+    /// `None` when the connection has made its last operation.
+    fn next_due(&mut self, start: Instant, now: Instant) -> Option<Instant> {
+        if self.finished {
+            return None;
+        }
+        if matches!(self.stop, Stop::Requests(_)) && self.made >= self.requests {
+            self.finished = true;
+            return None;
+        }
+        match self.schedule.intended(self.made) {
+            Some(at) if matches!(self.stop, Stop::Duration(d) if at >= d) => {
+                self.finished = true;
+                None
+            }
+            Some(at) => Some(start + at),
+            None if matches!(self.stop, Stop::Duration(d) if now.duration_since(start) >= d) => {
+                self.finished = true;
+                None
+            }
+            None => Some(now),
+        }
+    }
+
+    /// Encodes the next operation into `out`, meant to go at `intended`.
+    fn make(&mut self, intended: Instant, out: &mut Vec<u8>) -> Meta {
+        self.made += 1;
         let mut key = Vec::new();
         let mut value = Vec::new();
-        let mut writes = 0u64;
-        for i in 0.. {
-            if matches!(self.stop, Stop::Requests(_)) && i >= self.requests {
+        let mut sample = None;
+        let get = match self.ops.next_op() {
+            Op::Get { key: k } => {
+                key.extend_from_slice(format!("{}{k}", self.key_prefix).as_bytes());
+                encode_command(out, &[b"GET".as_slice(), &key]);
+                true
+            }
+            Op::Set {
+                key: k,
+                value_bytes,
+            } => {
+                self.writes += 1;
+                match self.sample_every {
+                    Some(every) if self.writes.is_multiple_of(every) => {
+                        key.extend_from_slice(
+                            format!("{}e2e:{}:{}", self.key_prefix, self.conn, self.writes)
+                                .as_bytes(),
+                        );
+                        let written_unix_us = unix_us();
+                        value.extend_from_slice(format!("t={written_unix_us:016};").as_bytes());
+                        sample = Some(Sample {
+                            key: key.clone(),
+                            written_unix_us,
+                        });
+                    }
+                    _ => key.extend_from_slice(format!("{}{k}", self.key_prefix).as_bytes()),
+                }
+                let pad = value_bytes.saturating_sub(value.len());
+                value.extend_from_slice(&self.filler[..pad]);
+                encode_command(out, &[b"SET".as_slice(), &key, &value]);
+                false
+            }
+        };
+        Meta {
+            intended,
+            get,
+            value_bytes: value.len(),
+            sample,
+        }
+    }
+}
+
+/// One connection as its load thread drives it: a non-blocking socket, requests encoded and
+/// not yet written, requests in flight (oldest first: replies come in request order), reply
+/// bytes not yet parsed, and what the replies counted.
+#[derive(Debug)]
+struct Conn {
+    s: TcpStream,
+    sender: Sender,
+    /// Encoded requests; `out[out_at..]` is not written yet.
+    out: Vec<u8>,
+    out_at: usize,
+    inflight: VecDeque<Meta>,
+    /// Reply bytes; `input[in_at..]` is not parsed yet.
+    input: Vec<u8>,
+    in_at: usize,
+    /// When a reply last came (or the run started): a connection silent for
+    /// [`REPLY_TIMEOUT`] with requests in flight fails.
+    last_reply: Instant,
+    result: ConnResult,
+}
+
+impl Conn {
+    fn finished(&self) -> bool {
+        self.sender.finished && self.inflight.is_empty() && self.out_at == self.out.len()
+    }
+
+    /// Encodes every operation that is due by `now` while the pipeline has room, writing out
+    /// what it gathers (at most [`WRITE_BATCH_BYTES_MAX`] at a time) without blocking. Returns
+    /// when the next operation is due (`None`: none is left, the pipeline is full, or the
+    /// socket takes no more for now).
+    fn send_due(
+        &mut self,
+        start: Instant,
+        now: Instant,
+        pipeline: usize,
+    ) -> anyhow::Result<Option<Instant>> {
+        let mut next = None;
+        while self.inflight.len() < pipeline {
+            if self.out.len() - self.out_at >= WRITE_BATCH_BYTES_MAX {
+                self.flush()?;
+                if self.out_at < self.out.len() {
+                    break;
+                }
+            }
+            let Some(due) = self.sender.next_due(start, now) else {
+                break;
+            };
+            if due > now {
+                next = Some(due);
                 break;
             }
-            let intended = match self.schedule.intended(i) {
-                Some(at) => {
-                    if matches!(self.stop, Stop::Duration(d) if at >= d) {
-                        break;
-                    }
-                    let intended = self.start + at;
-                    let now = Instant::now();
-                    if intended > now {
-                        if !out.is_empty() {
-                            s.write_all(&out)?;
-                            out.clear();
-                        }
-                        std::thread::sleep(intended - now);
-                    }
-                    intended
-                }
-                None => {
-                    let now = Instant::now();
-                    if matches!(self.stop, Stop::Duration(d) if now.duration_since(self.start) >= d)
-                    {
-                        break;
-                    }
-                    now
-                }
-            };
-            let op = self.ops.next_op();
-            key.clear();
-            value.clear();
-            let mut sample = None;
-            let meta_get = matches!(op, Op::Get { .. });
-            match op {
-                Op::Get { key: k } => {
-                    key.extend_from_slice(format!("{}{k}", self.key_prefix).as_bytes());
-                    encode_command(&mut out, &[b"GET".as_slice(), &key]);
-                }
-                Op::Set {
-                    key: k,
-                    value_bytes,
-                } => {
-                    writes += 1;
-                    match self.sample_every {
-                        Some(every) if writes.is_multiple_of(every) => {
-                            key.extend_from_slice(
-                                format!("{}e2e:{}:{writes}", self.key_prefix, self.conn).as_bytes(),
-                            );
-                            let written_unix_us = unix_us();
-                            value.extend_from_slice(format!("t={written_unix_us:016};").as_bytes());
-                            sample = Some(Sample {
-                                key: key.clone(),
-                                written_unix_us,
-                            });
-                        }
-                        _ => key.extend_from_slice(format!("{}{k}", self.key_prefix).as_bytes()),
-                    }
-                    let pad = value_bytes.saturating_sub(value.len());
-                    value.extend_from_slice(&filler[..pad]);
-                    encode_command(&mut out, &[b"SET".as_slice(), &key, &value]);
-                }
-            }
-            let meta = Meta {
-                intended,
-                get: meta_get,
-                value_bytes: value.len(),
-                sample,
-            };
-            match tx.try_send(meta) {
-                Ok(()) => {}
-                Err(TrySendError::Full(meta)) => {
-                    // The pipeline is full: what is gathered must go out before a reply can come.
-                    s.write_all(&out)?;
-                    out.clear();
-                    if tx.send(meta).is_err() {
-                        bail!("the reader stopped");
-                    }
-                }
-                Err(TrySendError::Disconnected(_)) => bail!("the reader stopped"),
-            }
-            if out.len() >= WRITE_BATCH_BYTES_MAX {
-                s.write_all(&out)?;
-                out.clear();
+            let meta = self.sender.make(due, &mut self.out);
+            self.inflight.push_back(meta);
+        }
+        self.flush()?;
+        Ok(next)
+    }
+
+    /// Writes what it can without blocking.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        while self.out_at < self.out.len() {
+            match self.s.write(&self.out[self.out_at..]) {
+                Ok(0) => bail!("the server closed the connection"),
+                Ok(n) => self.out_at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("sending requests"),
             }
         }
-        s.write_all(&out)?;
+        if self.out_at == self.out.len() {
+            self.out.clear();
+            self.out_at = 0;
+        }
         Ok(())
     }
 
-    fn gen_max_value(&self) -> usize {
-        self.ops.values().max()
+    /// Reads what has come without blocking and charges each reply to its request.
+    fn receive(
+        &mut self,
+        chunk: &mut [u8],
+        samples: Option<&(SyncSender<Sample>, Arc<AtomicU64>)>,
+    ) -> anyhow::Result<u64> {
+        loop {
+            match self.s.read(chunk) {
+                Ok(0) => bail!("the server closed the connection"),
+                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("reading replies"),
+            }
+        }
+        // Every reply of this read arrived now.
+        let now = Instant::now();
+        let limits = Limits::default();
+        let mut replies = 0;
+        while let Some((reply, used)) = parse_reply(&self.input[self.in_at..], &limits)? {
+            self.in_at += used;
+            let Some(meta) = self.inflight.pop_front() else {
+                bail!("the server sent a reply to no request: {reply:?}");
+            };
+            replies += 1;
+            self.last_reply = now;
+            self.result.charge(&meta, &reply, now);
+            if let (Some(sample), Some((tx, skipped)), Reply::Simple(_)) =
+                (meta.sample, samples, &reply)
+                && tx.try_send(sample).is_err()
+            {
+                skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.in_at == self.input.len() {
+            self.input.clear();
+            self.in_at = 0;
+        } else if self.in_at > READ_BYTES {
+            self.input.drain(..self.in_at);
+            self.in_at = 0;
+        }
+        Ok(replies)
     }
 }
 
-fn reader(
-    s: TcpStream,
-    rx: Receiver<Meta>,
-    done: &AtomicU64,
-    samples: Option<(SyncSender<Sample>, Arc<AtomicU64>)>,
-) -> anyhow::Result<ConnResult> {
-    let mut r = ConnResult {
-        hist: histogram(),
-        sets: 0,
-        gets: 0,
-        get_hits: 0,
-        errors: 0,
-        set_bytes: 0,
-    };
-    let mut replies = ReplyReader::new(s);
-    while let Ok(meta) = rx.recv() {
-        let reply = replies.next()?;
-        let now = Instant::now();
-        r.hist
+impl ConnResult {
+    fn charge(&mut self, meta: &Meta, reply: &Reply, now: Instant) {
+        self.hist
             .saturating_record((now - meta.intended).as_micros().max(1) as u64);
-        match &reply {
-            Reply::Error(_) => r.errors += 1,
-            Reply::Bulk(Some(_)) if meta.get => r.get_hits += 1,
+        match reply {
+            Reply::Error(_) => self.errors += 1,
+            Reply::Bulk(Some(_)) if meta.get => self.get_hits += 1,
             _ => {}
         }
         if meta.get {
-            r.gets += 1;
+            self.gets += 1;
         } else {
-            r.sets += 1;
-            r.set_bytes += meta.value_bytes as u64;
+            self.sets += 1;
+            self.set_bytes += meta.value_bytes as u64;
         }
-        if let (Some(sample), Some((tx, skipped)), Reply::Simple(_)) =
-            (meta.sample, &samples, &reply)
-            && tx.try_send(sample).is_err()
-        {
-            skipped.fetch_add(1, Ordering::Relaxed);
-        }
-        done.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(r)
+}
+
+/// A load thread: drives its connections until each has made its last operation and has
+/// every reply, sleeping in `poll` until a reply can be read, a write can go on, or the next
+/// operation is due.
+fn drive(
+    mut conns: Vec<Conn>,
+    start: Instant,
+    pipeline: usize,
+    done: &AtomicU64,
+    samples: Option<(SyncSender<Sample>, Arc<AtomicU64>)>,
+) -> anyhow::Result<Vec<ConnResult>> {
+    let mut chunk = vec![0; READ_BYTES];
+    // Which connections the last poll said are readable.
+    let mut readable = vec![true; conns.len()];
+    loop {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for (c, ready) in conns.iter_mut().zip(&mut readable) {
+            if std::mem::take(ready) && !c.inflight.is_empty() {
+                let n = c.receive(&mut chunk, samples.as_ref())?;
+                done.fetch_add(n, Ordering::Relaxed);
+            }
+            if let Some(due) = c.send_due(start, now, pipeline)? {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+            if !c.inflight.is_empty() && now.duration_since(c.last_reply) > REPLY_TIMEOUT {
+                bail!("no reply for {} s", REPLY_TIMEOUT.as_secs());
+            }
+        }
+        if conns.iter().all(Conn::finished) {
+            break;
+        }
+        // Finished connections are left out: a socket the server closed would wake every poll.
+        let polled: Vec<usize> = (0..conns.len()).filter(|&i| !conns[i].finished()).collect();
+        let mut fds: Vec<PollFd> = polled
+            .iter()
+            .map(|&i| {
+                let c = &conns[i];
+                let mut flags = PollFlags::empty();
+                if !c.inflight.is_empty() {
+                    flags |= PollFlags::IN;
+                }
+                if c.out_at < c.out.len() {
+                    flags |= PollFlags::OUT;
+                }
+                PollFd::new(&c.s, flags)
+            })
+            .collect();
+        // At least POLL_WAIT_MIN when nothing can be read: operations due meanwhile go out
+        // together, up to that late (and charged for it). At most a second: the reply timeout
+        // is checked between polls.
+        let wait = next
+            .map_or(Duration::from_secs(1), |t| {
+                t.saturating_duration_since(Instant::now())
+            })
+            .clamp(POLL_WAIT_MIN, Duration::from_secs(1));
+        let timeout = Timespec::try_from(wait).context("a poll timeout")?;
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e).context("waiting for the connections"),
+        }
+        for (fd, &i) in fds.iter().zip(&polled) {
+            readable[i] = !fd.revents().is_empty();
+        }
+    }
+    Ok(conns.into_iter().map(|c| c.result).collect())
 }
 
 /// What the poller at site B found.
@@ -594,10 +755,9 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<Summary> {
     };
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let mut readers = Vec::new();
-    let mut writers = Vec::new();
+    let mut groups: Vec<Vec<Conn>> = (0..config.threads).map(|_| Vec::new()).collect();
     for (conn, s) in (0u32..).zip(streams) {
-        let (tx, rx) = mpsc::sync_channel::<Meta>(config.pipeline as usize - 1);
+        s.set_nonblocking(true)?;
         let requests = match config.stop {
             Stop::Requests(n) => {
                 n / config.connections as u64
@@ -605,37 +765,63 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<Summary> {
             }
             Stop::Duration(_) => u64::MAX,
         };
-        let writer = Writer {
-            conn,
-            ops: OpGen::new(
-                config.keys,
-                config.key_dist,
-                config.values,
-                config.reads,
-                config.seed.wrapping_add(conn as u64),
-            ),
-            schedule: Schedule::for_connection(config.rate, conn, config.connections),
-            start,
-            stop: config.stop,
-            requests,
-            key_prefix: config.key_prefix.clone(),
-            sample_every: config.e2e.as_ref().map(|e| e.sample_every),
-        };
-        let ws = s.try_clone()?;
-        writers.push(std::thread::spawn(move || writer.run(ws, tx)));
-        let done = done.clone();
-        let samples = e2e
-            .as_ref()
-            .map(|(tx, _, skipped)| (tx.clone(), skipped.clone()));
-        readers.push(std::thread::spawn(move || reader(s, rx, &done, samples)));
+        let ops = OpGen::new(
+            config.keys,
+            config.key_dist,
+            config.values,
+            config.reads,
+            config.seed.wrapping_add(conn as u64),
+        );
+        let filler = vec![b'v'; ops.values().max()];
+        groups[(conn % config.threads) as usize].push(Conn {
+            s,
+            sender: Sender {
+                conn,
+                ops,
+                schedule: Schedule::for_connection(config.rate, conn, config.connections),
+                stop: config.stop,
+                requests,
+                key_prefix: config.key_prefix.clone(),
+                sample_every: config.e2e.as_ref().map(|e| e.sample_every),
+                made: 0,
+                writes: 0,
+                finished: false,
+                filler,
+            },
+            out: Vec::with_capacity(WRITE_BATCH_BYTES_MAX),
+            out_at: 0,
+            inflight: VecDeque::with_capacity(config.pipeline as usize),
+            input: Vec::with_capacity(READ_BYTES),
+            in_at: 0,
+            last_reply: start,
+            result: ConnResult {
+                hist: histogram(),
+                sets: 0,
+                gets: 0,
+                get_hits: 0,
+                errors: 0,
+                set_bytes: 0,
+            },
+        });
     }
+    let pipeline = config.pipeline as usize;
+    let threads: Vec<_> = groups
+        .into_iter()
+        .map(|conns| {
+            let done = done.clone();
+            let samples = e2e
+                .as_ref()
+                .map(|(tx, _, skipped)| (tx.clone(), skipped.clone()));
+            std::thread::spawn(move || drive(conns, start, pipeline, &done, samples))
+        })
+        .collect();
     let (sample_tx, poll_handle, skipped) = match e2e {
         Some((tx, h, skipped)) => (Some(tx), Some(h), Some(skipped)),
         None => (None, None, None),
     };
     drop(sample_tx);
     let mut last = (start, 0u64);
-    while !readers.iter().all(|h| h.is_finished()) {
+    while !threads.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(20));
         if config.progress && last.0.elapsed() >= PROGRESS_INTERVAL {
             let now = Instant::now();
@@ -653,26 +839,20 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<Summary> {
     let mut failures = Vec::new();
     let mut hist = histogram();
     let (mut sets, mut gets, mut get_hits, mut errors, mut set_bytes) = (0, 0, 0, 0, 0u64);
-    for r in readers {
-        match r.join() {
-            Ok(Ok(c)) => {
-                hist.add(&c.hist).expect("same histogram bounds");
-                sets += c.sets;
-                gets += c.gets;
-                get_hits += c.get_hits;
-                errors += c.errors;
-                set_bytes += c.set_bytes;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(results)) => {
+                for c in results {
+                    hist.add(&c.hist).expect("same histogram bounds");
+                    sets += c.sets;
+                    gets += c.gets;
+                    get_hits += c.get_hits;
+                    errors += c.errors;
+                    set_bytes += c.set_bytes;
+                }
             }
             Ok(Err(e)) => failures.push(format!("a connection to {}: {e:#}", config.server)),
-            Err(_) => failures.push("a reader panicked".into()),
-        }
-    }
-    // After the readers: a writer fails when its reader did, and the reader knows why.
-    for w in writers {
-        match w.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(format!("a writer: {e:#}")),
-            Err(_) => failures.push("a writer panicked".into()),
+            Err(_) => failures.push("a load thread panicked".into()),
         }
     }
     let e2e = match (poll_handle, skipped, &config.e2e) {
