@@ -19,7 +19,7 @@ use futures_util::task::AtomicWaker;
 use std::sync::{Arc, mpsc};
 use std::task::Poll;
 
-/// A sending end; clones send into the same queue.
+/// The sending end.
 #[derive(Debug)]
 pub(crate) struct MailSender<T> {
     /// `None` only while being dropped.
@@ -57,15 +57,6 @@ impl<T> MailSender<T> {
         queue.send(item).map_err(|e| e.0)?;
         self.bell.wake();
         Ok(())
-    }
-}
-
-impl<T> Clone for MailSender<T> {
-    fn clone(&self) -> Self {
-        MailSender {
-            queue: self.queue.clone(),
-            bell: self.bell.clone(),
-        }
     }
 }
 
