@@ -12,6 +12,7 @@
 //! | [`locator::LocatorClient`] | a blocking client of a locator (register, heartbeat, the directory, least-loaded, status) |
 //! | [`runtime::State`] / [`runtime::Journal`] | what is created, altered and destroyed while the server runs, validated as the file is, kept in the server's directory and replayed at start |
 //! | [`control::Control`] | the admin API's side of such a change: validate, open on every shard (`STRAIT.LAYOUT PREPARE`), switch (`COMMIT`), journal, advertise |
+//! | `mailbox::channel` | how a shard hands operations to the shard owning their keys and gets the replies back (wakes only the receiving task) |
 //! | [`registration::Registration`] | a server's embedded locator (`start-locator`) and its registration agents, a plain thread per locator that registers, heartbeats the client-connection count and deregisters |
 //!
 //! Shards never call a locator: the agent reads a counter the shards update, so a locator
@@ -34,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod geode;
 pub mod locator;
+mod mailbox;
 pub mod region_log;
 pub mod registration;
 pub mod runtime;

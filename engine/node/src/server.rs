@@ -3,18 +3,15 @@
 //!
 //! Every shard listens on the client port (SO_REUSEPORT: the kernel spreads connections over
 //! shards). A connection parses pipelined RESP commands, sends each key's operation to the
-//! shard that owns the key's bucket, one batch per shard over pre-connected channels, and
+//! shard that owns the key's bucket, one batch per shard through a mailbox (`crate::mailbox`), and
 //! writes the replies in request order. A create, update or destroy is queued in each attached
 //! sender's queue on the owning shard before its reply, with the queue's durability.
 
 use crate::command::{self, Command, CommandError};
 use crate::config::{RegionType, SiteConfig};
+use crate::mailbox::{self, MailReceiver, MailSender};
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
-use glommio::channels::local_channel;
-use glommio::channels::shared_channel::{
-    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
-};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use smallvec::SmallVec;
@@ -35,8 +32,6 @@ use strait_queue::queue::{AppendError, QueueConfig};
 use strait_queue::record::{Event, Op as RecordOp};
 use strait_queue::shard::ShardQueue;
 
-/// Capacity of each cross-shard channel, in batches.
-pub const SHARD_CHANNEL_BATCHES_MAX: usize = 1024;
 /// Bytes read from a client socket at a time; the read buffer grows only for larger requests.
 pub const CLIENT_READ_BYTES: usize = 64 << 10;
 /// Arguments of a command held without an allocation (`MSET` with three pairs has seven).
@@ -179,24 +174,18 @@ pub(crate) enum OpReply {
     Error(String),
 }
 
+/// Operations for the shard that owns their keys, and where their replies go (one per
+/// operation, in order).
 #[derive(Debug)]
 struct Request {
-    id: u64,
     ops: Vec<ShardOp>,
+    reply: MailSender<Vec<OpReply>>,
 }
 
-#[derive(Debug)]
-struct Response {
-    id: u64,
-    replies: Vec<OpReply>,
-}
-
-/// The channel ends one shard holds, indexed by peer shard.
+/// The mailbox ends one shard holds, indexed by peer shard.
 struct Wiring {
-    requests_out: Vec<Option<SharedSender<Request>>>,
-    requests_in: Vec<Option<SharedReceiver<Request>>>,
-    responses_out: Vec<Option<SharedSender<Response>>>,
-    responses_in: Vec<Option<SharedReceiver<Response>>>,
+    requests_out: Vec<Option<MailSender<Request>>>,
+    requests_in: Vec<Option<MailReceiver<Request>>>,
 }
 
 /// A running server. Dropping it does not stop it: call [`ServerHandle::stop`].
@@ -346,8 +335,6 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
         .map(|_| Wiring {
             requests_out: (0..n).map(|_| None).collect(),
             requests_in: (0..n).map(|_| None).collect(),
-            responses_out: (0..n).map(|_| None).collect(),
-            responses_in: (0..n).map(|_| None).collect(),
         })
         .collect();
     for i in 0..n {
@@ -355,12 +342,9 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             if i == j {
                 continue;
             }
-            let (tx, rx) = shared_channel::new_bounded(SHARD_CHANNEL_BATCHES_MAX);
+            let (tx, rx) = mailbox::channel();
             wiring[i].requests_out[j] = Some(tx);
             wiring[j].requests_in[i] = Some(rx);
-            let (tx, rx) = shared_channel::new_bounded(SHARD_CHANNEL_BATCHES_MAX);
-            wiring[j].responses_out[i] = Some(tx);
-            wiring[i].responses_in[j] = Some(rx);
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -668,10 +652,9 @@ pub(crate) struct Shard {
     pub(crate) receiver_advertised: Arc<AtomicBool>,
     /// Last event sequence number per (region, bucket) stream.
     streams: RefCell<HashMap<(u16, u16), u64>>,
-    /// Emptied at shutdown, which closes the channels once in-flight sends are done.
-    requests_out: RefCell<Vec<Option<Rc<ConnectedSender<Request>>>>>,
-    pending: RefCell<HashMap<u64, local_channel::LocalSender<Vec<OpReply>>>>,
-    next_request: Cell<u64>,
+    /// Per peer shard: its mailbox. Emptied at shutdown, which ends the peers' request
+    /// servers once they answered what they hold.
+    requests_out: RefCell<Vec<Option<MailSender<Request>>>>,
     connections: Cell<u32>,
     /// The region of a client that chose none: the first configured.
     default_region: Cell<Option<u16>>,
@@ -845,57 +828,7 @@ async fn shard_main(
         let stop = stop.clone();
         glommio::spawn_local(async move { wait_stop(&stop).await }).detach();
     }
-    // Connect every channel end at once: connect() waits for the peer, so doing them one by
-    // one can deadlock.
-    let spawn_all = |v: Vec<Option<SharedSender<Request>>>| {
-        v.into_iter()
-            .map(|o| o.map(|s| glommio::spawn_local(s.connect())))
-            .collect::<Vec<_>>()
-    };
-    let req_out = spawn_all(w.requests_out);
-    let req_in: Vec<_> = w
-        .requests_in
-        .into_iter()
-        .map(|o| o.map(|r| glommio::spawn_local(r.connect())))
-        .collect();
-    let resp_out: Vec<_> = w
-        .responses_out
-        .into_iter()
-        .map(|o| o.map(|s| glommio::spawn_local(s.connect())))
-        .collect();
-    let resp_in: Vec<_> = w
-        .responses_in
-        .into_iter()
-        .map(|o| o.map(|r| glommio::spawn_local(r.connect())))
-        .collect();
-    let mut requests_out = Vec::new();
-    for t in req_out {
-        requests_out.push(match t {
-            Some(t) => Some(Rc::new(t.await)),
-            None => None,
-        });
-    }
-    let mut requests_in: Vec<Option<ConnectedReceiver<Request>>> = Vec::new();
-    for t in req_in {
-        requests_in.push(match t {
-            Some(t) => Some(t.await),
-            None => None,
-        });
-    }
-    let mut responses_out: Vec<Option<ConnectedSender<Response>>> = Vec::new();
-    for t in resp_out {
-        responses_out.push(match t {
-            Some(t) => Some(t.await),
-            None => None,
-        });
-    }
-    let mut responses_in: Vec<Option<ConnectedReceiver<Response>>> = Vec::new();
-    for t in resp_in {
-        responses_in.push(match t {
-            Some(t) => Some(t.await),
-            None => None,
-        });
-    }
+    let (requests_out, requests_in) = (w.requests_out, w.requests_in);
 
     let site = config.server.distributed_system_id.unwrap_or(NO_SITE);
     let mut senders = Vec::new();
@@ -937,8 +870,6 @@ async fn shard_main(
         senders: RefCell::new(senders),
         streams: RefCell::new(HashMap::new()),
         requests_out: RefCell::new(requests_out),
-        pending: RefCell::new(HashMap::new()),
-        next_request: Cell::new(1),
         connections: Cell::new(0),
         default_region: Cell::new(None),
         stop: stop.clone(),
@@ -950,25 +881,16 @@ async fn shard_main(
     // request runs in a task of its own: a batch of writes waits for its group commit, and
     // the batches behind it must join that commit rather than queue for the next one.
     let mut servers = Vec::new();
-    for (rx, tx) in requests_in.into_iter().zip(responses_out) {
-        let (Some(rx), Some(tx)) = (rx, tx) else {
-            continue;
-        };
+    for rx in requests_in.into_iter().flatten() {
         let shard = shard.clone();
         servers.push(glommio::spawn_local(async move {
-            let tx = Rc::new(tx);
             let running = glommio::sync::Gate::new();
             while let Some(req) = rx.recv().await {
-                let (shard, tx) = (shard.clone(), tx.clone());
+                let shard = shard.clone();
                 let spawned = running.spawn(async move {
                     let replies = shard.execute(req.ops).await;
-                    // A closed channel means the peer is stopping and no longer waits.
-                    let _ = tx
-                        .send(Response {
-                            id: req.id,
-                            replies,
-                        })
-                        .await;
+                    // A gone receiver means the peer is stopping and no longer waits.
+                    let _ = req.reply.send(replies);
                 });
                 // Spawning fails only through a closed gate, and the gate closes below.
                 if let Ok(task) = spawned {
@@ -978,18 +900,6 @@ async fn shard_main(
             // Wait for the requests still running (the gate is only closed here).
             let _ = running.close().await;
         }));
-    }
-    for rx in responses_in.into_iter().flatten() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(resp) = rx.recv().await {
-                let waiter = shard.pending.borrow_mut().remove(&resp.id);
-                if let Some(w) = waiter {
-                    let _ = w.try_send(resp.replies);
-                }
-            }
-        })
-        .detach();
     }
 
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -1739,25 +1649,38 @@ impl Shard {
 
     /// Sends `ops` to shard `to` and waits for the replies.
     pub(crate) async fn remote(&self, to: usize, ops: Vec<ShardOp>) -> Vec<OpReply> {
+        self.send_ops(to, ops).await
+    }
+
+    /// Sends `ops` to shard `to` now (the send never waits); the future it returns waits
+    /// for the replies, one per operation, in order.
+    fn send_ops(
+        &self,
+        to: usize,
+        ops: Vec<ShardOp>,
+    ) -> impl std::future::Future<Output = Vec<OpReply>> + 'static {
         let count = ops.len();
-        let fail = |why: &str| {
+        let fail = move |why: &str| -> Vec<OpReply> {
             (0..count)
                 .map(|_| OpReply::Error(format!("ERR {why}")))
                 .collect()
         };
-        let sender = self.requests_out.borrow().get(to).cloned().flatten();
-        let Some(sender) = sender else {
-            return fail("the server is stopping");
+        let (reply, replies) = mailbox::channel();
+        let sent = match self.requests_out.borrow().get(to) {
+            Some(Some(peer)) => peer
+                .send(Request { ops, reply })
+                .map_err(|_| "shard unavailable"),
+            _ => Err("the server is stopping"),
         };
-        let id = self.next_request.get();
-        self.next_request.set(id + 1);
-        let (tx, rx) = local_channel::new_bounded(1);
-        self.pending.borrow_mut().insert(id, tx);
-        if sender.send(Request { id, ops }).await.is_err() {
-            self.pending.borrow_mut().remove(&id);
-            return fail("shard unavailable");
+        async move {
+            match sent {
+                Ok(()) => replies
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| fail("shard unavailable")),
+                Err(why) => fail(why),
+            }
         }
-        rx.recv().await.unwrap_or_else(|| fail("shard unavailable"))
     }
 }
 
@@ -1851,29 +1774,28 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream, stop: &Atomi
     }
 }
 
+/// Runs one read's batches: each other shard's is sent first (one message per shard, so one
+/// wake-up per read at most), then this shard's runs while they do, then their replies are
+/// awaited.
 async fn run_batches(shard: &Rc<Shard>, batches: Vec<Vec<ShardOp>>) -> Vec<Vec<Option<OpReply>>> {
     let own = shard.id.0 as usize;
-    let mut tasks = Vec::new();
+    let mut remote = Vec::new();
     let mut local = Vec::new();
     for (to, ops) in batches.into_iter().enumerate() {
         if ops.is_empty() {
-            tasks.push(None);
+            remote.push(None);
         } else if to == own {
-            tasks.push(None);
+            remote.push(None);
             local = ops;
         } else {
-            let shard = shard.clone();
-            tasks.push(Some(glommio::spawn_local(async move {
-                shard.remote(to, ops).await
-            })));
+            remote.push(Some(shard.send_ops(to, ops)));
         }
     }
     let local = shard.execute(local).await;
-    let mut results = Vec::new();
-    for (to, t) in tasks.into_iter().enumerate() {
-        let replies = match t {
-            Some(t) => t.await,
-            None if to == own => Vec::new(),
+    let mut results = Vec::with_capacity(remote.len());
+    for replies in remote {
+        let replies = match replies {
+            Some(r) => r.await,
             None => Vec::new(),
         };
         results.push(replies.into_iter().map(Some).collect::<Vec<_>>());

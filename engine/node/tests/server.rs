@@ -159,6 +159,75 @@ fn commands_route_across_shards_and_replies_stay_in_order() {
 }
 
 #[test]
+fn concurrent_pipelines_read_their_own_writes_in_order_across_shards() {
+    // Eight connections at once (the kernel spreads them over both shards), each pipelining
+    // rounds of SET, GET, EXISTS and sometimes DEL then GET on its own keys: every key's
+    // operations reach its owning shard in request order, whichever shard the connection is
+    // on, and every connection gets its replies in request order.
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "[[region]]\nname = \"orders\"\ntype = \"partition\"\npersistent = true\n";
+    let s = server::start(site(free_port(), tmp.path(), extra)).unwrap();
+    let addr = s.client_addr;
+    let clients: Vec<_> = (0..8)
+        .map(|conn| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for round in 0..40 {
+                    let mut commands: Vec<Vec<String>> = Vec::new();
+                    let mut expected = Vec::new();
+                    for j in 0..16 {
+                        let key = format!("c{conn}-k{j}");
+                        let value = format!("v{round}-{j}");
+                        commands.push(vec!["SET".into(), key.clone(), value.clone()]);
+                        expected.push(ok());
+                        commands.push(vec!["GET".into(), key.clone()]);
+                        expected.push(bulk(&value));
+                        commands.push(vec!["EXISTS".into(), key.clone()]);
+                        expected.push(Reply::Integer(1));
+                        if (round + j) % 3 == 0 {
+                            commands.push(vec!["DEL".into(), key.clone()]);
+                            expected.push(Reply::Integer(1));
+                            commands.push(vec!["GET".into(), key]);
+                            expected.push(Reply::Bulk(None));
+                        }
+                    }
+                    let refs: Vec<Vec<&str>> = commands
+                        .iter()
+                        .map(|c| c.iter().map(String::as_str).collect())
+                        .collect();
+                    let refs: Vec<&[&str]> = refs.iter().map(Vec::as_slice).collect();
+                    // Half the rounds in one write, half a command per write (each read then
+                    // holds what has arrived: one command or several).
+                    if round % 2 == 0 {
+                        c.send(&refs);
+                    } else {
+                        for r in &refs {
+                            c.send(&[r]);
+                        }
+                    }
+                    for (i, want) in expected.iter().enumerate() {
+                        assert_eq!(
+                            &c.reply(),
+                            want,
+                            "connection {conn} round {round} reply {i}"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in clients {
+        t.join().expect("a client thread failed");
+    }
+    let mut c = Client::connect(addr);
+    // What is left: per connection, the keys whose last round did not delete them.
+    let left = (0..16).filter(|j| (39 + j) % 3 != 0).count() as i64 * 8;
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Integer(left));
+    drop(c);
+    s.stop().unwrap();
+}
+
+#[test]
 fn writes_are_queued_for_attached_senders_before_the_reply() {
     let tmp = tempfile::tempdir().unwrap();
     let extra = "[[gateway-sender]]\nid = \"to-2\"\nremote-distributed-system-id = 2\nparallel = true\nenable-persistence = true\n\
