@@ -457,15 +457,32 @@ fn run_case(
     let deadline = start + Duration::from_secs(60) + deadline_per_event * events as u32;
     let mut applied = 0;
     let mut applied_timeline = Vec::new();
+    let mut writer = Some(writer);
+    let mut written = None;
     while applied < events && Instant::now() < deadline {
         applied = info_field(sites.client2, "receiver:", "applied")?;
         applied_timeline.push((start.elapsed().as_secs_f64(), applied));
+        // A load generator that failed (site 1 stopped answering, say) fails the case now,
+        // with its reason, rather than at the deadline.
+        if writer.as_ref().is_some_and(|w| w.is_finished())
+            && let Some(w) = writer.take()
+        {
+            written = Some(
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+                    .context("the max-rate step's strait-load")?,
+            );
+        }
         std::thread::sleep(APPLIED_POLL);
     }
     let seconds = start.elapsed().as_secs_f64();
-    let written = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+    let written = match (written, writer) {
+        (Some(w), _) => w,
+        (None, Some(w)) => w
+            .join()
+            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??,
+        (None, None) => bail!("the max-rate step's strait-load gave no result"),
+    };
     if applied < events {
         bail!(
             "site 2 applied {applied} of {events} events within {:?}",
