@@ -144,12 +144,69 @@ struct CaseResult {
     e2e_p99_us: u64,
     e2e_p999_us: u64,
     e2e_max_us: u64,
+    /// CPU time each part used over the max-rate step and over the half-rate step.
+    cpu_max_rate: StepCpu,
+    cpu_half_rate: StepCpu,
     /// For the plots: (seconds since the first write, events applied at site 2).
     #[serde(skip)]
     applied_timeline: Vec<(f64, u64)>,
     /// For the plots: (quantile, µs) of the latency step.
     #[serde(skip)]
     e2e_ladder: Vec<(f64, u64)>,
+}
+
+/// CPU time (user and system) each process used over one step, seconds, and how busy that
+/// left the machine's CPUs: at a share near 1 queueing alone makes latency tails, whatever
+/// the software does.
+#[derive(Clone, Debug, Serialize)]
+struct StepCpu {
+    site1_s: f64,
+    site2_s: f64,
+    /// The load generator's own (its JSON's `cpu_s`).
+    load_s: f64,
+    /// (site1_s + site2_s + load_s) / (CPUs × the step's wall time).
+    busy: f64,
+}
+
+/// CPU time a process has used so far (user and system), seconds, from `/proc/PID/stat`.
+fn process_cpu_s(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces; utime and stime are
+    // fields 14 and 15, the 12th and 13th after it.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("/proc/{pid}/stat has no command name"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat: field {} is not a number", i + 3))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// The two servers' CPU time so far.
+fn sites_cpu_s(sites: &Sites) -> anyhow::Result<(f64, f64)> {
+    Ok((
+        process_cpu_s(sites.servers[0])?,
+        process_cpu_s(sites.servers[1])?,
+    ))
+}
+
+impl StepCpu {
+    fn between(before: (f64, f64), after: (f64, f64), load_s: f64, seconds: f64) -> StepCpu {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let (site1_s, site2_s) = (after.0 - before.0, after.1 - before.1);
+        StepCpu {
+            site1_s,
+            site2_s,
+            load_s,
+            busy: (site1_s + site2_s + load_s) / (cpus * seconds.max(1e-9)),
+        }
+    }
 }
 
 /// A child process killed and reaped when dropped, so a failing case leaves nothing running.
@@ -237,6 +294,8 @@ fn info_field(port: u16, prefix: &str, field: &str) -> anyhow::Result<u64> {
 struct Sites {
     client1: u16,
     client2: u16,
+    /// Process ids of site 1's and site 2's servers, for their CPU time.
+    servers: [u32; 2],
     /// Killed when dropped, in reverse start order: servers, then the emulator and locators.
     _procs: Vec<Proc>,
 }
@@ -329,6 +388,7 @@ fn start_sites(
             ""
         }
     );
+    let mut servers = [0u32; 2];
     // Site 2 first, so its receiver is known when site 1's dispatchers look.
     for (id, client, locator, extra, senders) in
         [(2u8, c2, l2, receiver, ""), (1, c1, l1, sender, "\"to2\"")]
@@ -362,7 +422,10 @@ fn start_sites(
             }
             None => strait.clone(),
         };
-        procs.push(spawn(&bin, &a, &d.join("server.log"))?);
+        let server = spawn(&bin, &a, &d.join("server.log"))?;
+        // `taskset` execs the server, so the id is the server's either way.
+        servers[usize::from(id - 1)] = server.child.id();
+        procs.push(server);
         wait_ready(client).with_context(|| {
             format!(
                 "site {id}'s server (log: {})",
@@ -394,6 +457,7 @@ fn start_sites(
     Ok(Sites {
         client1: c1,
         client2: c2,
+        servers,
         _procs: procs,
     })
 }
@@ -448,6 +512,7 @@ fn run_case(
     // Step 1: as fast as possible; time until site 2 applied everything.
     let mut a = common(sites.client1);
     a.extend(["--requests".to_string(), events.to_string()]);
+    let cpu_before = sites_cpu_s(&sites)?;
     let start = Instant::now();
     let writer = {
         let bins = bins.to_path_buf();
@@ -489,6 +554,12 @@ fn run_case(
             deadline - start
         );
     }
+    let cpu_max_rate = StepCpu::between(
+        cpu_before,
+        sites_cpu_s(&sites)?,
+        f(&written, &["cpu_s"]),
+        seconds,
+    );
     let events_per_s = events as f64 / seconds;
     let mb_per_s = events_per_s * case.size as f64 / MB;
     // Step 2: half that rate, with the end-to-end latency sampled at site 2.
@@ -507,7 +578,15 @@ fn run_case(
         "--key-prefix".into(),
         "half:".into(),
     ]);
+    let cpu_before = sites_cpu_s(&sites)?;
+    let half_start = Instant::now();
     let e2e = load(bins, &a)?;
+    let cpu_half_rate = StepCpu::between(
+        cpu_before,
+        sites_cpu_s(&sites)?,
+        f(&e2e, &["cpu_s"]),
+        half_start.elapsed().as_secs_f64(),
+    );
     let e = &e2e["e2e"]["latency_us"];
     let link_mb_per_s = bound.1;
     Ok(CaseResult {
@@ -542,6 +621,8 @@ fn run_case(
         e2e_p99_us: f(e, &["p99"]) as u64,
         e2e_p999_us: f(e, &["p999"]) as u64,
         e2e_max_us: f(e, &["max"]) as u64,
+        cpu_max_rate,
+        cpu_half_rate,
         applied_timeline,
         e2e_ladder: e["ladder"]
             .as_array()
@@ -785,7 +866,7 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
 fn table(results: &[CaseResult], loopback: f64) {
     eprintln!("\nloopback TCP bound: {loopback:.0} MB/s");
     eprintln!(
-        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9}",
+        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>5}",
         "case",
         "events",
         "events/s",
@@ -795,11 +876,12 @@ fn table(results: &[CaseResult], loopback: f64) {
         "half rate",
         "e2e p50",
         "e2e p99",
-        "e2e max"
+        "e2e max",
+        "busy"
     );
     for r in results {
         eprintln!(
-            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us",
+            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us {:>4.0}%",
             r.case,
             r.events,
             r.events_per_s,
@@ -809,7 +891,8 @@ fn table(results: &[CaseResult], loopback: f64) {
             r.half_rate_per_s,
             r.e2e_p50_us,
             r.e2e_p99_us,
-            r.e2e_max_us
+            r.e2e_max_us,
+            r.cpu_half_rate.busy * 100.0
         );
     }
     eprintln!();

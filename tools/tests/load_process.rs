@@ -87,6 +87,13 @@ fn a_counted_run_at_full_speed_does_every_operation_and_prints_json() {
     assert!(us.windows(2).all(|w| w[0] <= w[1]), "{us:?}");
     assert_eq!(us[11], l["max"].as_u64().unwrap());
     assert!(j["ops_per_s"].as_f64().unwrap() > 0.0);
+    // The generator's own CPU: some, and no more than its threads (2 load threads and the
+    // main one) could use over the run.
+    let cpu = j["cpu_s"].as_f64().unwrap();
+    assert!(
+        cpu > 0.0 && cpu <= 3.0 * j["seconds"].as_f64().unwrap() + 0.05,
+        "cpu_s {cpu}"
+    );
     assert!(j["e2e"].is_null());
     // The writes landed: keys written, at most the key space.
     let keys = dbsize(&site, "orders");

@@ -26,6 +26,7 @@ use super::workload::{KeyDist, Op, OpGen, Schedule, ValueSize};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -239,6 +240,9 @@ pub struct Summary {
     pub ops_per_s: f64,
     /// Value bytes written per second, MB (10⁶ bytes).
     pub set_mb_per_s: f64,
+    /// CPU time the generator itself used over the run (all its threads), seconds: what it
+    /// took from the machine it shares with the servers it measures.
+    pub cpu_s: f64,
     /// Intended send time → reply, µs (from the actual send time when running at max rate).
     pub latency_us: Latency,
     pub e2e: Option<E2eSummary>,
@@ -274,6 +278,12 @@ struct ConnResult {
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
+}
+
+/// CPU time of this process so far (every thread), seconds.
+fn process_cpu_s() -> f64 {
+    let t = clock_gettime(ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 fn unix_us() -> u64 {
@@ -739,6 +749,7 @@ fn poller(s: TcpStream, rx: Receiver<Sample>, wait: Duration) -> anyhow::Result<
 /// Runs the load described by `config` (checked first).
 pub fn run(config: &LoadConfig) -> anyhow::Result<Summary> {
     config.check().map_err(anyhow::Error::msg)?;
+    let cpu_start = process_cpu_s();
     let mut streams = Vec::new();
     for _ in 0..config.connections {
         streams.push(connect(config.server, config.region.as_deref())?);
@@ -888,6 +899,7 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<Summary> {
         errors,
         ops_per_s: ops as f64 / seconds,
         set_mb_per_s: set_bytes as f64 / seconds / 1e6,
+        cpu_s: process_cpu_s() - cpu_start,
         latency_us: Latency::of(&hist),
         e2e,
     })
@@ -898,7 +910,7 @@ pub fn table(s: &Summary) -> String {
     let mut t = format!(
         "server {}  connections {}  pipeline {}  rate {}\n\
          ops {}  (SET {}, GET {}, hits {}, errors {})  in {:.3} s\n\
-         {:.0} ops/s  {:.1} MB/s of values written\n",
+         {:.0} ops/s  {:.1} MB/s of values written  (generator CPU {:.2} s)\n",
         s.server,
         s.connections,
         s.pipeline,
@@ -910,7 +922,8 @@ pub fn table(s: &Summary) -> String {
         s.errors,
         s.seconds,
         s.ops_per_s,
-        s.set_mb_per_s
+        s.set_mb_per_s,
+        s.cpu_s
     );
     let row = |name: &str, l: &Latency| {
         format!(
