@@ -928,3 +928,34 @@ fn table(results: &[CaseResult], loopback: f64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_cpu_time_is_read_from_proc_and_grows_with_work() {
+        let me = std::process::id();
+        let before = process_cpu_s(me).unwrap();
+        // Work until the kernel has charged at least 50 ms more (ticks are 10 ms), bounded.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut x = 1u64;
+        while process_cpu_s(me).unwrap() < before + 0.05 {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            assert!(Instant::now() < deadline, "no CPU time charged in 20 s");
+        }
+        let used = process_cpu_s(me).unwrap() - before;
+        assert!((0.05..20.0).contains(&used), "{used} s");
+        assert!(process_cpu_s(u32::MAX).is_err(), "no such process");
+    }
+
+    #[test]
+    fn busy_is_the_share_of_all_cpus_over_the_step() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let c = StepCpu::between((1.0, 2.0), (2.0, 2.5), 0.5, 1.0);
+        assert_eq!((c.site1_s, c.site2_s, c.load_s), (1.0, 0.5, 0.5));
+        assert!((c.busy - 2.0 / cpus).abs() < 1e-9, "{}", c.busy);
+    }
+}
