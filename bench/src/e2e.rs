@@ -104,6 +104,16 @@ pub struct E2eArgs {
     /// Where `strait`, `strait-load` and `strait-wanem` are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Also measure, per value size, what redis-server alone (no persistence, no
+    /// replication) takes from `strait-load` with the same connections, pipeline, key space and
+    /// number of writes; a replicated event needs a write at each site, so half of it bounds
+    /// what two sites sharing this machine can replicate. Each case's events/s is reported
+    /// over that bound (`xredis`).
+    #[arg(long)]
+    redis_bound: bool,
+    /// The redis-server of `--redis-bound`.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
     /// Parent of the fresh directory holding both sites' files (removed at the end).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -135,6 +145,10 @@ struct CaseResult {
     /// The emulated bandwidth in MB/s, for `wan`.
     link_mb_per_s: Option<f64>,
     ratio_to_link: Option<f64>,
+    /// With `--redis-bound`: redis-server's SETs/s for this value size, and events/s over half
+    /// of it.
+    redis_sets_per_s: Option<f64>,
+    ratio_to_redis: Option<f64>,
     /// The half-rate step: the target rate, and write → seen at site 2, µs.
     half_rate_per_s: f64,
     half_rate_achieved_per_s: f64,
@@ -487,7 +501,7 @@ fn run_case(
     bins: &Path,
     dir: &Path,
     case: &Case,
-    bound: (f64, Option<f64>),
+    bound: (f64, Option<f64>, Option<f64>),
     seed: &mut u64,
 ) -> anyhow::Result<CaseResult> {
     let sites = start_sites(args, bins, dir, case, seed)?;
@@ -613,6 +627,8 @@ fn run_case(
         ratio_to_loopback: mb_per_s / bound.0,
         link_mb_per_s,
         ratio_to_link: link_mb_per_s.map(|l| mb_per_s / l),
+        redis_sets_per_s: bound.2,
+        ratio_to_redis: bound.2.map(|r| events_per_s / (r / 2.0)),
         half_rate_per_s: half,
         half_rate_achieved_per_s: f(&e2e, &["ops_per_s"]),
         e2e_seen: f(&e2e, &["e2e", "seen"]) as u64,
@@ -801,6 +817,22 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
         .prefix("strait-bench-e2e-")
         .tempdir_in(&args.dir)?;
     let mut seed = u64::from(std::process::id());
+    let mut redis = std::collections::BTreeMap::new();
+    if args.redis_bound {
+        for &size in &args.sizes {
+            let sets = redis_sets_per_s(&args, &bins, tmp.path(), size, &mut seed)?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": "e2e_redis_bound", "value_bytes": size, "sets_per_s": sets})
+            );
+            eprintln!(
+                "  bound redis-server {:>6}: {sets:>10.0} SETs/s (half: {:.0})",
+                size_name(size),
+                sets / 2.0
+            );
+            redis.insert(size, sets);
+        }
+    }
     let mut results = Vec::new();
     let mut n = 0;
     let mut failed = Vec::new();
@@ -819,7 +851,11 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
                     std::fs::create_dir_all(&dir)?;
                     let name = format!("{}/{sender}/{queue}/{link}", size_name(size));
                     eprintln!("e2e: {name} ...");
-                    let bound = (loopback, if link == "wan" { link_mb } else { None });
+                    let bound = (
+                        loopback,
+                        if link == "wan" { link_mb } else { None },
+                        redis.get(&size).copied(),
+                    );
                     match run_case(&args, &bins, &dir, &case, bound, &mut seed) {
                         Ok(r) => {
                             println!("{}", serde_json::to_string(&r)?);
@@ -863,10 +899,66 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SETs per second redis-server alone takes from `strait-load` with the case's connections,
+/// pipeline, key space, value size and number of writes (`--redis-bound`).
+fn redis_sets_per_s(
+    args: &E2eArgs,
+    bins: &Path,
+    dir: &Path,
+    size: usize,
+    seed: &mut u64,
+) -> anyhow::Result<f64> {
+    let port = free_ports(1, seed)?;
+    let d = dir.join(format!("redis-{size}"));
+    std::fs::create_dir_all(&d)?;
+    let a: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        &d.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _redis = spawn(&args.redis_server, &a, &d.join("redis.log"))
+        .context("--redis-bound needs redis-server (Debian: apt-get install redis-server)")?;
+    wait_ready(port).context("redis-server")?;
+    let events = args.events.min(args.bytes_max / size as u64).max(1);
+    let out = load(
+        bins,
+        &[
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--connections",
+            &args.connections.to_string(),
+            "--pipeline",
+            &args.pipeline.to_string(),
+            "--value-size",
+            &size.to_string(),
+            "--keys",
+            &args.keys.to_string(),
+            "--requests",
+            &events.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>(),
+    )?;
+    Ok(f(&out, &["ops_per_s"]))
+}
+
 fn table(results: &[CaseResult], loopback: f64) {
     eprintln!("\nloopback TCP bound: {loopback:.0} MB/s");
     eprintln!(
-        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>5}",
+        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>5} {:>6}",
         "case",
         "events",
         "events/s",
@@ -877,11 +969,12 @@ fn table(results: &[CaseResult], loopback: f64) {
         "e2e p50",
         "e2e p99",
         "e2e max",
-        "busy"
+        "busy",
+        "xredis"
     );
     for r in results {
         eprintln!(
-            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us {:>4.0}%",
+            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us {:>4.0}% {:>6}",
             r.case,
             r.events,
             r.events_per_s,
@@ -892,7 +985,8 @@ fn table(results: &[CaseResult], loopback: f64) {
             r.e2e_p50_us,
             r.e2e_p99_us,
             r.e2e_max_us,
-            r.cpu_half_rate.busy * 100.0
+            r.cpu_half_rate.busy * 100.0,
+            r.ratio_to_redis.map_or("-".into(), |x| format!("{x:.2}"))
         );
     }
     eprintln!();
@@ -909,6 +1003,16 @@ fn table(results: &[CaseResult], loopback: f64) {
             eprintln!(
                 "{v} replicated {size} B events/s, persistent, direct (best sender): {x:.0} (target >= {target:.0})"
             );
+            if let Some(r) = results
+                .iter()
+                .find(|r| r.value_bytes == size)
+                .and_then(|r| r.redis_sets_per_s)
+            {
+                eprintln!(
+                    "     redis-server alone took {r:.0} SETs/s of {size} B here: two sites writing once each bound replication near {:.0}",
+                    r / 2.0
+                );
+            }
         }
     }
     for r in results.iter().filter(|r| r.link == "direct") {
