@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::process::{Command, Output};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn load(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_strait-load"))
@@ -206,4 +206,78 @@ fn bad_arguments_and_an_absent_server_are_refused_with_a_reason() {
         assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+/// A RESP server on one connection that answers `+OK` to every command, except that after the
+/// `stall_after`-th it stops reading and answering for `stall`: the server stall a load
+/// generator must charge to every request scheduled meanwhile.
+fn stalling_server(stall_after: usize, stall: Duration) -> (u16, std::thread::JoinHandle<usize>) {
+    use std::io::{Read, Write};
+    use strait_net::resp::{Limits, Parsed, parse_command};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (mut buf, mut chunk, mut answered) = (Vec::new(), vec![0u8; 64 << 10], 0usize);
+        loop {
+            let n = match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return answered,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            let mut out = Vec::new();
+            while let Ok(Parsed::Command(c)) = parse_command(&buf[at..], &Limits::default()) {
+                at += c.consumed;
+                answered += 1;
+                out.extend_from_slice(b"+OK\r\n");
+                if answered == stall_after {
+                    s.write_all(&out).unwrap();
+                    out.clear();
+                    // The behaviour under test: the server goes quiet for a while.
+                    std::thread::sleep(stall);
+                }
+            }
+            buf.drain(..at);
+            if s.write_all(&out).is_err() {
+                return answered;
+            }
+        }
+    });
+    (port, server)
+}
+
+#[test]
+fn a_server_stall_is_charged_to_every_request_scheduled_during_it() {
+    const STALL: Duration = Duration::from_millis(300);
+    let (port, server) = stalling_server(200, STALL);
+    // 1000 requests over 1 s, one outstanding at a time: while the server is quiet, the
+    // generator cannot send the ~300 requests scheduled meanwhile. Timed from their intended
+    // send times they waited 0-300 ms; timed from when they were sent they would not have.
+    let j = load_json(&[
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--rate",
+        "1000",
+        "--duration",
+        "1s",
+        "--connections",
+        "1",
+        "--pipeline",
+        "1",
+        "--value-size",
+        "10",
+    ]);
+    assert_eq!(server.join().unwrap(), 1000);
+    assert_eq!(j["ops"], 1000);
+    let l = &j["latency_us"];
+    let us = |q: &str| l[q].as_u64().unwrap();
+    assert!(us("max") >= 280_000, "the stall itself: {l}");
+    // About 300 of the 1000 waited 0-300 ms, evenly: the slowest 10% waited 200 ms or more.
+    assert!(
+        us("p90") >= 150_000,
+        "the requests scheduled during the stall: {l}"
+    );
+    assert!(us("p50") < 50_000, "most requests were not delayed: {l}");
 }
