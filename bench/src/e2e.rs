@@ -18,7 +18,7 @@
 //! 127.0.0.2`; `strait-wanem` listens on 127.0.0.2 at the same ports and forwards to 127.0.0.1,
 //! so every batch and ack crosses the emulated link (the locators talk directly).
 
-use crate::site::wait_ready;
+use crate::site::{start_redis, wait_ready};
 use crate::svg::{Series, line_chart};
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -506,23 +506,7 @@ fn run_case(
 ) -> anyhow::Result<CaseResult> {
     let sites = start_sites(args, bins, dir, case, seed)?;
     let events = args.events.min(args.bytes_max / case.size as u64).max(1);
-    let common = |server: u16| -> Vec<String> {
-        [
-            "--server",
-            &format!("127.0.0.1:{server}"),
-            "--connections",
-            &args.connections.to_string(),
-            "--pipeline",
-            &args.pipeline.to_string(),
-            "--value-size",
-            &case.size.to_string(),
-            "--keys",
-            &args.keys.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let common = |server: u16| load_args(args, server, case.size);
     // Step 1: as fast as possible; time until site 2 applied everything.
     let mut a = common(sites.client1);
     a.extend(["--requests".to_string(), events.to_string()]);
@@ -899,6 +883,26 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `strait-load`'s arguments shared by every step: the server, connections, pipeline, value
+/// size and key space.
+fn load_args(args: &E2eArgs, port: u16, size: usize) -> Vec<String> {
+    [
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--connections",
+        &args.connections.to_string(),
+        "--pipeline",
+        &args.pipeline.to_string(),
+        "--value-size",
+        &size.to_string(),
+        "--keys",
+        &args.keys.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// SETs per second redis-server alone takes from `strait-load` with the case's connections,
 /// pipeline, key space, value size and number of writes (`--redis-bound`).
 fn redis_sets_per_s(
@@ -909,49 +913,17 @@ fn redis_sets_per_s(
     seed: &mut u64,
 ) -> anyhow::Result<f64> {
     let port = free_ports(1, seed)?;
-    let d = dir.join(format!("redis-{size}"));
-    std::fs::create_dir_all(&d)?;
-    let a: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--dir",
-        &d.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let _redis = spawn(&args.redis_server, &a, &d.join("redis.log"))
-        .context("--redis-bound needs redis-server (Debian: apt-get install redis-server)")?;
-    wait_ready(port).context("redis-server")?;
+    let _redis = start_redis(
+        &args.redis_server,
+        port,
+        &dir.join(format!("redis-{size}")),
+        false,
+    )
+    .context("--redis-bound needs redis-server (Debian: apt-get install redis-server)")?;
     let events = args.events.min(args.bytes_max / size as u64).max(1);
-    let out = load(
-        bins,
-        &[
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--connections",
-            &args.connections.to_string(),
-            "--pipeline",
-            &args.pipeline.to_string(),
-            "--value-size",
-            &size.to_string(),
-            "--keys",
-            &args.keys.to_string(),
-            "--requests",
-            &events.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>(),
-    )?;
+    let mut a = load_args(args, port, size);
+    a.extend(["--requests".to_string(), events.to_string()]);
+    let out = load(bins, &a)?;
     Ok(f(&out, &["ops_per_s"]))
 }
 

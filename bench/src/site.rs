@@ -86,7 +86,7 @@ pub(crate) fn wait_ready(port: u16) -> anyhow::Result<()> {
     }
 }
 
-struct Redis(Child);
+pub(crate) struct Redis(Child);
 
 impl Drop for Redis {
     fn drop(&mut self) {
@@ -95,9 +95,16 @@ impl Drop for Redis {
     }
 }
 
-fn start_redis(args: &SiteArgs, port: u16, dir: &Path, aof: bool) -> anyhow::Result<Redis> {
+/// Starts `redis_server` on `port` (no snapshots; an AOF with `appendfsync everysec` when
+/// `aof`), with its files in `dir`, and waits until it answers; it is killed when dropped.
+pub(crate) fn start_redis(
+    redis_server: &Path,
+    port: u16,
+    dir: &Path,
+    aof: bool,
+) -> anyhow::Result<Redis> {
     std::fs::create_dir_all(dir)?;
-    let mut cmd = Command::new(&args.redis_server);
+    let mut cmd = Command::new(redis_server);
     cmd.args([
         "--port",
         &port.to_string(),
@@ -119,7 +126,7 @@ fn start_redis(args: &SiteArgs, port: u16, dir: &Path, aof: bool) -> anyhow::Res
     }
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting {}", args.redis_server.display()))?;
+        .with_context(|| format!("starting {}", redis_server.display()))?;
     let redis = Redis(child);
     wait_ready(port)?;
     Ok(redis)
@@ -229,7 +236,7 @@ pub fn run(args: SiteArgs) -> anyhow::Result<()> {
             eprintln!("site: {name}, {value}-byte values ...");
             let rps = match redis {
                 Some(aof) => {
-                    let _redis = start_redis(&args, port, &dir, aof)?;
+                    let _redis = start_redis(&args.redis_server, port, &dir, aof)?;
                     benchmark(&args, port, value)?
                 }
                 None => {

@@ -268,6 +268,11 @@ struct PositionHasher(u64);
 
 type FastMap<V> = HashMap<u64, V, BuildHasherDefault<PositionHasher>>;
 
+/// The bucket of a position (its high half), as an index into the store's per-bucket maps.
+fn bucket_index(pos: u64) -> usize {
+    (pos >> 32) as usize
+}
+
 /// A stream's key in the dedupe table: origin site (bits 48..56), origin member (bits
 /// 32..48) and stream (bits 0..32), packed without loss.
 fn stream_key(id: &EventId) -> u64 {
@@ -621,7 +626,7 @@ impl RegionStore {
             let Some((_, pos, key)) = self.tombstones.pop_first() else {
                 break;
             };
-            let groups = &mut self.groups[(pos >> 32) as usize];
+            let groups = self.groups_of_mut(pos);
             if let Some(group) = groups.get_mut(&pos)
                 && let Ok(i) = group.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_ref()))
             {
@@ -644,7 +649,11 @@ impl RegionStore {
 
     /// The map of the bucket a position is in.
     fn groups_of(&self, pos: u64) -> &FastMap<Group> {
-        &self.groups[(pos >> 32) as usize]
+        &self.groups[bucket_index(pos)]
+    }
+
+    fn groups_of_mut(&mut self, pos: u64) -> &mut FastMap<Group> {
+        &mut self.groups[bucket_index(pos)]
     }
 
     fn find(&self, pos: u64, key: &[u8]) -> Option<&Entry> {
@@ -666,7 +675,7 @@ impl RegionStore {
     fn write(&mut self, pos: u64, key: &[u8], entry: Entry) {
         let new_tombstone =
             matches!(entry.value, EntryValue::Tombstone).then_some(entry.version.timestamp_us);
-        let group = self.groups[(pos >> 32) as usize]
+        let group = self.groups[bucket_index(pos)]
             .entry(pos)
             .or_insert_with(|| {
                 self.positions.insert(pos);
