@@ -24,6 +24,30 @@ pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 100 << 20;
 pub const SEGMENT_BYTES_DEFAULT: u32 = 4 << 20;
 /// Smallest segment size accepted.
 pub const SEGMENT_BYTES_MIN: u32 = 64 << 10;
+/// What the tail segments of one sender's queues on one shard may take together, at the size
+/// [`segment_bytes_for`] picks: 64 MiB. Every queue that has been written keeps a tail segment,
+/// created whole (its blocks written, its pages in the page cache), however little is in it.
+pub const SEGMENT_TAILS_BYTES_TARGET: u64 = 64 << 20;
+
+/// The segment size for a sender with `queue_count` queues on a shard:
+/// [`SEGMENT_BYTES_DEFAULT`] when `queue_count` tails of that size fit in
+/// [`SEGMENT_TAILS_BYTES_TARGET`], otherwise the largest power of two that fits, and never
+/// less than [`SEGMENT_BYTES_MIN`]. A serial sender (a few dispatcher queues) gets 4 MiB
+/// segments; a parallel one with 113 bucket queues gets 512 KiB, which holds its files and
+/// page cache at 56.5 MiB instead of 452 MiB per shard, and replicated 1 KiB events faster
+/// (docs/benchmarks.md, "Fourth round").
+pub fn segment_bytes_for(queue_count: u16) -> u32 {
+    let share = SEGMENT_TAILS_BYTES_TARGET / u64::from(queue_count.max(1));
+    let pow2 = if share == 0 {
+        0
+    } else {
+        1u64 << (63 - share.leading_zeros())
+    };
+    pow2.clamp(
+        u64::from(SEGMENT_BYTES_MIN),
+        u64::from(SEGMENT_BYTES_DEFAULT),
+    ) as u32
+}
 /// Default number of segments kept created and mapped ahead of need.
 pub const SPARE_SEGMENTS_DEFAULT: u8 = 2;
 /// How long to wait before trying again to create a segment, or to sync, after a failure.

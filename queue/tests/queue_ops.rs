@@ -469,3 +469,75 @@ fn check_room_asks_for_the_segment_it_needs_and_recovers_after_a_full_disk() {
     );
     q.append(Q, &e).unwrap();
 }
+
+#[test]
+fn segment_size_rule_keeps_every_queues_tail_within_the_target() {
+    use strait_queue::queue::{
+        SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN, SEGMENT_TAILS_BYTES_TARGET, segment_bytes_for,
+    };
+    for n in 1..=u16::MAX {
+        let b = segment_bytes_for(n);
+        let valid = QueueConfig {
+            queue_count: n,
+            segment_bytes: b,
+            ..cfg(true)
+        };
+        assert_eq!(valid.validate(), Ok(()), "{n} queues");
+        assert!(b.is_power_of_two(), "{n} queues: {b}");
+        let tails = u64::from(n) * u64::from(b);
+        // Within the target unless already at the smallest size, and the largest such size.
+        assert!(
+            b == SEGMENT_BYTES_MIN || tails <= SEGMENT_TAILS_BYTES_TARGET,
+            "{n}: {b}"
+        );
+        assert!(
+            b == SEGMENT_BYTES_DEFAULT || 2 * tails > SEGMENT_TAILS_BYTES_TARGET,
+            "{n}: {b}"
+        );
+    }
+    assert_eq!(segment_bytes_for(1), SEGMENT_BYTES_DEFAULT);
+    assert_eq!(segment_bytes_for(5), SEGMENT_BYTES_DEFAULT);
+    assert_eq!(segment_bytes_for(113), 512 << 10);
+
+    // A parallel sender's 113 bucket queues, each written and then drained: what stays on the
+    // disk is one tail per queue and the spares, within the target.
+    let queues = 113u16;
+    let config = QueueConfig {
+        queue_count: queues,
+        memory_bytes_max: 1 << 20,
+        segment_bytes: segment_bytes_for(queues),
+        ..cfg(true)
+    };
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(config.clone());
+    for (n, queue) in (0..queues).map(QueueId).enumerate() {
+        let (k, v) = event_parts(n as u64, 1024);
+        loop {
+            match q.append(queue, &event(Op::Create, n as u64, &k, &v)) {
+                Err(AppendError::WouldBlock) => assert!(run_actions(&mut q, &disk, 0) > 0),
+                r => {
+                    r.expect("append");
+                    break;
+                }
+            }
+        }
+    }
+    run_actions(&mut q, &disk, 0);
+    for queue in (0..queues).map(QueueId) {
+        let b = q
+            .peek(queue, 100, 1 << 20)
+            .expect("peek")
+            .expect("one event");
+        q.ack(queue, b.last_seq).expect("ack");
+    }
+    run_actions(&mut q, &disk, 0);
+    let stats = q.stats(0);
+    assert_eq!(stats.events_queued, 0);
+    let spares = u64::from(config.spare_segments) * u64::from(config.segment_bytes);
+    assert!(
+        stats.segment_bytes <= SEGMENT_TAILS_BYTES_TARGET + spares,
+        "{} bytes of segments held for {queues} drained queues",
+        stats.segment_bytes
+    );
+    assert!(stats.segment_bytes >= u64::from(queues) * u64::from(config.segment_bytes));
+}

@@ -715,6 +715,7 @@ async fn open_sender(
         disk_synchronous: def.disk_synchronous,
         sync: def.sync,
         conflation: def.enable_batch_conflation,
+        segment_bytes: strait_queue::queue::segment_bytes_for(queue_count),
         ..QueueConfig::default()
     };
     let dir = def.disk_dir.join(format!("shard-{}", id.0));
