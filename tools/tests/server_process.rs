@@ -134,6 +134,33 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// `THP_enabled` of a process, as /proc shows it: whether the kernel may back its memory with
+/// transparent huge pages.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled line in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn transparent_huge_pages_are_off_for_a_server_unless_its_config_allows_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), REGION);
+    assert_eq!(thp_enabled(server.child.id()), "0");
+    drop(server);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &format!("transparent-huge-pages = true\n{REGION}"),
+    );
+    assert_eq!(thp_enabled(server.child.id()), "1");
+    assert_eq!(server.call(&["SET", "k", "v"]), b"+OK\r\n");
+}
+
 #[test]
 fn redis_cli_and_redis_benchmark_work_against_strait() {
     if !have("redis-cli", "--version") || !have("redis-benchmark", "--version") {

@@ -189,6 +189,12 @@ pub struct ServerSettings {
     pub http_service_port: u16,
     /// `http-service-bind-address`; default: `bind-address`.
     pub http_service_bind_address: IpAddr,
+    /// `transparent-huge-pages`: let the kernel back the server's memory with transparent huge
+    /// pages where the system setting allows. Default false: the server turns them off for
+    /// itself at start (`prctl(PR_SET_THP_DISABLE)`), because a huge page fault zeroes 2 MiB on
+    /// the shard that takes it, a stall of milliseconds while a store grows
+    /// (docs/benchmarks.md, "Fourth round").
+    pub transparent_huge_pages: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,6 +283,7 @@ pub(crate) struct RawServer {
     pub(crate) directory: Option<PathBuf>,
     pub(crate) http_service_port: Option<i64>,
     pub(crate) http_service_bind_address: Option<String>,
+    pub(crate) transparent_huge_pages: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -538,6 +545,7 @@ impl Validator<'_> {
             directory: directory.clone(),
             http_service_port,
             http_service_bind_address,
+            transparent_huge_pages: rs.transparent_huge_pages.unwrap_or(false),
         };
 
         let mut senders = Vec::new();
@@ -859,6 +867,9 @@ pub fn to_toml(cfg: &SiteConfig) -> String {
         "http-service-bind-address".into(),
         text(&s.http_service_bind_address.to_string()),
     );
+    if s.transparent_huge_pages {
+        server.insert("transparent-huge-pages".into(), Value::Boolean(true));
+    }
     let senders: Vec<Value> = cfg
         .senders
         .iter()

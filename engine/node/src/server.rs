@@ -262,6 +262,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 /// Starts a server; returns once every shard listens, or with the reason none can.
 pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
     let lock = lock_directory(&config.server.directory)?;
+    set_transparent_huge_pages(config.server.transparent_huge_pages);
     // What was created, altered or destroyed at run time comes back (`crate::runtime`).
     let dir = config.server.directory.clone();
     let journal = crate::runtime::Journal::load(&dir)?;
@@ -532,6 +533,20 @@ fn check_shard_count(sender: &str, dir: &Path, shards: u16) -> Result<(), StartE
         std::fs::write(&file, format!("{shards}\n")).map_err(io(&file))?;
     }
     Ok(())
+}
+
+/// Turns transparent huge pages off for this process (`transparent-huge-pages = false`, the
+/// default), before any shard allocates: a huge page fault zeroes 2 MiB on the thread that
+/// takes it, which stalled shards for milliseconds while their stores grew. `true` leaves the
+/// process to the system setting (`/sys/kernel/mm/transparent_hugepage/enabled`). A kernel
+/// that refuses the call leaves the setting as it was, with a warning.
+fn set_transparent_huge_pages(allowed: bool) {
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(!allowed) {
+        tracing::warn!(
+            "cannot {} transparent huge pages for this server (prctl PR_SET_THP_DISABLE): {e}",
+            if allowed { "allow" } else { "turn off" }
+        );
+    }
 }
 
 /// Whether any `shard-*` queue directory under `dir` still holds an unacknowledged event.

@@ -111,6 +111,16 @@ fn an_empty_file_is_a_server_with_defaults() {
     assert_eq!(c.server.name, "server-40404");
     assert!(c.regions.is_empty() && c.senders.is_empty() && c.receiver.is_none());
     assert_eq!(c.server.start_locator, None);
+    assert!(!c.server.transparent_huge_pages);
+}
+
+#[test]
+fn transparent_huge_pages_take_a_boolean() {
+    let c = parse("[server]\ntransparent-huge-pages = true\n").unwrap();
+    assert!(c.server.transparent_huge_pages);
+    let e = refusal("[server]\ntransparent-huge-pages = \"yes\"\n");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.reason.contains("expected a boolean"), "{e}");
 }
 
 #[test]

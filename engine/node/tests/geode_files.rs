@@ -45,6 +45,7 @@ fn a_realistic_cache_xml_and_gemfire_properties_give_the_expected_site() {
             directory: ".".into(),
             http_service_port: 7070,
             http_service_bind_address: [0, 0, 0, 0].into(),
+            transparent_huge_pages: false,
         }
     );
     assert_eq!(
