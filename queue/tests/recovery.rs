@@ -367,3 +367,63 @@ fn reading_a_recovered_backlog_prefetches_its_segments_off_the_shard() {
         "the segment being read and the next one"
     );
 }
+
+#[test]
+fn segments_of_another_size_reopen_and_the_queue_continues_at_the_new_size() {
+    // Written with 256 KiB segments (as a build before `segment_bytes_for` wrote 4 MiB ones
+    // for a parallel sender), reopened with 64 KiB: every event comes back in order, appends
+    // go on after them, and only new segments take the new size.
+    let big = QueueConfig {
+        segment_bytes: 256 << 10,
+        ..cfg(SyncPolicy::EveryBatch)
+    };
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(big.clone());
+    for i in 0..600 {
+        loop {
+            match append_n(&mut q, Q, i, 1000) {
+                Ok(_) => break,
+                Err(AppendError::WouldBlock) => {
+                    run_actions(&mut q, &disk, 0);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    run_actions(&mut q, &disk, 0);
+    disk.crash(q, Crash::Process);
+    let old: Vec<SegmentId> = chain(&disk).into_iter().map(|(id, _)| id).collect();
+    assert!(old.len() >= 2, "{old:?}");
+
+    let small = cfg(SyncPolicy::EveryBatch);
+    let (mut q, report) = recover(small.clone(), &disk).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.events, 600);
+    for i in 600..800 {
+        loop {
+            match append_n(&mut q, Q, i, 1000) {
+                Ok(_) => break,
+                Err(AppendError::WouldBlock) => {
+                    run_actions(&mut q, &disk, 0);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    run_actions(&mut q, &disk, 0);
+    let sizes: Vec<(bool, usize)> = chain(&disk)
+        .into_iter()
+        .map(|(id, _)| {
+            let len = disk.with_segment(id, |b| b.len()).unwrap();
+            (old.contains(&id), len)
+        })
+        .collect();
+    assert!(
+        sizes
+            .iter()
+            .all(|&(was_old, len)| len == if was_old { 256 << 10 } else { 64 << 10 }),
+        "{sizes:?}"
+    );
+    assert!(sizes.iter().any(|&(was_old, _)| !was_old), "{sizes:?}");
+    assert_eq!(drain_numbers(&mut q, Q), (0..800).collect::<Vec<_>>());
+}
