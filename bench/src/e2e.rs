@@ -102,8 +102,18 @@ pub struct E2eArgs {
     #[arg(long)]
     svg: Option<PathBuf>,
     /// Where `strait`, `strait-load` and `strait-wanem` are (default: next to this binary).
+    /// Its results are build `A`; the PASS/MISS lines judge build `A` only.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// A second build to compare with (build `B`): every case runs with both builds, one right
+    /// after the other, `--runs` times (A first), so that both meet the same minutes of a
+    /// noisy machine. Each row and JSON line says its build and run, and a summary gives each
+    /// build's range per case.
+    #[arg(long)]
+    compare_bin_dir: Option<PathBuf>,
+    /// Runs of each case (of each build, with `--compare-bin-dir`), alternated case by case.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=RUNS_MAX as i64))]
+    runs: u32,
     /// Also measure, per value size, what redis-server alone (no persistence, no
     /// replication) takes from `strait-load` with the same connections, pipeline, key space and
     /// number of writes; a replicated event needs a write at each site, so half of it bounds
@@ -119,11 +129,18 @@ pub struct E2eArgs {
     dir: PathBuf,
 }
 
+/// Most `--runs`.
+const RUNS_MAX: u32 = 100;
+
 /// One case's results: a JSON line and a table row.
 #[derive(Debug, Serialize)]
 struct CaseResult {
     bench: &'static str,
     case: String,
+    /// `A` (`--bin-dir`) or `B` (`--compare-bin-dir`).
+    build: &'static str,
+    /// 1..=`--runs`.
+    run: u32,
     value_bytes: usize,
     sender: String,
     queue: String,
@@ -596,6 +613,8 @@ fn run_case(
             case.queue,
             case.link
         ),
+        build: "A",
+        run: 1,
         value_bytes: case.size,
         sender: case.sender.into(),
         queue: case.queue.into(),
@@ -739,14 +758,21 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
             .context("no directory of this binary")?
             .to_path_buf(),
     };
-    for b in ["strait", "strait-load", "strait-wanem"] {
-        if !bins.join(b).exists() {
-            bail!(
-                "no {b} in {} (cargo build --release -p strait-tools, or --bin-dir)",
-                bins.display()
-            );
+    let mut builds = vec![("A", bins.clone())];
+    if let Some(b) = &args.compare_bin_dir {
+        builds.push(("B", b.clone()));
+    }
+    for (_, dir) in &builds {
+        for b in ["strait", "strait-load", "strait-wanem"] {
+            if !dir.join(b).exists() {
+                bail!(
+                    "no {b} in {} (cargo build --release -p strait-tools, or --bin-dir)",
+                    dir.display()
+                );
+            }
         }
     }
+    let several = builds.len() > 1 || args.runs > 1;
     for (what, list, allowed) in [
         ("--senders", &args.senders, &["parallel", "serial"][..]),
         ("--queues", &args.queues, &["memory", "persistent"][..]),
@@ -824,50 +850,66 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
         for sender in &args.senders {
             for queue in &args.queues {
                 for link in &args.links {
-                    n += 1;
-                    let case = Case {
-                        size,
-                        sender,
-                        queue,
-                        link,
-                    };
-                    let dir = tmp.path().join(format!("case{n}"));
-                    std::fs::create_dir_all(&dir)?;
-                    let name = format!("{}/{sender}/{queue}/{link}", size_name(size));
-                    eprintln!("e2e: {name} ...");
-                    let bound = (
-                        loopback,
-                        if link == "wan" { link_mb } else { None },
-                        redis.get(&size).copied(),
-                    );
-                    match run_case(&args, &bins, &dir, &case, bound, &mut seed) {
-                        Ok(r) => {
-                            println!("{}", serde_json::to_string(&r)?);
-                            eprintln!(
-                                "  {:>10.0} events/s {:>7.1} MB/s  e2e p50 {} us p99 {} us at {:.0}/s",
-                                r.events_per_s,
-                                r.mb_per_s,
-                                r.e2e_p50_us,
-                                r.e2e_p99_us,
-                                r.half_rate_per_s
-                            );
-                            if let Some(dir) = &args.svg {
-                                plots(dir, &r)?;
+                    for run in 1..=args.runs {
+                        for (build, bins) in &builds {
+                            n += 1;
+                            let case = Case {
+                                size,
+                                sender,
+                                queue,
+                                link,
+                            };
+                            let dir = tmp.path().join(format!("case{n}"));
+                            std::fs::create_dir_all(&dir)?;
+                            let name = format!("{}/{sender}/{queue}/{link}", size_name(size));
+                            if several {
+                                eprintln!("e2e: {name} (build {build}, run {run}) ...");
+                            } else {
+                                eprintln!("e2e: {name} ...");
                             }
-                            results.push(r);
-                        }
-                        Err(e) => {
-                            eprintln!("  FAILED: {e:#}");
-                            failed.push(dir);
-                            continue;
+                            let bound = (
+                                loopback,
+                                if link == "wan" { link_mb } else { None },
+                                redis.get(&size).copied(),
+                            );
+                            match run_case(&args, bins, &dir, &case, bound, &mut seed) {
+                                Ok(mut r) => {
+                                    r.build = build;
+                                    r.run = run;
+                                    println!("{}", serde_json::to_string(&r)?);
+                                    eprintln!(
+                                        "  {:>10.0} events/s {:>7.1} MB/s  e2e p50 {} us p99 {} us at {:.0}/s",
+                                        r.events_per_s,
+                                        r.mb_per_s,
+                                        r.e2e_p50_us,
+                                        r.e2e_p99_us,
+                                        r.half_rate_per_s
+                                    );
+                                    if let Some(dir) = &args.svg {
+                                        plots(dir, &r)?;
+                                    }
+                                    results.push(r);
+                                }
+                                Err(e) => {
+                                    eprintln!("  FAILED: {e:#}");
+                                    failed.push(dir);
+                                    continue;
+                                }
+                            }
+                            std::fs::remove_dir_all(&dir).ok();
                         }
                     }
-                    std::fs::remove_dir_all(&dir).ok();
                 }
             }
         }
     }
-    table(&results, loopback);
+    table(&results, loopback, several);
+    if several {
+        eprintln!("each build's range per case (min-max over its runs):");
+        for line in summary(&results) {
+            eprintln!("{line}");
+        }
+    }
     if !failed.is_empty() {
         let kept = tmp.keep();
         eprintln!(
@@ -927,8 +969,15 @@ fn redis_sets_per_s(
     Ok(f(&out, &["ops_per_s"]))
 }
 
-fn table(results: &[CaseResult], loopback: f64) {
+fn table(results: &[CaseResult], loopback: f64, several: bool) {
     eprintln!("\nloopback TCP bound: {loopback:.0} MB/s");
+    let label = |r: &CaseResult| {
+        if several {
+            format!("{} {}{}", r.case, r.build, r.run)
+        } else {
+            r.case.clone()
+        }
+    };
     eprintln!(
         "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>5} {:>6}",
         "case",
@@ -947,7 +996,7 @@ fn table(results: &[CaseResult], loopback: f64) {
     for r in results {
         eprintln!(
             "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us {:>4.0}% {:>6}",
-            r.case,
+            label(r),
             r.events,
             r.events_per_s,
             r.mb_per_s,
@@ -962,6 +1011,8 @@ fn table(results: &[CaseResult], loopback: f64) {
         );
     }
     eprintln!();
+    // The verdicts judge build A, the one `--bin-dir` names.
+    let results: Vec<&CaseResult> = results.iter().filter(|r| r.build == "A").collect();
     let find = |size: usize, queue: &str| {
         results
             .iter()
@@ -1005,9 +1056,92 @@ fn table(results: &[CaseResult], loopback: f64) {
     }
 }
 
+/// What the comparison summary reads of one run of one case.
+struct RunFigures<'a> {
+    case: &'a str,
+    build: &'a str,
+    events_per_s: f64,
+    p99_us: u64,
+    /// Site 1's CPU time over the max-rate step.
+    site1_s: f64,
+}
+
+/// One line per case and build, in the order they ran: the range of events/s, half-rate p99
+/// and site 1's CPU over the build's runs of the case.
+fn summary(results: &[CaseResult]) -> Vec<String> {
+    let rows: Vec<RunFigures<'_>> = results
+        .iter()
+        .map(|r| RunFigures {
+            case: &r.case,
+            build: r.build,
+            events_per_s: r.events_per_s,
+            p99_us: r.e2e_p99_us,
+            site1_s: r.cpu_max_rate.site1_s,
+        })
+        .collect();
+    summarize(&rows)
+}
+
+fn summarize(rows: &[RunFigures<'_>]) -> Vec<String> {
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for r in rows {
+        if !keys.contains(&(r.case, r.build)) {
+            keys.push((r.case, r.build));
+        }
+    }
+    let range = |xs: &mut dyn Iterator<Item = f64>| {
+        xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        })
+    };
+    keys.into_iter()
+        .map(|(case, build)| {
+            let mine: Vec<&RunFigures<'_>> = rows
+                .iter()
+                .filter(|r| r.case == case && r.build == build)
+                .collect();
+            let (e0, e1) = range(&mut mine.iter().map(|r| r.events_per_s));
+            let (p0, p1) = range(&mut mine.iter().map(|r| r.p99_us as f64 / 1000.0));
+            let (c0, c1) = range(&mut mine.iter().map(|r| r.site1_s));
+            format!(
+                "{case:<34} {build} ({} runs): {e0:.0}-{e1:.0} events/s, half-rate p99 {p0:.1}-{p1:.1} ms, site 1 CPU {c0:.2}-{c1:.2} s",
+                mine.len()
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_comparison_summary_gives_each_builds_range_per_case_in_run_order() {
+        let row = |case, build, events_per_s, p99_us, site1_s| RunFigures {
+            case,
+            build,
+            events_per_s,
+            p99_us,
+            site1_s,
+        };
+        let rows = [
+            row("1KiB/parallel", "A", 150_000.0, 9_500, 2.1),
+            row("1KiB/parallel", "B", 90_000.0, 23_000, 3.7),
+            row("1KiB/parallel", "A", 156_000.0, 13_200, 2.0),
+            row("1KiB/parallel", "B", 132_000.0, 21_000, 2.7),
+            row("100B/serial", "A", 290_000.0, 6_800, 1.0),
+            row("100B/serial", "B", 300_000.0, 6_100, 0.9),
+        ];
+        assert_eq!(
+            summarize(&rows),
+            [
+                "1KiB/parallel                      A (2 runs): 150000-156000 events/s, half-rate p99 9.5-13.2 ms, site 1 CPU 2.00-2.10 s",
+                "1KiB/parallel                      B (2 runs): 90000-132000 events/s, half-rate p99 21.0-23.0 ms, site 1 CPU 2.70-3.70 s",
+                "100B/serial                        A (1 runs): 290000-290000 events/s, half-rate p99 6.8-6.8 ms, site 1 CPU 1.00-1.00 s",
+                "100B/serial                        B (1 runs): 300000-300000 events/s, half-rate p99 6.1-6.1 ms, site 1 CPU 0.90-0.90 s",
+            ]
+        );
+    }
 
     #[test]
     fn a_process_cpu_time_is_read_from_proc_and_grows_with_work() {

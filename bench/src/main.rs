@@ -59,13 +59,13 @@ enum Command {
     Site(site::SiteArgs),
     /// Two sites as separate processes: replicated events/s, MB/s and write → visible-at-the-
     /// other-site latency, directly and through `strait-wanem`, against loopback TCP.
-    E2e(e2e::E2eArgs),
+    E2e(Box<e2e::E2eArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args),
         Command::Site(args) => site::run(args),
-        Command::E2e(args) => e2e::run(args),
+        Command::E2e(args) => e2e::run(*args),
     }
 }
