@@ -37,12 +37,9 @@ pub const SEGMENT_TAILS_BYTES_TARGET: u64 = 64 << 20;
 /// page cache at 56.5 MiB instead of 452 MiB per shard, and replicated 1 KiB events faster
 /// (docs/benchmarks.md, "Fourth round").
 pub fn segment_bytes_for(queue_count: u16) -> u32 {
+    // At least 1024 (64 MiB over 65 535 queues), so `share` has a highest bit.
     let share = SEGMENT_TAILS_BYTES_TARGET / u64::from(queue_count.max(1));
-    let pow2 = if share == 0 {
-        0
-    } else {
-        1u64 << (63 - share.leading_zeros())
-    };
+    let pow2 = 1u64 << (63 - share.leading_zeros());
     pow2.clamp(
         u64::from(SEGMENT_BYTES_MIN),
         u64::from(SEGMENT_BYTES_DEFAULT),
