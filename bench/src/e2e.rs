@@ -850,28 +850,28 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
         for sender in &args.senders {
             for queue in &args.queues {
                 for link in &args.links {
+                    let case = Case {
+                        size,
+                        sender,
+                        queue,
+                        link,
+                    };
+                    let name = format!("{}/{sender}/{queue}/{link}", size_name(size));
+                    let bound = (
+                        loopback,
+                        if link == "wan" { link_mb } else { None },
+                        redis.get(&size).copied(),
+                    );
                     for run in 1..=args.runs {
                         for (build, bins) in &builds {
                             n += 1;
-                            let case = Case {
-                                size,
-                                sender,
-                                queue,
-                                link,
-                            };
                             let dir = tmp.path().join(format!("case{n}"));
                             std::fs::create_dir_all(&dir)?;
-                            let name = format!("{}/{sender}/{queue}/{link}", size_name(size));
                             if several {
                                 eprintln!("e2e: {name} (build {build}, run {run}) ...");
                             } else {
                                 eprintln!("e2e: {name} ...");
                             }
-                            let bound = (
-                                loopback,
-                                if link == "wan" { link_mb } else { None },
-                                redis.get(&size).copied(),
-                            );
                             match run_case(&args, bins, &dir, &case, bound, &mut seed) {
                                 Ok(mut r) => {
                                     r.build = build;

@@ -25,21 +25,27 @@ fn cfg(sync: SyncPolicy) -> QueueConfig {
     }
 }
 
+/// Appends event `i` (value `len` bytes) to queue `Q`, running file actions while the queue
+/// waits for a segment.
+fn append_waiting(q: &mut SenderQueue, disk: &MemDisk, i: u64, len: usize) {
+    loop {
+        match append_n(q, Q, i, len) {
+            Ok(_) => return,
+            Err(AppendError::WouldBlock) => {
+                run_actions(q, disk, 0);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// A persistent queue holding events 0..n (value `len` bytes), crashed as a process would.
 fn crashed_queue(n: u64, len: usize) -> (MemDisk, QueueConfig) {
     let c = cfg(SyncPolicy::EveryBatch);
     let disk = MemDisk::new();
     let mut q = SenderQueue::new(c.clone());
     for i in 0..n {
-        loop {
-            match append_n(&mut q, Q, i, len) {
-                Ok(_) => break,
-                Err(AppendError::WouldBlock) => {
-                    run_actions(&mut q, &disk, 0);
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        append_waiting(&mut q, &disk, i, len);
     }
     run_actions(&mut q, &disk, 0);
     disk.crash(q, Crash::Process);
@@ -380,15 +386,7 @@ fn segments_of_another_size_reopen_and_the_queue_continues_at_the_new_size() {
     let disk = MemDisk::new();
     let mut q = SenderQueue::new(big.clone());
     for i in 0..600 {
-        loop {
-            match append_n(&mut q, Q, i, 1000) {
-                Ok(_) => break,
-                Err(AppendError::WouldBlock) => {
-                    run_actions(&mut q, &disk, 0);
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        append_waiting(&mut q, &disk, i, 1000);
     }
     run_actions(&mut q, &disk, 0);
     disk.crash(q, Crash::Process);
@@ -400,15 +398,7 @@ fn segments_of_another_size_reopen_and_the_queue_continues_at_the_new_size() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.events, 600);
     for i in 600..800 {
-        loop {
-            match append_n(&mut q, Q, i, 1000) {
-                Ok(_) => break,
-                Err(AppendError::WouldBlock) => {
-                    run_actions(&mut q, &disk, 0);
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        append_waiting(&mut q, &disk, i, 1000);
     }
     run_actions(&mut q, &disk, 0);
     let sizes: Vec<(bool, usize)> = chain(&disk)
