@@ -7,6 +7,7 @@
 //! | [`record::Event`], [`record::Record`] | one event: the 50-byte header, recipients, key, value; the same bytes in a segment and on the wire | — |
 //! | [`queue::SenderQueue`] | every queue of one sender on one shard (a queue per bucket or per dispatcher), the memory budget, the pure queue logic | owned by one shard, never shared |
 //! | [`queue::Action`] | file work the queue asks for: create, sync, delete a segment | carried out off the shard |
+//! | [`journal`] | the commit journal: every queue's records in one sequential log, so that a commit of a parallel sender under `every-batch` syncs one file | segment files beside the queues' |
 //! | [`store::Disk`] | blocking segment-file operations, and [`store::recover`] over them | helper threads |
 //! | [`mmap::MmapDisk`] | segments as preallocated memory-mapped files (the only `unsafe`) | a locked data directory |
 //! | [`mem::MemDisk`] | segments as vectors with injected faults and crashes | tests, simulation |
@@ -36,6 +37,7 @@
 //! ```
 
 pub mod ids;
+pub mod journal;
 pub mod mem;
 pub mod mmap;
 pub mod queue;

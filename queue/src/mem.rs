@@ -132,6 +132,11 @@ impl MemDisk {
         st.durable.remove(&id);
     }
 
+    /// The size of a segment present, in bytes.
+    pub fn size(&self, id: SegmentId) -> Option<usize> {
+        self.state().current.get(&id).map(Vec::len)
+    }
+
     /// Segment ids present.
     pub fn ids(&self) -> Vec<SegmentId> {
         self.state().current.keys().copied().collect()

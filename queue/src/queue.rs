@@ -12,6 +12,7 @@
 //! per event, so the memory budget holds however long the backlog grows.
 
 use crate::ids::{QueueId, RegionId, SegmentId, Seq};
+use crate::journal::{self, JOURNAL_QUEUE};
 use crate::record::{self, DecodeError, EncodeError, Event, Op};
 use crate::segment::{self, SEGMENT_HEADER_BYTES, SegmentInfo};
 use crate::store::{SegmentBuf, StoreError};
@@ -45,6 +46,24 @@ pub fn segment_bytes_for(queue_count: u16) -> u32 {
         u64::from(SEGMENT_BYTES_DEFAULT),
     ) as u32
 }
+/// A persistent sender under `every-batch` with at least this many queues on a shard commits
+/// through a journal ([`crate::journal`]): a parallel sender (113 buckets by default) does; a
+/// serial one (1–5 dispatcher queues) does not, since its commits touch only a few files.
+pub const JOURNAL_QUEUE_COUNT_MIN: u16 = 6;
+/// Largest journal segment file: 8 MiB. A journal segment is 16 queue segments' worth
+/// ([`QueueConfig::journal_segment_bytes`]); a record too large for one commits by syncing its
+/// own segment instead.
+pub const JOURNAL_SEGMENT_BYTES: u32 = 8 << 20;
+/// Longest time between checkpoints of a journalled sender while anything is dirty: 1 s. A
+/// checkpoint writes back the bucket segments, makes acknowledgements durable, and frees the
+/// acknowledged segments and the journal segments it covers.
+pub const JOURNAL_CHECKPOINT_MS: u64 = 1000;
+/// Sealed journal segments that start a checkpoint at once, before the interval is up: 2.
+pub const JOURNAL_SEALED_MAX: usize = 2;
+/// Segments a checkpoint syncs per step: 8. File work runs one action at a time, so a commit
+/// due during a checkpoint waits for one step, not for the whole checkpoint (113 bucket
+/// segments of a parallel sender took about 20 ms here).
+pub const CHECKPOINT_STEP_SEGMENTS: usize = 8;
 /// Default number of segments kept created and mapped ahead of need.
 pub const SPARE_SEGMENTS_DEFAULT: u8 = 2;
 /// How long to wait before trying again to create a segment, or to sync, after a failure.
@@ -109,6 +128,21 @@ pub enum ConfigError {
 }
 
 impl QueueConfig {
+    /// Whether these queues commit through a journal (see [`JOURNAL_QUEUE_COUNT_MIN`]).
+    pub fn commit_journal(&self) -> bool {
+        self.persistent
+            && self.sync == SyncPolicy::EveryBatch
+            && self.queue_count >= JOURNAL_QUEUE_COUNT_MIN
+    }
+
+    /// The size of a journal segment: 16 × `segment_bytes`, at most [`JOURNAL_SEGMENT_BYTES`]
+    /// (8 MiB for a parallel sender's 512 KiB segments).
+    pub fn journal_segment_bytes(&self) -> u32 {
+        self.segment_bytes
+            .saturating_mul(16)
+            .min(JOURNAL_SEGMENT_BYTES)
+    }
+
     /// Checks every value; [`crate::store::recover`] and the shell refuse an invalid configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.queue_count == 0 {
@@ -435,6 +469,101 @@ struct Spare {
     buf: Box<dyn SegmentBuf>,
 }
 
+/// A journal segment in use.
+struct JournalSegment {
+    id: SegmentId,
+    buf: Box<dyn SegmentBuf>,
+    /// Offset just past the last entry.
+    end: u32,
+}
+
+/// The commit journal's state ([`crate::journal`]).
+#[derive(Default)]
+struct Journal {
+    /// The segment entries go to.
+    tail: Option<JournalSegment>,
+    /// Full segments not yet freed by a checkpoint, oldest first.
+    sealed: VecDeque<JournalSegment>,
+    spare: Option<Spare>,
+    /// The spare being created.
+    creating: Option<SegmentId>,
+    create_retry_at: Option<u64>,
+    /// The next journal segment's place in the journal (its header's `segment_seq`).
+    next_segment_seq: u64,
+    /// Journal segments appended to since the last commit started.
+    touched: Vec<SegmentId>,
+    /// A journal segment was put to use since the last commit started: the directory is
+    /// synced too.
+    new_file: bool,
+    /// Queue segments the next commit syncs: ones just put to use (their headers become
+    /// durable at once, as without a journal, so that a power loss cannot leave records
+    /// behind a lost or torn header for long), and ones holding records the journal could not
+    /// take (too large for a journal segment, or no journal segment was ready).
+    sync_at_commit: BTreeSet<SegmentId>,
+    /// Entries were appended since the last checkpoint started.
+    since_checkpoint: bool,
+    /// Sealed segments when the running checkpoint started: freed when it completes.
+    checkpoint_frees: usize,
+    /// Segments of the running checkpoint not yet handed out, and whether a step is running.
+    checkpoint_rest: Vec<SegmentId>,
+    checkpoint_step_inflight: bool,
+    commit_inflight: Option<SyncInFlight>,
+    commit_retry_at: Option<u64>,
+}
+
+impl Journal {
+    /// Appends an entry for `record` of queue `q`. False when no journal segment has room:
+    /// the caller commits the record by syncing its queue segment instead.
+    fn append(&mut self, q: QueueId, record: &[u8]) -> bool {
+        let need = journal::entry_len(record.len());
+        let fits = |s: &JournalSegment| s.end as usize + need <= s.buf.bytes().len();
+        if !self.tail.as_ref().is_some_and(fits) {
+            let Some(spare) = self
+                .spare
+                .take_if(|s| s.buf.bytes().len() >= SEGMENT_HEADER_BYTES + need)
+            else {
+                return false;
+            };
+            let mut buf = spare.buf;
+            let info = SegmentInfo {
+                queue: JOURNAL_QUEUE,
+                persistent: true,
+                segment_seq: self.next_segment_seq,
+                first_seq: Seq(1),
+                capacity: buf.bytes().len() as u32,
+                acked: None,
+            };
+            segment::write_header(buf.bytes_mut(), &info);
+            self.next_segment_seq += 1;
+            let fresh = JournalSegment {
+                id: spare.id,
+                buf,
+                end: SEGMENT_HEADER_BYTES as u32,
+            };
+            if let Some(full) = self.tail.replace(fresh) {
+                self.sealed.push_back(full);
+            }
+            self.new_file = true;
+        }
+        let tail = self.tail.as_mut().expect("a tail with room");
+        journal::write_entry(&mut tail.buf.bytes_mut()[tail.end as usize..], q, record);
+        tail.end += need as u32;
+        if !self.touched.contains(&tail.id) {
+            self.touched.push(tail.id);
+        }
+        self.since_checkpoint = true;
+        true
+    }
+
+    fn segments(&self) -> impl Iterator<Item = (SegmentId, &[u8])> {
+        self.sealed
+            .iter()
+            .chain(self.tail.as_ref())
+            .map(|s| (s.id, s.buf.bytes()))
+            .chain(self.spare.as_ref().map(|s| (s.id, s.buf.bytes())))
+    }
+}
+
 /// A queue rebuilt from its segments by recovery.
 pub(crate) struct RecoveredQueue {
     pub queue: QueueId,
@@ -492,6 +621,8 @@ pub struct SenderQueue {
     /// segments together, so the spare pool grows by one for each to keep appends from
     /// waiting on segment creation.
     tails_past_half: u32,
+    /// The commit journal, when [`QueueConfig::commit_journal`] says so.
+    journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for SenderQueue {
@@ -506,7 +637,25 @@ impl std::fmt::Debug for SenderQueue {
 impl SenderQueue {
     /// An empty set of queues.
     pub fn new(config: QueueConfig) -> SenderQueue {
-        Self::with_next_segment(config, SegmentId(1))
+        let mut sq = Self::with_next_segment(config, SegmentId(1));
+        sq.start_journal(1);
+        sq
+    }
+
+    /// Starts the commit journal if the configuration asks for one, numbering its segments
+    /// from `next_segment_seq`.
+    pub(crate) fn start_journal(&mut self, next_segment_seq: u64) {
+        if self.config.commit_journal() {
+            self.journal = Some(Journal {
+                next_segment_seq,
+                ..Journal::default()
+            });
+        }
+    }
+
+    /// The sequence number the next append to `q` gets.
+    pub(crate) fn next_seq(&self, q: QueueId) -> Option<Seq> {
+        self.queue(q).map(|queue| queue.next_seq)
     }
 
     fn with_next_segment(config: QueueConfig, next_segment_id: SegmentId) -> SenderQueue {
@@ -533,6 +682,7 @@ impl SenderQueue {
             sync_retry_at: None,
             overflowing_queues: 0,
             tails_past_half: 0,
+            journal: None,
         }
     }
 
@@ -790,6 +940,16 @@ impl SenderQueue {
             queue.tail_dirty = true;
             self.dirty.insert(id);
         }
+        if let Some(j) = &mut self.journal {
+            let tail = self.queues[q.0 as usize]
+                .extents
+                .back()
+                .expect("tail segment");
+            let record = &tail.bytes()[offset as usize..offset as usize + len];
+            if !j.append(q, record) {
+                j.sync_at_commit.insert(id);
+            }
+        }
         Ok((serial, offset, seq))
     }
 
@@ -847,6 +1007,9 @@ impl SenderQueue {
             queue.tail_dirty = true;
             self.dirty.insert(spare.id);
             self.dirty_directory = true;
+        }
+        if let Some(j) = &mut self.journal {
+            j.sync_at_commit.insert(spare.id);
         }
         Ok(())
     }
@@ -1187,10 +1350,72 @@ impl SenderQueue {
             let (id, buf, _) = self.pending_deletes.swap_remove(i);
             return Some(Action::DeleteSegment { id, buf });
         }
+        if let Some(a) = self.poll_journal_create(now_ms) {
+            return Some(a);
+        }
         if let Some(a) = self.poll_create(now_ms) {
             return Some(a);
         }
+        if let Some(a) = self.poll_commit(now_ms) {
+            return Some(a);
+        }
+        if let Some(a) = self.poll_checkpoint_step() {
+            return Some(a);
+        }
         self.poll_sync(now_ms)
+    }
+
+    /// Keeps a journal segment created ahead of need.
+    fn poll_journal_create(&mut self, now_ms: u64) -> Option<Action> {
+        let j = self.journal.as_mut()?;
+        if j.spare.is_some()
+            || j.creating.is_some()
+            || j.create_retry_at.is_some_and(|at| now_ms < at)
+        {
+            return None;
+        }
+        let id = SegmentId(self.next_segment_id);
+        self.next_segment_id += 1;
+        j.creating = Some(id);
+        Some(Action::CreateSegment {
+            id,
+            bytes: self.config.journal_segment_bytes(),
+        })
+    }
+
+    /// The queues whose appends are not yet known durable, and how far each has written.
+    fn unsynced_positions(&self) -> Vec<(QueueId, Seq)> {
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.written > q.synced)
+            .map(|(i, q)| (QueueId(i as u16), q.written))
+            .collect()
+    }
+
+    /// A journal commit: sync the journal segments appended to (and any queue segment holding
+    /// records the journal could not take), which makes every append so far durable.
+    fn poll_commit(&mut self, now_ms: u64) -> Option<Action> {
+        let covers = self.unsynced_positions();
+        let j = self.journal.as_mut()?;
+        if j.commit_inflight.is_some()
+            || (j.touched.is_empty() && j.sync_at_commit.is_empty())
+            || j.commit_retry_at.is_some_and(|at| now_ms < at)
+        {
+            return None;
+        }
+        let token = self.next_sync_token;
+        self.next_sync_token += 1;
+        let mut segments = std::mem::take(&mut j.touched);
+        // A queue segment synced here may be new: its directory entry must be durable too.
+        let directory = std::mem::take(&mut j.new_file) || !j.sync_at_commit.is_empty();
+        segments.extend(std::mem::take(&mut j.sync_at_commit));
+        j.commit_inflight = Some((token, covers, segments.clone()));
+        Some(Action::Sync {
+            token,
+            segments,
+            directory,
+        })
     }
 
     fn poll_create(&mut self, now_ms: u64) -> Option<Action> {
@@ -1231,11 +1456,20 @@ impl SenderQueue {
         self.pending_deletes.iter().any(|d| d.2 > synced)
     }
 
+    /// Whether sealed journal segments wait for a checkpoint to free them.
+    fn journal_waits_for_checkpoint(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.sealed.is_empty())
+    }
+
+    /// Whether a sync (a checkpoint, for a journalled sender) has anything to do.
+    fn sync_wanted(&self) -> bool {
+        !self.dirty.is_empty()
+            || self.deletes_wait_for_sync()
+            || self.journal_waits_for_checkpoint()
+    }
+
     fn poll_sync(&mut self, now_ms: u64) -> Option<Action> {
-        if self.sync_inflight.is_some()
-            || (self.dirty.is_empty() && !self.deletes_wait_for_sync())
-            || !self.config.persistent
-        {
+        if self.sync_inflight.is_some() || !self.sync_wanted() || !self.config.persistent {
             return None;
         }
         if self.sync_retry_at.is_some_and(|at| now_ms < at) {
@@ -1244,6 +1478,16 @@ impl SenderQueue {
         match self.config.sync {
             SyncPolicy::Never => return None,
             SyncPolicy::IntervalMs(ms) if now_ms < self.last_sync_ms + ms as u64 => return None,
+            // A journalled sender's commits are the journal's; its checkpoints come at most
+            // every JOURNAL_CHECKPOINT_MS, or when journal segments wait to be freed.
+            SyncPolicy::EveryBatch
+                if self.journal.as_ref().is_some_and(|j| {
+                    j.sealed.len() < JOURNAL_SEALED_MAX
+                        && now_ms < self.last_sync_ms + JOURNAL_CHECKPOINT_MS
+                }) =>
+            {
+                return None;
+            }
             _ => {}
         }
         Some(self.start_sync(now_ms))
@@ -1257,20 +1501,42 @@ impl SenderQueue {
         for q in &mut self.queues {
             q.tail_dirty = false;
         }
-        let covers = self
-            .queues
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| q.written > q.synced)
-            .map(|(i, q)| (QueueId(i as u16), q.written))
-            .collect();
-        self.sync_inflight = Some((token, covers, segments.clone()));
+        let covers = self.unsynced_positions();
+        let mut step = segments.clone();
+        if let Some(j) = &mut self.journal {
+            // Every entry of the journal so far is in a segment this checkpoint syncs.
+            j.checkpoint_frees = j.sealed.len();
+            j.since_checkpoint = false;
+            j.checkpoint_rest = step.split_off(step.len().min(CHECKPOINT_STEP_SEGMENTS));
+            j.checkpoint_step_inflight = true;
+        }
+        self.sync_inflight = Some((token, covers, segments));
         let directory = std::mem::take(&mut self.dirty_directory);
         Action::Sync {
             token,
-            segments,
+            segments: step,
             directory,
         }
+    }
+
+    /// The next step of a running checkpoint, once the last one is done.
+    fn poll_checkpoint_step(&mut self) -> Option<Action> {
+        let token = self.sync_inflight.as_ref()?.0;
+        let j = self.journal.as_mut()?;
+        if j.checkpoint_step_inflight || j.checkpoint_rest.is_empty() {
+            return None;
+        }
+        let rest = j.checkpoint_rest.len();
+        let segments: Vec<SegmentId> = j
+            .checkpoint_rest
+            .drain(rest.saturating_sub(CHECKPOINT_STEP_SEGMENTS)..)
+            .collect();
+        j.checkpoint_step_inflight = true;
+        Some(Action::Sync {
+            token,
+            segments,
+            directory: false,
+        })
     }
 
     /// The file work of a clean close, whatever the policy: sync everything written, then
@@ -1282,18 +1548,37 @@ impl SenderQueue {
             let (id, buf, _) = self.pending_deletes.swap_remove(i);
             return Some(Action::DeleteSegment { id, buf });
         }
-        if let Some(spare) = self.spares.pop() {
+        if let Some(spare) = self
+            .spares
+            .pop()
+            .or_else(|| self.journal.as_mut().and_then(|j| j.spare.take()))
+        {
             return Some(Action::DeleteSegment {
                 id: spare.id,
                 buf: spare.buf,
             });
         }
-        if self.sync_inflight.is_some()
-            || (self.dirty.is_empty() && self.pending_deletes.is_empty())
-        {
+        if let Some(a) = self.poll_checkpoint_step() {
+            return Some(a);
+        }
+        let commit_inflight = self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.commit_inflight.is_some());
+        if self.sync_inflight.is_some() || commit_inflight {
             return None;
         }
-        Some(self.start_sync(now_ms))
+        let journal_uncovered = self.journal.as_ref().is_some_and(|j| j.since_checkpoint);
+        if !self.dirty.is_empty() || !self.pending_deletes.is_empty() || journal_uncovered {
+            return Some(self.start_sync(now_ms));
+        }
+        // The last checkpoint covers every journal entry: the journal is no longer needed.
+        let j = self.journal.as_mut()?;
+        let s = j.sealed.pop_front().or_else(|| j.tail.take())?;
+        Some(Action::DeleteSegment {
+            id: s.id,
+            buf: s.buf,
+        })
     }
 
     /// When [`SenderQueue::poll_action`] will next have something to do without any other
@@ -1306,30 +1591,42 @@ impl SenderQueue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let sync = match self.config.sync {
-            SyncPolicy::IntervalMs(ms)
-                if self.config.persistent
-                    && (!self.dirty.is_empty() || self.deletes_wait_for_sync())
-                    && self.sync_inflight.is_none() =>
-            {
-                Some(self.last_sync_ms + ms as u64)
-            }
+        let interval = match self.config.sync {
+            SyncPolicy::IntervalMs(ms) => Some(ms as u64),
+            SyncPolicy::EveryBatch if self.journal.is_some() => Some(JOURNAL_CHECKPOINT_MS),
             _ => None,
         };
-        match (retry, sync) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let sync = interval
+            .filter(|_| {
+                self.config.persistent && self.sync_wanted() && self.sync_inflight.is_none()
+            })
+            .map(|ms| self.last_sync_ms + ms);
+        let journal = self.journal.as_ref().and_then(|j| {
+            [j.commit_retry_at, j.create_retry_at]
+                .into_iter()
+                .flatten()
+                .min()
+        });
+        [retry, sync, journal].into_iter().flatten().min()
     }
 
-    /// Whether a sync is running.
+    /// Whether a sync (or a journal commit) is running.
     pub fn sync_in_flight(&self) -> bool {
         self.sync_inflight.is_some()
+            || self
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.commit_inflight.is_some())
     }
 
     /// Whether anything written is not yet synced.
     pub fn has_unsynced(&self) -> bool {
-        !self.dirty.is_empty() || self.sync_inflight.is_some()
+        !self.dirty.is_empty()
+            || self.sync_in_flight()
+            || self
+                .journal
+                .as_ref()
+                .is_some_and(|j| !j.touched.is_empty() || !j.sync_at_commit.is_empty())
     }
 
     /// The outcome of a [`Action::CreateSegment`].
@@ -1339,6 +1636,20 @@ impl SenderQueue {
         result: Result<Box<dyn SegmentBuf>, StoreError>,
         now_ms: u64,
     ) {
+        if let Some(j) = &mut self.journal
+            && j.creating == Some(id)
+        {
+            j.creating = None;
+            match result {
+                Ok(buf) => {
+                    j.spare = Some(Spare { id, buf });
+                    j.create_retry_at = None;
+                }
+                // Meanwhile records commit by syncing their own segments.
+                Err(_) => j.create_retry_at = Some(now_ms + RETRY_MS),
+            }
+            return;
+        }
         self.creating = self.creating.saturating_sub(1);
         match result {
             Ok(buf) => {
@@ -1362,6 +1673,15 @@ impl SenderQueue {
 
     /// The outcome of an [`Action::Sync`].
     pub fn handle_synced(&mut self, token: u64, result: Result<(), StoreError>, now_ms: u64) {
+        if self
+            .journal
+            .as_ref()
+            .and_then(|j| j.commit_inflight.as_ref())
+            .is_some_and(|c| c.0 == token)
+        {
+            self.handle_committed(result, now_ms);
+            return;
+        }
         let Some((t, covers, segments)) = self.sync_inflight.take() else {
             return;
         };
@@ -1369,22 +1689,33 @@ impl SenderQueue {
             self.sync_inflight = Some((t, covers, segments));
             return;
         }
+        if let Some(j) = &mut self.journal {
+            j.checkpoint_step_inflight = false;
+            if result.is_ok() && !j.checkpoint_rest.is_empty() {
+                // More steps to go.
+                self.sync_inflight = Some((t, covers, segments));
+                return;
+            }
+            j.checkpoint_rest.clear();
+        }
         match result {
             Ok(()) => {
                 self.last_synced_token = token;
                 self.sync_retry_at = None;
-                for (q, upto) in covers {
-                    let queue = &mut self.queues[q.0 as usize];
-                    queue.synced = queue.synced.max(upto);
-                    if queue.sync_failed.as_ref().is_some_and(|(s, _)| *s <= upto) {
-                        queue.sync_failed = None;
+                self.mark_synced(covers);
+                if let Some(j) = &mut self.journal {
+                    for _ in 0..std::mem::take(&mut j.checkpoint_frees) {
+                        if let Some(s) = j.sealed.pop_front() {
+                            self.pending_deletes.push((s.id, s.buf, token));
+                        }
                     }
                 }
             }
             Err(e) => {
-                let why = e.to_string();
-                for (q, upto) in covers {
-                    self.queues[q.0 as usize].sync_failed = Some((upto, why.clone()));
+                self.mark_sync_failed(covers, &e);
+                if let Some(j) = &mut self.journal {
+                    j.checkpoint_frees = 0;
+                    j.since_checkpoint = true;
                 }
                 // Try again later: the data is still in the mapped files.
                 self.dirty_directory = true;
@@ -1394,6 +1725,59 @@ impl SenderQueue {
                     .filter(|id| self.segment_alive(*id))
                     .collect();
                 self.dirty.extend(alive);
+            }
+        }
+    }
+
+    fn mark_synced(&mut self, covers: Vec<(QueueId, Seq)>) {
+        for (q, upto) in covers {
+            let queue = &mut self.queues[q.0 as usize];
+            queue.synced = queue.synced.max(upto);
+            if queue.sync_failed.as_ref().is_some_and(|(s, _)| *s <= upto) {
+                queue.sync_failed = None;
+            }
+        }
+    }
+
+    fn mark_sync_failed(&mut self, covers: Vec<(QueueId, Seq)>, e: &StoreError) {
+        let why = e.to_string();
+        for (q, upto) in covers {
+            self.queues[q.0 as usize].sync_failed = Some((upto, why.clone()));
+        }
+    }
+
+    /// The outcome of a journal commit.
+    fn handle_committed(&mut self, result: Result<(), StoreError>, now_ms: u64) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        let Some((_, covers, segments)) = j.commit_inflight.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                j.commit_retry_at = None;
+                self.mark_synced(covers);
+            }
+            Err(e) => {
+                // Try again later: the entries are still in the mapped files.
+                j.commit_retry_at = Some(now_ms + RETRY_MS);
+                j.new_file = true;
+                for id in segments {
+                    let in_journal = j.sealed.iter().chain(j.tail.as_ref()).any(|s| s.id == id);
+                    if in_journal {
+                        if !j.touched.contains(&id) {
+                            j.touched.push(id);
+                        }
+                    } else if self
+                        .queues
+                        .iter()
+                        .any(|q| q.segments().any(|e| e.segment() == Some(id)))
+                    {
+                        j.sync_at_commit.insert(id);
+                    }
+                }
+                self.mark_sync_failed(covers, &e);
             }
         }
     }
@@ -1417,6 +1801,10 @@ impl SenderQueue {
                     .find(|s| s.id == id)
                     .map(|s| s.buf.bytes())
             })
+            .or_else(|| {
+                let j = self.journal.as_ref()?;
+                j.segments().find(|(sid, _)| *sid == id).map(|(_, b)| b)
+            })
     }
 
     /// Gives up every segment buffer, as a process that stops would (spares included).
@@ -1434,6 +1822,11 @@ impl SenderQueue {
                     out.push((id, buf));
                 }
             }
+        }
+        if let Some(j) = self.journal {
+            let segments = j.sealed.into_iter().chain(j.tail);
+            out.extend(segments.map(|s| (s.id, s.buf)));
+            out.extend(j.spare.map(|s| (s.id, s.buf)));
         }
         out
     }
@@ -1512,6 +1905,12 @@ impl SenderQueue {
             .iter()
             .map(|s| s.buf.bytes().len() as u64)
             .sum::<u64>();
+        if let Some(j) = &self.journal {
+            for (_, bytes) in j.segments() {
+                t.segments += 1;
+                t.segment_bytes += bytes.len() as u64;
+            }
+        }
         t
     }
 }

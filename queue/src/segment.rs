@@ -169,6 +169,12 @@ pub enum BadRecord {
     Decode(DecodeError),
     #[error("valid record with sequence number {found} where {expected} was expected")]
     OutOfSequence { expected: Seq, found: Seq },
+    /// Records in a segment whose header is all zeros.
+    #[error("the segment's header was never written back, so nothing in it was ever synced")]
+    UnwrittenHeader,
+    /// A commit journal entry that does not check out.
+    #[error("{0}")]
+    Journal(String),
 }
 
 /// How the records of a segment end.

@@ -5,9 +5,13 @@
 //! [`crate::mem::MemDisk`] (vectors, with injected failures and crashes, for tests).
 
 use crate::ids::{QueueId, SegmentId, Seq};
-use crate::queue::{QueueConfig, RecoveredQueue, RecoveredSegment, SenderQueue};
+use crate::journal::{self, JOURNAL_QUEUE};
+use crate::queue::{
+    Action, AppendError, QueueConfig, RecoveredQueue, RecoveredSegment, SenderQueue,
+};
+use crate::record::{self, Event};
 use crate::segment::{self, BadRecord, HeaderError, SEGMENT_HEADER_BYTES, Tail};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 
@@ -155,8 +159,12 @@ pub struct RecoveryReport {
     pub corrupt: Vec<Corruption>,
     pub gaps: Vec<SeqGap>,
     /// Segments deleted as expected: unused spares, overflow of a non-persistent queue, fully
-    /// acknowledged ones. (location, reason)
+    /// acknowledged ones, journal segments once replayed. (location, reason)
     pub discarded: Vec<(String, &'static str)>,
+    /// Commit journal segments found, and the events recovery took from them that the
+    /// queues' own segments did not hold (written since the last checkpoint).
+    pub journal_segments: u64,
+    pub journal_events_replayed: u64,
 }
 
 /// Most threads recovery scans queues on.
@@ -170,6 +178,8 @@ impl RecoveryReport {
         self.corrupt.extend(other.corrupt);
         self.gaps.extend(other.gaps);
         self.discarded.extend(other.discarded);
+        self.journal_segments += other.journal_segments;
+        self.journal_events_replayed += other.journal_events_replayed;
     }
 
     /// Whether recovery found anything an operator should look at.
@@ -197,6 +207,25 @@ pub enum RecoveryError {
         queue: QueueId,
         queue_count: u16,
     },
+    /// The commit journal's events could not be put back into their queues.
+    #[error("replaying the commit journal into queue {queue}: {error}")]
+    Replay { queue: QueueId, error: AppendError },
+}
+
+impl RecoveryError {
+    /// Whether the disk had no room: the same recovery succeeds once it has (it changes
+    /// nothing it would need to redo, and keeps the commit journal until its events are
+    /// safely in the queues' segments).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            RecoveryError::Store(e) => e.is_disk_full(),
+            RecoveryError::Replay {
+                error: AppendError::Disk(e) | AppendError::Full { cause: e, .. },
+                ..
+            } => e.is_disk_full(),
+            _ => false,
+        }
+    }
 }
 
 struct Found {
@@ -219,9 +248,11 @@ pub fn recover(
     let next_segment_id = SegmentId(ids.iter().map(|i| i.0).max().unwrap_or(0) + 1);
     let mut found = Vec::new();
     let mut unusable = Vec::new();
+    let mut journal_found = Vec::new();
     for id in ids {
         let buf = disk.open(id)?;
         match segment::read_header(buf.bytes()) {
+            Ok(info) if info.queue == JOURNAL_QUEUE => journal_found.push(Found { id, buf, info }),
             Ok(info) if info.queue.0 >= config.queue_count => {
                 return Err(RecoveryError::UnknownQueue {
                     path: disk.location(id),
@@ -247,6 +278,18 @@ pub fn recover(
         if blank {
             // A spare never assigned to a queue, or one whose creation a crash cut short.
             report.discarded.push((path, "blank spare segment"));
+        } else if matches!(e, HeaderError::Blank) {
+            // Records without the header written when the segment was put to use: a sync
+            // writes the whole file, so none of it was ever synced. A power loss kept some
+            // of its pages and not the first. Kept aside all the same.
+            let name = format!("{:016x}.seg", id.0);
+            disk.quarantine(&name, buf.bytes())?;
+            report.torn.push(TornTail {
+                segment: path,
+                offset: 0,
+                bytes: buf.bytes().len(),
+                error: BadRecord::UnwrittenHeader,
+            });
         } else {
             let name = format!("{:016x}.seg", id.0);
             let quarantine = disk.quarantine(&name, buf.bytes())?;
@@ -261,6 +304,7 @@ pub fn recover(
         }
         disk.delete(id, buf)?;
     }
+    let journal = read_journal(&config, journal_found, disk, &mut report)?;
     let mut by_queue: BTreeMap<QueueId, Vec<Found>> = BTreeMap::new();
     for f in found {
         if !config.persistent || !f.info.persistent {
@@ -279,6 +323,7 @@ pub fn recover(
     for (_, segs) in &mut work {
         segs.sort_by_key(|f| f.info.segment_seq);
     }
+    let journal_holds = &journal.holds;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, RECOVERY_THREADS_MAX);
@@ -295,7 +340,8 @@ pub fn recover(
                         let mut part = RecoveryReport::default();
                         let mut out = Vec::new();
                         for (queue, segs) in lane {
-                            out.push(recover_queue(queue, segs, disk, &mut part)?);
+                            let holds = journal_holds.get(&queue).copied();
+                            out.push(recover_queue(queue, segs, holds, disk, &mut part)?);
                         }
                         Ok((out, part))
                     })
@@ -313,16 +359,192 @@ pub fn recover(
         report.merge(part);
     }
     recovered.sort_by_key(|r| r.queue);
-    let sq = SenderQueue::from_recovered(config, recovered, next_segment_id);
+    let mut sq = SenderQueue::from_recovered(config, recovered, next_segment_id);
+    replay_journal(&mut sq, journal, disk, &mut report)?;
     let totals = sq.stats(0);
     report.events = totals.events_queued;
     report.bytes = totals.bytes_queued;
     Ok((sq, report))
 }
 
+/// The commit journal as recovery found it: its segments, oldest first, and their valid
+/// entries in the order they were written.
+struct FoundJournal {
+    segments: Vec<(SegmentId, Box<dyn SegmentBuf>)>,
+    /// (segment index, entry)
+    entries: Vec<(usize, journal::Entry)>,
+    /// Per queue, the last run of consecutive sequence numbers the journal holds: where its
+    /// segments have a hole inside (or just after) that run, the journal fills it.
+    holds: BTreeMap<QueueId, (Seq, Seq)>,
+    next_segment_seq: u64,
+}
+
+/// Reads the journal's entries.
+fn read_journal(
+    config: &QueueConfig,
+    mut found: Vec<Found>,
+    disk: &dyn Disk,
+    report: &mut RecoveryReport,
+) -> Result<FoundJournal, RecoveryError> {
+    found.sort_by_key(|f| f.info.segment_seq);
+    let mut out = FoundJournal {
+        segments: Vec::new(),
+        entries: Vec::new(),
+        holds: BTreeMap::new(),
+        next_segment_seq: found.last().map_or(1, |f| f.info.segment_seq + 1),
+    };
+    report.journal_segments = found.len() as u64;
+    if !config.persistent {
+        for f in found {
+            report
+                .discarded
+                .push((disk.location(f.id), "journal of a queue now not persistent"));
+            disk.delete(f.id, f.buf)?;
+        }
+        return Ok(out);
+    }
+    // Every segment is read, in journal order. Some may be stale: freed by a checkpoint,
+    // their deletion undone by a power loss (their entries are then behind their queues and
+    // skipped). Entries after a torn one were never confirmed durable, but they are records
+    // that were appended, so they are taken back where they follow on.
+    for f in found {
+        let scan = journal::scan(f.buf.bytes());
+        for e in scan.entries {
+            if e.queue.0 >= config.queue_count {
+                return Err(RecoveryError::UnknownQueue {
+                    path: disk.location(f.id),
+                    queue: e.queue,
+                    queue_count: config.queue_count,
+                });
+            }
+            let seq = record::decode(&f.buf.bytes()[e.record_at..])
+                .expect("the journal scan checked it")
+                .seq();
+            // The last run of consecutive sequence numbers of each queue.
+            out.holds
+                .entry(e.queue)
+                .and_modify(|(from, upto)| {
+                    if seq == upto.next() {
+                        *upto = seq;
+                    } else {
+                        (*from, *upto) = (seq, seq);
+                    }
+                })
+                .or_insert((seq, seq));
+            out.entries.push((out.segments.len(), e));
+        }
+        if let Some((offset, why)) = scan.torn {
+            report.torn.push(TornTail {
+                segment: disk.location(f.id),
+                offset,
+                bytes: f.buf.bytes()[offset..]
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(0, |i| i + 1),
+                error: BadRecord::Journal(why),
+            });
+        }
+        out.segments.push((f.id, f.buf));
+    }
+    Ok(out)
+}
+
+/// Appends to the queues every journal entry their segments stop short of, makes the result
+/// durable in the queues' own segments, deletes the old journal, and starts a new one.
+fn replay_journal(
+    sq: &mut SenderQueue,
+    journal: FoundJournal,
+    disk: &dyn Disk,
+    report: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
+    let mut broken: BTreeSet<QueueId> = BTreeSet::new();
+    for &(segment, e) in &journal.entries {
+        let bytes = journal.segments[segment].1.bytes();
+        let rec = record::decode(&bytes[e.record_at..]).expect("the journal scan checked it");
+        let next = sq
+            .next_seq(e.queue)
+            .expect("entries name configured queues");
+        if rec.seq() < next || broken.contains(&e.queue) {
+            continue;
+        }
+        if rec.seq() > next {
+            report.gaps.push(SeqGap {
+                queue: e.queue,
+                segment: disk.location(journal.segments[segment].0),
+                expected: next,
+                found: rec.seq(),
+            });
+            broken.insert(e.queue);
+            continue;
+        }
+        let recipients: Vec<_> = rec.recipients().collect();
+        let event = Event {
+            op: rec.op(),
+            region: rec.region(),
+            bucket: rec.bucket(),
+            id: rec.event_id(),
+            version: rec.version(),
+            recipients: &recipients,
+            key: rec.key(),
+            value: rec.value(),
+        };
+        loop {
+            match sq.append(e.queue, &event) {
+                Ok(_) => break,
+                Err(AppendError::WouldBlock) => {
+                    if crate::mem::run_actions(sq, disk, 0) == 0 {
+                        return Err(RecoveryError::Replay {
+                            queue: e.queue,
+                            error: AppendError::WouldBlock,
+                        });
+                    }
+                }
+                Err(error) => {
+                    return Err(RecoveryError::Replay {
+                        queue: e.queue,
+                        error,
+                    });
+                }
+            }
+        }
+        report.journal_events_replayed += 1;
+    }
+    if !journal.segments.is_empty() {
+        // Everything replayed goes to the queues' segments and is synced before the journal
+        // that held it is deleted.
+        while let Some(action) = sq.poll_close(0) {
+            match action {
+                Action::Sync {
+                    token,
+                    segments,
+                    directory,
+                } => {
+                    if directory {
+                        disk.sync_directory()?;
+                    }
+                    for id in segments {
+                        disk.sync(id, sq.segment_bytes(id))?;
+                    }
+                    sq.handle_synced(token, Ok(()), 0);
+                }
+                other => crate::mem::run_action(sq, disk, other, 0),
+            }
+        }
+        for (id, buf) in journal.segments {
+            report
+                .discarded
+                .push((disk.location(id), "journal segment, replayed"));
+            disk.delete(id, buf)?;
+        }
+    }
+    sq.start_journal(journal.next_segment_seq);
+    Ok(())
+}
+
 fn recover_queue(
     queue: QueueId,
     segs: Vec<Found>,
+    journal_holds: Option<(Seq, Seq)>,
     disk: &dyn Disk,
     report: &mut RecoveryReport,
 ) -> Result<RecoveredQueue, RecoveryError> {
@@ -336,8 +558,42 @@ fn recover_queue(
     let mut next_seq = Seq(1);
     let mut out: Vec<RecoveredSegment> = Vec::new();
     let next_segment_seq = segs.last().map_or(1, |f| f.info.segment_seq + 1);
-    for Found { id, mut buf, info } in segs {
+    // The journal holds this queue's events `from..=upto`, every one of them since the last
+    // checkpoint that was confirmed durable, so the segments are trusted only as far as they
+    // run whole: from a hole in that range (or just after it), recovery takes the events from
+    // the journal instead.
+    let covered = |x: Seq| journal_holds.is_some_and(|(from, upto)| from <= x && x <= upto.next());
+    let mut segs = segs.into_iter();
+    let discard_rest = |segs: &mut std::vec::IntoIter<Found>,
+                        report: &mut RecoveryReport|
+     -> Result<(), RecoveryError> {
+        for f in segs {
+            report.discarded.push((
+                disk.location(f.id),
+                "segment after a hole that the commit journal fills",
+            ));
+            disk.delete(f.id, f.buf)?;
+        }
+        Ok(())
+    };
+    while let Some(Found { id, mut buf, info }) = segs.next() {
         let path = disk.location(id);
+        // Events missing before this segment that the journal holds: the first segment may
+        // start after the acknowledged position (the segments before it lost), a later one
+        // after a hole.
+        let hole = match expected {
+            None => acked.next(),
+            Some(exp) => exp,
+        };
+        if hole < info.first_seq && covered(hole) {
+            next_seq = next_seq.max(hole);
+            report
+                .discarded
+                .push((path, "segment after a hole that the commit journal fills"));
+            disk.delete(id, buf)?;
+            discard_rest(&mut segs, report)?;
+            break;
+        }
         match expected {
             // The first segment: whatever came before it was acknowledged and deleted.
             None => acked = acked.max(Seq(info.first_seq.0 - 1)),
@@ -367,8 +623,26 @@ fn recover_queue(
         let scan = segment::scan(buf.bytes(), SEGMENT_HEADER_BYTES, info.first_seq);
         let mut seg_next = scan.last_seq.map_or(info.first_seq, Seq::next);
         let mut sealed = false;
+        let mut cut = false;
         match scan.tail {
             Tail::Clean => {}
+            Tail::Corrupt {
+                offset,
+                quarantine_end,
+                error,
+                ..
+            } if covered(seg_next) => {
+                // Pages written back out of order before a power loss: the journal holds
+                // the rest, so this is a torn tail, not damage.
+                buf.bytes_mut()[offset..].fill(0);
+                report.torn.push(TornTail {
+                    segment: path.clone(),
+                    offset,
+                    bytes: quarantine_end - offset,
+                    error,
+                });
+                cut = true;
+            }
             Tail::Torn {
                 offset,
                 garbage_end,
@@ -422,8 +696,19 @@ fn recover_queue(
             live_bytes: scan.live_bytes,
             sealed,
         });
+        if cut {
+            discard_rest(&mut segs, report)?;
+            break;
+        }
     }
     next_seq = next_seq.max(acked.next());
+    // Acknowledged past its last record (an acknowledgement made durable, the records after
+    // it not): appends continue in a new segment, at the next unacknowledged number.
+    if let Some(last) = out.last_mut()
+        && last.next_seq < next_seq
+    {
+        last.sealed = true;
+    }
     // Drop segments that hold only acknowledged events, keeping the last one: its header
     // carries the queue's position.
     while out.len() > 1 && out[0].next_seq.0 <= acked.0 + 1 {

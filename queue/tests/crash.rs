@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use strait_queue::ids::*;
 use strait_queue::mem::SplitMix;
 use strait_queue::mmap::MmapDisk;
-use strait_queue::queue::{QueueConfig, SyncPolicy};
+use strait_queue::queue::{JOURNAL_QUEUE_COUNT_MIN, QueueConfig, SyncPolicy};
 use strait_queue::record;
 use strait_queue::shard::{OpenError, ShardQueue};
 use strait_queue::store::recover;
@@ -27,7 +27,12 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn config(policy: &str) -> QueueConfig {
     QueueConfig {
-        queue_count: QUEUES,
+        // The children write queues 0..QUEUES; with the journal's minimum count of queues, the
+        // sender commits through its journal (the others stay empty).
+        queue_count: match policy {
+            "every-batch-journal" => JOURNAL_QUEUE_COUNT_MIN,
+            _ => QUEUES,
+        },
         memory_bytes_max: 1 << 20,
         persistent: true,
         disk_synchronous: true,
@@ -299,6 +304,13 @@ fn run_policy(policy: &str) {
 #[test]
 fn kill_minus_nine_loses_nothing_durable_sync_every_batch() {
     run_policy("every-batch");
+}
+
+#[test]
+fn kill_minus_nine_loses_nothing_durable_sync_every_batch_with_a_commit_journal() {
+    assert!(config("every-batch-journal").commit_journal());
+    assert!(!config("every-batch").commit_journal());
+    run_policy("every-batch-journal");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use std::fmt;
+use strait_queue::journal;
 use strait_queue::segment::{self, HeaderError, SEGMENT_HEADER_BYTES, Scan, SegmentInfo, Tail};
 
 /// A valid segment header.
@@ -176,9 +177,38 @@ impl fmt::Display for ScanReport {
     }
 }
 
-/// Reads the header of `data` and walks its records exactly as recovery does.
+/// Reads the header of `data` and walks its records exactly as recovery does: a queue's
+/// records, or a commit journal's entries (its header names queue 65535).
 pub fn check(data: &[u8]) -> Result<(HeaderReport, ScanReport), HeaderError> {
     let info = segment::read_header(data)?;
-    let scan = segment::scan(data, SEGMENT_HEADER_BYTES, info.first_seq);
-    Ok((HeaderReport::new(data, &info), ScanReport::from(&scan)))
+    let scan = if info.queue == journal::JOURNAL_QUEUE {
+        journal_scan(data)
+    } else {
+        ScanReport::from(&segment::scan(data, SEGMENT_HEADER_BYTES, info.first_seq))
+    };
+    Ok((HeaderReport::new(data, &info), scan))
+}
+
+/// A journal's entries as a scan: each entry's record counts (`last_seq` is not one queue's).
+fn journal_scan(data: &[u8]) -> ScanReport {
+    let scan = journal::scan(data);
+    let end = scan
+        .entries
+        .last()
+        .map_or(SEGMENT_HEADER_BYTES, |e| e.record_at + e.record_len);
+    ScanReport {
+        records: scan.entries.len() as u64,
+        live_records: scan.entries.len() as u64,
+        live_bytes: scan.entries.iter().map(|e| e.record_len as u64).sum(),
+        last_seq: None,
+        end,
+        tail: match scan.torn {
+            None => TailReport::Clean,
+            Some((offset, error)) => TailReport::Torn {
+                offset,
+                garbage_end: data.iter().rposition(|&b| b != 0).map_or(offset, |i| i + 1),
+                error,
+            },
+        },
+    }
 }

@@ -281,3 +281,47 @@ fn usage_errors_exit_2() {
     assert_eq!(run(&["dump"], &[]).0, 2);
     assert_eq!(run(&["frobnicate"], &[]).0, 2);
 }
+
+/// A commit journal segment holding the committed segment's five records, for queue 3.
+fn journal_bytes() -> Vec<u8> {
+    use strait_queue::{ids::Seq, journal, record, segment};
+    let records = segment_bytes();
+    let mut out = vec![0u8; 4096];
+    let info = segment::SegmentInfo {
+        queue: journal::JOURNAL_QUEUE,
+        persistent: true,
+        segment_seq: 1,
+        first_seq: Seq(1),
+        capacity: out.len() as u32,
+        acked: None,
+    };
+    segment::write_header(&mut out, &info);
+    let (mut from, mut to) = (segment::SEGMENT_HEADER_BYTES, segment::SEGMENT_HEADER_BYTES);
+    while from < RECORDS_END {
+        let rec = record::decode(&records[from..RECORDS_END]).unwrap();
+        journal::write_entry(&mut out[to..], strait_queue::ids::QueueId(3), rec.bytes());
+        from += rec.len();
+        to += journal::entry_len(rec.len());
+    }
+    out
+}
+
+#[test]
+fn verify_reads_a_commit_journal_segment_by_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0000000000000009.seg");
+    std::fs::write(&path, journal_bytes()).unwrap();
+    let (code, out, err) = run(&["verify"], &[&path]);
+    assert_eq!(code, 0, "{out}{err}");
+    for expected in [": clean ", " queue=65535 ", " records=5 ", " end=368 "] {
+        assert!(out.contains(expected), "{expected:?} missing from {out}");
+    }
+    // The last entry's record cut short, as a power loss may leave it.
+    let mut torn = journal_bytes();
+    torn[360] ^= 0xff;
+    std::fs::write(&path, torn).unwrap();
+    let (code, out, _) = run(&["verify"], &[&path]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("records=4 "), "{out}");
+    assert!(out.contains("torn at offset"), "{out}");
+}

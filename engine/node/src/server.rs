@@ -734,9 +734,28 @@ async fn open_sender(
         ..QueueConfig::default()
     };
     let dir = def.disk_dir.join(format!("shard-{}", id.0));
-    let (queue, _report) = ShardQueue::open(dir, qc)
+    let (queue, report) = ShardQueue::open(dir, qc)
         .await
         .map_err(|e| format!("gateway sender `{}`: {e}", def.id))?;
+    if report.events > 0 || report.journal_events_replayed > 0 {
+        tracing::info!(
+            "gateway sender `{}` shard {}: {} queued events recovered, {} of them from the commit journal",
+            def.id,
+            id.0,
+            report.events,
+            report.journal_events_replayed
+        );
+    }
+    if !report.is_clean() {
+        tracing::warn!(
+            "gateway sender `{}` shard {}: recovery cleared {} torn tail(s), kept aside {} damaged part(s) and found {} gap(s): {report:?}",
+            def.id,
+            id.0,
+            report.torn.len(),
+            report.corrupt.len(),
+            report.gaps.len()
+        );
+    }
     Ok(SenderRt {
         id: def.id.clone(),
         parallel: def.parallel,

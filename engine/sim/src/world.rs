@@ -299,6 +299,9 @@ pub struct Report {
     pub conflating_sites: u64,
     /// Queued updates superseded by a later update of their key (`enable-batch-conflation`).
     pub conflated: u64,
+    /// Events recoveries took back from commit journals (written after the last checkpoint,
+    /// missing from their queues' segments after a power loss).
+    pub journal_replayed: u64,
     pub sim_ms: u64,
 }
 
@@ -306,7 +309,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} sites with two, {} crashes, {} blackouts, {} cuts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} receiver stops; {} ms simulated",
+            "seed {}: {} sites x {} shards, {}; {} writes acked ({} refused), {} applied, {} duplicates, {} conflicts, {} batches, {} connections, {} crashes, {} partitions, {} resets, {} full disks ({} batches refused), {} events overflowed at most; locators: {} sites with two, {} crashes, {} blackouts, {} cuts, {} servers expired, {} remote entries aged out, {} registrations ({} after being forgotten), {} maps merged, {} lookups failed, {} clients placed; senders: {} pauses, {} stops, {} clean starts, {} events dropped, {} keys exempt, {} checked; {} serial sites, {} conflating sites, {} updates conflated; {} events replayed from commit journals; {} receiver stops; {} ms simulated",
             self.seed,
             self.sites,
             self.shards,
@@ -344,6 +347,7 @@ impl fmt::Display for Report {
             self.serial_sites,
             self.conflating_sites,
             self.conflated,
+            self.journal_replayed,
             self.receiver_stops,
             self.sim_ms
         )
@@ -1075,8 +1079,21 @@ impl World {
         for h in 0..site.table.shards() as usize {
             let mut queues = Vec::new();
             for i in 0..site.targets.len() {
-                let (q, report) = recover(site.queue_config.clone(), &site.disks[h][i])
-                    .map_err(|e| format!("site {} shard {h}: recovery refused: {e}", site.id))?;
+                let (q, report) = match recover(site.queue_config.clone(), &site.disks[h][i]) {
+                    Ok(r) => r,
+                    // Putting the commit journal back into the queues needs segments: with the
+                    // disk full, the server is started again once it has room.
+                    Err(e) if e.is_disk_full() && site.disk_full_until.is_some() => {
+                        site.restart_at = site.disk_full_until.expect("checked");
+                        let id = site.id;
+                        trace!(self, "site {id}: recovery waits for disk room: {e}");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        return Err(format!("site {} shard {h}: recovery refused: {e}", site.id));
+                    }
+                };
+                self.report.journal_replayed += report.journal_events_replayed;
                 if !report.corrupt.is_empty() {
                     return Err(format!(
                         "site {} shard {h}: recovery found corruption after a crash: {:?}",

@@ -81,6 +81,7 @@ fn ci_seeds_pass_and_do_real_work() {
         totals.serial_sites += report.serial_sites;
         totals.conflating_sites += report.conflating_sites;
         totals.conflated += report.conflated;
+        totals.journal_replayed += report.journal_replayed;
     }
     // The seeds are not idle: writes were made, replicated, and faults injected.
     assert!(acked > 1_000, "only {acked} writes were acknowledged");
@@ -121,6 +122,12 @@ fn ci_seeds_pass_and_do_real_work() {
         ("sites with serial senders", l.serial_sites, 100),
         ("sites with conflating senders", l.conflating_sites, 100),
         ("updates conflated", l.conflated, 100),
+        // Power losses undid queue segment writes that commit journals had made durable.
+        (
+            "events replayed from commit journals",
+            l.journal_replayed,
+            10,
+        ),
     ];
     for (what, n, min) in seen {
         eprintln!("{CI_SEEDS} seeds: {n} {what}");

@@ -1,0 +1,359 @@
+//! The commit journal of a sender with many queues under `every-batch`: what a commit syncs,
+//! when checkpoints free the journal, and what a power loss leaves.
+
+mod common;
+use common::*;
+use std::collections::VecDeque;
+use strait_queue::ids::*;
+use strait_queue::mem::{Crash, MemDisk, SplitMix, run_action, run_actions};
+use strait_queue::queue::{
+    Action, AppendError, CHECKPOINT_STEP_SEGMENTS, Durability, JOURNAL_CHECKPOINT_MS,
+    JOURNAL_QUEUE_COUNT_MIN, JOURNAL_SEALED_MAX, QueueConfig, SEGMENT_BYTES_MIN, SenderQueue,
+    SyncPolicy,
+};
+use strait_queue::store::{Disk, recover};
+
+const QUEUES: u16 = 20;
+
+fn cfg() -> QueueConfig {
+    QueueConfig {
+        queue_count: QUEUES,
+        memory_bytes_max: 1 << 20,
+        persistent: true,
+        disk_synchronous: true,
+        sync: SyncPolicy::EveryBatch,
+        conflation: false,
+        segment_bytes: SEGMENT_BYTES_MIN,
+        spare_segments: 2,
+    }
+}
+
+/// Appends, carrying out file work whenever the queue waits for a segment.
+fn append_ready(q: &mut SenderQueue, disk: &MemDisk, queue: u16, n: u64, len: usize) -> Seq {
+    loop {
+        match append_n(q, QueueId(queue), n, len) {
+            Err(AppendError::WouldBlock) => assert!(run_actions(q, disk, 0) > 0, "stuck"),
+            r => return r.expect("append"),
+        }
+    }
+}
+
+/// Runs every action due at `now_ms` and returns the segment lists of the syncs among them.
+fn syncs_at(q: &mut SenderQueue, disk: &MemDisk, now_ms: u64) -> Vec<Vec<SegmentId>> {
+    let mut syncs = Vec::new();
+    while let Some(a) = q.poll_action(now_ms) {
+        if let Action::Sync { segments, .. } = &a {
+            syncs.push(segments.clone());
+        }
+        run_action(q, disk, a, now_ms);
+    }
+    syncs
+}
+
+#[test]
+fn a_commit_syncs_only_the_journal_however_many_queues_were_written() {
+    assert!(cfg().commit_journal());
+    assert!(
+        !QueueConfig {
+            queue_count: JOURNAL_QUEUE_COUNT_MIN - 1,
+            ..cfg()
+        }
+        .commit_journal(),
+        "a serial sender's few queues commit their own segments"
+    );
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg());
+    let mut n = 0;
+    for queue in 0..QUEUES {
+        append_ready(&mut q, &disk, queue, n, 100);
+        n += 1;
+    }
+    // The first appends came before a journal segment was ready: their commit syncs their
+    // own segments. From now on the journal takes every record.
+    run_actions(&mut q, &disk, 0);
+    let mut seqs = Vec::new();
+    for queue in 0..QUEUES {
+        seqs.push((queue, append_ready(&mut q, &disk, queue, n, 100)));
+        n += 1;
+    }
+    for &(queue, seq) in &seqs {
+        assert_eq!(q.durability(QueueId(queue), seq), Durability::Pending);
+    }
+    let syncs = syncs_at(&mut q, &disk, 1);
+    assert_eq!(syncs.len(), 1, "one commit: {syncs:?}");
+    assert_eq!(syncs[0].len(), 1, "of one file, the journal: {syncs:?}");
+    for &(queue, seq) in &seqs {
+        assert_eq!(q.durability(QueueId(queue), seq), Durability::Done);
+    }
+    // The queues' own segments wait for the checkpoint, which comes at its interval, in
+    // steps: a commit due meanwhile waits for one step, not for all of them.
+    assert!(syncs_at(&mut q, &disk, JOURNAL_CHECKPOINT_MS - 1).is_empty());
+    let now = JOURNAL_CHECKPOINT_MS;
+    let step = q.poll_action(now).expect("a checkpoint is due");
+    let Action::Sync { segments, .. } = &step else {
+        panic!("{step:?}");
+    };
+    assert_eq!(segments.len(), CHECKPOINT_STEP_SEGMENTS);
+    let mut checkpointed = segments.clone();
+    assert!(q.poll_action(now).is_none(), "one step at a time");
+    let seq = append_ready(&mut q, &disk, 0, n, 100);
+    let commit = q.poll_action(now).expect("the commit of a new append");
+    let Action::Sync { segments, .. } = &commit else {
+        panic!("{commit:?}");
+    };
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    run_action(&mut q, &disk, step, now);
+    run_action(&mut q, &disk, commit, now);
+    assert_eq!(q.durability(QueueId(0), seq), Durability::Done);
+    let syncs = syncs_at(&mut q, &disk, now);
+    assert_eq!(
+        syncs.len(),
+        (QUEUES as usize).div_ceil(CHECKPOINT_STEP_SEGMENTS) - 1,
+        "{syncs:?}"
+    );
+    checkpointed.extend(syncs.concat());
+    checkpointed.sort();
+    checkpointed.dedup();
+    assert_eq!(checkpointed.len(), QUEUES as usize, "every queue's tail");
+}
+
+#[test]
+fn checkpoints_free_the_journal_and_a_clean_close_leaves_none() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg());
+    let mut n = 0;
+    // 40 MB through 1 MiB journal segments, acknowledged as it goes, time passing.
+    let mut now = 0;
+    while n < 40_000 {
+        let queue = (n % QUEUES as u64) as u16;
+        append_ready(&mut q, &disk, queue, n, 1000);
+        n += 1;
+        if n.is_multiple_of(500) {
+            now += 50;
+            run_actions(&mut q, &disk, now);
+            for queue in (0..QUEUES).map(QueueId) {
+                while let Some(b) = q.peek(queue, 1000, 1 << 20).expect("peek") {
+                    q.ack(queue, b.last_seq).expect("ack");
+                }
+            }
+        }
+        let journal = disk
+            .ids()
+            .into_iter()
+            .filter(|id| disk.size(*id) == Some(cfg().journal_segment_bytes() as usize))
+            .count();
+        assert!(
+            journal <= JOURNAL_SEALED_MAX + 2,
+            "{journal} journal segments held after {n} events"
+        );
+    }
+    while let Some(a) = q.poll_close(now) {
+        run_action(&mut q, &disk, a, now);
+    }
+    // Each queue keeps its tail segment (its position); the journal is gone.
+    assert_eq!(disk.ids().len(), QUEUES as usize, "{:?}", disk.ids());
+    let (q, report) = recover(cfg(), &disk).expect("recovery");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.journal_segments, 0);
+    assert_eq!(q.stats(0).events_queued, 0);
+}
+
+/// What the test knows of one queue: the events appended and not acknowledged, in order, and
+/// how many of them were confirmed durable.
+#[derive(Default, Clone)]
+struct Known {
+    events: VecDeque<(Seq, u64)>,
+    /// Acknowledged events (they may come back after a crash, as possible duplicates).
+    acked: Vec<u64>,
+}
+
+#[test]
+fn power_loss_with_a_commit_journal_keeps_every_committed_event_in_order() {
+    let mut replayed = 0;
+    for seed in 0..48u64 {
+        let disk = MemDisk::new();
+        let mut rng = SplitMix(seed);
+        let mut q = SenderQueue::new(cfg());
+        let mut known = vec![Known::default(); QUEUES as usize];
+        let mut n = 0u64;
+        let mut now = 0u64;
+        for round in 0..4 {
+            let steps = 100 + rng.below(900);
+            for _ in 0..steps {
+                match rng.below(10) {
+                    0..=5 => {
+                        let queue = rng.below(QUEUES as usize) as u16;
+                        // Mostly small, sometimes larger than a segment.
+                        let len = if rng.chance(20) {
+                            70 << 10
+                        } else {
+                            rng.below(900)
+                        };
+                        match append_n(&mut q, QueueId(queue), n, len) {
+                            Ok(seq) => known[queue as usize].events.push_back((seq, n)),
+                            Err(AppendError::WouldBlock) => {}
+                            Err(e) => panic!("seed {seed}: {e}"),
+                        }
+                        n += 1;
+                    }
+                    6 => {
+                        let queue = rng.below(QUEUES as usize) as u16;
+                        let events = 1 + rng.below(30) as u32;
+                        if let Some(b) = q.peek(QueueId(queue), events, 1 << 20).expect("peek") {
+                            q.ack(QueueId(queue), b.last_seq).expect("ack");
+                            let k = &mut known[queue as usize];
+                            while k.events.front().is_some_and(|(s, _)| *s <= b.last_seq) {
+                                let (_, e) = k.events.pop_front().expect("front");
+                                k.acked.push(e);
+                            }
+                        }
+                    }
+                    _ => {
+                        now += rng.below(300) as u64;
+                        // Sometimes only part of the work is done before the power goes.
+                        if rng.chance(700) {
+                            run_actions(&mut q, &disk, now);
+                        } else if let Some(a) = q.poll_action(now) {
+                            run_action(&mut q, &disk, a, now);
+                        }
+                    }
+                }
+            }
+            let durable: Vec<usize> = (0..QUEUES)
+                .map(|i| {
+                    let k = &known[i as usize];
+                    k.events
+                        .iter()
+                        .take_while(|(s, _)| q.durability(QueueId(i), *s) == Durability::Done)
+                        .count()
+                })
+                .collect();
+            disk.crash(
+                q,
+                Crash::PowerLoss {
+                    seed: seed * 10 + round,
+                },
+            );
+            let (mut back, report) =
+                recover(cfg(), &disk).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(
+                report.corrupt.is_empty(),
+                "seed {seed} round {round}: a power loss is not damage: {report:?}"
+            );
+            replayed += report.journal_events_replayed;
+            for i in 0..QUEUES {
+                let k = &mut known[i as usize];
+                let got = drain_numbers(&mut back, QueueId(i));
+                back.reset(QueueId(i));
+                let unacked: Vec<u64> = k.events.iter().map(|(_, e)| *e).collect();
+                // What comes back: perhaps some acknowledged events, then the unacknowledged
+                // ones in order, at least through the last durable one, with nothing else.
+                let start = got
+                    .iter()
+                    .position(|e| !k.acked.contains(e))
+                    .unwrap_or(got.len());
+                assert!(
+                    got[..start].iter().all(|e| k.acked.contains(e)),
+                    "seed {seed} round {round} queue {i}"
+                );
+                let rest = &got[start..];
+                let d = durable[i as usize];
+                assert!(
+                    rest.len() >= d && rest[..d] == unacked[..d],
+                    "seed {seed} round {round} queue {i}: lost durable events: {rest:?} {unacked:?}"
+                );
+                // After them, events that were not yet durable may be lost, but what comes
+                // back is in order with nothing foreign, and a hole is reported.
+                let mut from = 0;
+                for e in rest {
+                    let at = unacked[from..].iter().position(|u| u == e);
+                    let at = at.unwrap_or_else(|| {
+                        panic!("seed {seed} round {round} queue {i}: {e} out of order or foreign")
+                    });
+                    from += at + 1;
+                }
+                if rest != &unacked[..rest.len()] {
+                    assert!(
+                        !report.gaps.is_empty(),
+                        "seed {seed} round {round} queue {i}"
+                    );
+                }
+                // Continue from what came back: it all counts as unacknowledged now.
+                let mut seqs = Vec::new();
+                while let Some(b) = back.peek(QueueId(i), 1, 1 << 20).expect("peek") {
+                    seqs.push(b.last_seq);
+                }
+                back.reset(QueueId(i));
+                k.events = seqs.into_iter().zip(got.iter().copied()).collect();
+                k.acked.clear();
+            }
+            q = back;
+        }
+    }
+    assert!(replayed > 0, "no run needed the journal");
+}
+
+#[test]
+fn a_journal_segment_whose_deletion_a_power_loss_undid_changes_nothing() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg());
+    let journal_bytes = cfg().journal_segment_bytes() as usize;
+    let journal_files = |disk: &MemDisk| -> Vec<SegmentId> {
+        let ids = disk.ids().into_iter();
+        ids.filter(|id| disk.size(*id) == Some(journal_bytes))
+            .collect()
+    };
+    let mut n = 0u64;
+    let mut now = 0;
+    let mut seqs: Vec<Vec<Seq>> = vec![Vec::new(); QUEUES as usize];
+    let mut saved: Option<(SegmentId, Vec<u8>)> = None;
+    // Enough for several journal segments, with checkpoints freeing the old ones.
+    while n < 6000 {
+        let queue = (n % QUEUES as u64) as u16;
+        seqs[queue as usize].push(append_ready(&mut q, &disk, queue, n, 1000));
+        n += 1;
+        if n.is_multiple_of(100) {
+            // The last 600 events come after the last checkpoint: only the journal has
+            // them on the disk.
+            if n <= 5400 {
+                now += 100;
+            }
+            run_actions(&mut q, &disk, now);
+        }
+        if saved.is_none() && n == 1000 {
+            let first = journal_files(&disk)[0];
+            saved = Some((
+                first,
+                disk.with_segment(first, |b| b.clone()).expect("there"),
+            ));
+        }
+    }
+    run_actions(&mut q, &disk, now);
+    let (stale, bytes) = saved.expect("saved");
+    assert!(!disk.ids().contains(&stale), "a checkpoint freed it");
+    // Its deletion did not reach the disk.
+    disk.create(stale, bytes.len() as u32).expect("room");
+    disk.with_segment(stale, |b| *b = bytes);
+    let durable: Vec<usize> = (0..QUEUES)
+        .map(|i| {
+            let s = &seqs[i as usize];
+            s.iter()
+                .take_while(|seq| q.durability(QueueId(i), **seq) == Durability::Done)
+                .count()
+        })
+        .collect();
+    disk.crash(q, Crash::PowerLoss { seed: 7 });
+    let (mut back, report) = recover(cfg(), &disk).expect("recovery");
+    assert!(report.corrupt.is_empty(), "{report:?}");
+    assert!(report.journal_segments >= 2, "{report:?}");
+    assert!(report.journal_events_replayed > 0, "{report:?}");
+    for i in 0..QUEUES {
+        let got = drain_numbers(&mut back, QueueId(i));
+        let want: Vec<u64> = (0..n).filter(|e| e % QUEUES as u64 == i as u64).collect();
+        assert!(
+            got.len() >= durable[i as usize],
+            "queue {i}: lost durable events"
+        );
+        assert_eq!(got, want[..got.len()], "queue {i}: in order, nothing else");
+    }
+}
