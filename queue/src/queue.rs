@@ -1368,7 +1368,8 @@ impl SenderQueue {
     /// Keeps a journal segment created ahead of need.
     fn poll_journal_create(&mut self, now_ms: u64) -> Option<Action> {
         let j = self.journal.as_mut()?;
-        if j.spare.is_some()
+        if self.disk_error.is_some()
+            || j.spare.is_some()
             || j.creating.is_some()
             || j.create_retry_at.is_some_and(|at| now_ms < at)
         {
@@ -1656,7 +1657,17 @@ impl SenderQueue {
                 self.disk_error = None;
                 self.spares.push(Spare { id, buf });
             }
-            Err(e) => self.disk_error = Some((e, now_ms + RETRY_MS)),
+            Err(e) => {
+                // A queue's segment comes before the journal's spare: on a full disk, give
+                // the spare's room back (records then commit through their own segments),
+                // and make no other while creations fail.
+                if e.is_disk_full()
+                    && let Some(spare) = self.journal.as_mut().and_then(|j| j.spare.take())
+                {
+                    self.pending_deletes.push((spare.id, spare.buf, 0));
+                }
+                self.disk_error = Some((e, now_ms + RETRY_MS));
+            }
         }
     }
 

@@ -8,8 +8,8 @@ use strait_queue::ids::*;
 use strait_queue::mem::{Crash, MemDisk, SplitMix, run_action, run_actions};
 use strait_queue::queue::{
     Action, AppendError, CHECKPOINT_STEP_SEGMENTS, Durability, JOURNAL_CHECKPOINT_MS,
-    JOURNAL_QUEUE_COUNT_MIN, JOURNAL_SEALED_MAX, QueueConfig, SEGMENT_BYTES_MIN, SenderQueue,
-    SyncPolicy,
+    JOURNAL_QUEUE_COUNT_MIN, JOURNAL_SEALED_MAX, QueueConfig, RETRY_MS, SEGMENT_BYTES_MIN,
+    SenderQueue, SyncPolicy,
 };
 use strait_queue::store::{Disk, recover};
 
@@ -356,4 +356,51 @@ fn a_journal_segment_whose_deletion_a_power_loss_undid_changes_nothing() {
         );
         assert_eq!(got, want[..got.len()], "queue {i}: in order, nothing else");
     }
+}
+
+#[test]
+fn on_a_full_disk_the_journal_gives_its_spare_back_to_the_queues() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg());
+    // Records in the journal, and a spare journal segment ready for more.
+    for n in 0..2 {
+        append_ready(&mut q, &disk, 0, n, 100);
+        run_actions(&mut q, &disk, 0);
+    }
+    let journal_bytes = cfg().journal_segment_bytes() as usize;
+    let journal_files = |disk: &MemDisk| {
+        let ids = disk.ids().into_iter();
+        ids.filter(|id| disk.size(*id) == Some(journal_bytes))
+            .count()
+    };
+    assert_eq!(
+        journal_files(&disk),
+        2,
+        "the journal's segment and its spare"
+    );
+    // The disk fills: the queues need a segment, and the journal's unused spare is the room.
+    disk.set_full(true);
+    let mut n = 2;
+    loop {
+        match append_n(&mut q, QueueId(0), n, 1000) {
+            Ok(_) => n += 1,
+            Err(AppendError::WouldBlock) => {
+                run_actions(&mut q, &disk, 0);
+            }
+            Err(AppendError::Disk(e)) => {
+                assert!(e.is_disk_full(), "{e}");
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    run_actions(&mut q, &disk, 0);
+    assert_eq!(journal_files(&disk), 1, "the spare was deleted");
+    // With room again, the queue goes on and the journal gets a spare again.
+    disk.set_full(false);
+    run_actions(&mut q, &disk, RETRY_MS);
+    let seq = append_ready(&mut q, &disk, 0, n, 1000);
+    run_actions(&mut q, &disk, RETRY_MS);
+    assert_eq!(q.durability(QueueId(0), seq), Durability::Done);
+    assert_eq!(journal_files(&disk), 2);
 }
