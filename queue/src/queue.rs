@@ -472,6 +472,8 @@ struct Spare {
 /// A journal segment in use.
 struct JournalSegment {
     id: SegmentId,
+    /// Its place in the journal (its header's `segment_seq`).
+    seq: u64,
     buf: Box<dyn SegmentBuf>,
     /// Offset just past the last entry.
     end: u32,
@@ -525,11 +527,18 @@ impl Journal {
                 return false;
             };
             let mut buf = spare.buf;
+            let seq = self.next_segment_seq;
+            // The oldest journal segment still needed: recovery reads the journal from there.
+            let live_from = self
+                .sealed
+                .front()
+                .or(self.tail.as_ref())
+                .map_or(seq, |s| s.seq);
             let info = SegmentInfo {
                 queue: JOURNAL_QUEUE,
                 persistent: true,
-                segment_seq: self.next_segment_seq,
-                first_seq: Seq(1),
+                segment_seq: seq,
+                first_seq: Seq(live_from),
                 capacity: buf.bytes().len() as u32,
                 acked: None,
             };
@@ -537,6 +546,7 @@ impl Journal {
             self.next_segment_seq += 1;
             let fresh = JournalSegment {
                 id: spare.id,
+                seq,
                 buf,
                 end: SEGMENT_HEADER_BYTES as u32,
             };
@@ -656,6 +666,14 @@ impl SenderQueue {
     /// The sequence number the next append to `q` gets.
     pub(crate) fn next_seq(&self, q: QueueId) -> Option<Seq> {
         self.queue(q).map(|queue| queue.next_seq)
+    }
+
+    /// Marks every queued event as possibly sent before: what recovery does once it has put
+    /// back the events of the commit journal.
+    pub(crate) fn mark_all_possible_duplicates(&mut self) {
+        for q in &mut self.queues {
+            q.redeliver_upto = q.redeliver_upto.max(Seq(q.next_seq.0 - 1));
+        }
     }
 
     fn with_next_segment(config: QueueConfig, next_segment_id: SegmentId) -> SenderQueue {
@@ -947,7 +965,12 @@ impl SenderQueue {
                 .expect("tail segment");
             let record = &tail.bytes()[offset as usize..offset as usize + len];
             if !j.append(q, record) {
-                j.sync_at_commit.insert(id);
+                // The journal holds a run of this queue's records that stops here: the
+                // commit syncs every segment of the queue, so that none of its records
+                // depends on the journal any more.
+                let segments = self.queues[q.0 as usize].segments();
+                j.sync_at_commit
+                    .extend(segments.map(|e| e.segment().expect("a segment extent")));
             }
         }
         Ok((serial, offset, seq))

@@ -361,6 +361,11 @@ pub fn recover(
     recovered.sort_by_key(|r| r.queue);
     let mut sq = SenderQueue::from_recovered(config, recovered, next_segment_id);
     replay_journal(&mut sq, journal, disk, &mut report)?;
+    if !report.discarded.is_empty() || !report.corrupt.is_empty() {
+        // The deletions recovery made are durable before anything new is written: a file it
+        // deleted must not come back after another crash.
+        disk.sync_directory()?;
+    }
     let totals = sq.stats(0);
     report.events = totals.events_queued;
     report.bytes = totals.bytes_queued;
@@ -403,13 +408,22 @@ fn read_journal(
         }
         return Ok(out);
     }
-    // Every segment is read, in journal order. Some may be stale: freed by a checkpoint,
-    // their deletion undone by a power loss (their entries are then behind their queues and
-    // skipped). Entries after a torn one were never confirmed durable, but they are records
-    // that were appended, so they are taken back where they follow on.
+    // Every segment is read, in journal order. The newest one's header names the oldest
+    // segment still needed when it was put to use (`first_seq`); older ones are stale: freed
+    // by a checkpoint, their deletion undone by a power loss. Their entries are behind their
+    // queues and skipped, and a torn tail in them means nothing. From the oldest needed one
+    // on, nothing after a torn entry was ever confirmed durable: reading stops there.
+    let live_from = found.last().map_or(0, |f| f.info.first_seq.0);
+    let mut torn = false;
     for f in found {
         let scan = journal::scan(f.buf.bytes());
-        for e in scan.entries {
+        let live = f.info.segment_seq >= live_from;
+        let entries = if torn && live {
+            Vec::new()
+        } else {
+            scan.entries
+        };
+        for e in entries {
             if e.queue.0 >= config.queue_count {
                 return Err(RecoveryError::UnknownQueue {
                     path: disk.location(f.id),
@@ -434,6 +448,7 @@ fn read_journal(
             out.entries.push((out.segments.len(), e));
         }
         if let Some((offset, why)) = scan.torn {
+            torn |= live;
             report.torn.push(TornTail {
                 segment: disk.location(f.id),
                 offset,
@@ -508,6 +523,10 @@ fn replay_journal(
             }
         }
         report.journal_events_replayed += 1;
+    }
+    if report.journal_events_replayed > 0 {
+        // They may have been sent, even acknowledged, before the crash.
+        sq.mark_all_possible_duplicates();
     }
     if !journal.segments.is_empty() {
         // Everything replayed goes to the queues' segments and is synced before the journal

@@ -404,3 +404,183 @@ fn on_a_full_disk_the_journal_gives_its_spare_back_to_the_queues() {
     assert_eq!(q.durability(QueueId(0), seq), Durability::Done);
     assert_eq!(journal_files(&disk), 2);
 }
+
+/// The events of queue 0 that were confirmed durable, by number.
+fn done(q: &SenderQueue, seqs: &[(Seq, u64)]) -> Vec<u64> {
+    seqs.iter()
+        .filter(|(s, _)| q.durability(QueueId(0), *s) == Durability::Done)
+        .map(|x| x.1)
+        .collect()
+}
+
+/// Runs the file work due at `now`, one action at a time (as the shell does).
+fn work(q: &mut SenderQueue, disk: &MemDisk, now: u64) {
+    while let Some(a) = q.poll_action(now) {
+        run_action(q, disk, a, now);
+    }
+}
+
+#[test]
+fn a_record_too_large_for_the_journal_leaves_nothing_depending_on_it() {
+    // Queue 0: records in the journal, then one too large for a journal segment (committed
+    // by syncing the queue's segments), then perhaps more in the journal.
+    for more_after in [false, true] {
+        for seed in 0..100u64 {
+            let disk = MemDisk::new();
+            let mut q = SenderQueue::new(cfg());
+            append_ready(&mut q, &disk, 1, 0, 100);
+            run_actions(&mut q, &disk, 0);
+            let mut seqs = vec![(append_ready(&mut q, &disk, 0, 1, 4000), 1)];
+            run_actions(&mut q, &disk, 1);
+            for n in 2..=10 {
+                seqs.push((append_ready(&mut q, &disk, 0, n, 4000), n));
+            }
+            run_actions(&mut q, &disk, 2);
+            let big = cfg().journal_segment_bytes() as usize + 1000;
+            seqs.push((append_ready(&mut q, &disk, 0, 11, big), 11));
+            run_actions(&mut q, &disk, 3);
+            if more_after {
+                for n in 12..=14 {
+                    seqs.push((append_ready(&mut q, &disk, 0, n, 100), n));
+                }
+                run_actions(&mut q, &disk, 4);
+            }
+            committed_events_survive_a_power_loss(q, &disk, &seqs, seed);
+        }
+    }
+}
+
+/// Checks that every event of queue 0 in `seqs` was committed, then that after a power loss
+/// they all come back, in order, with nothing else and no damage reported.
+fn committed_events_survive_a_power_loss(
+    q: SenderQueue,
+    disk: &MemDisk,
+    seqs: &[(Seq, u64)],
+    seed: u64,
+) {
+    let done = done(&q, seqs);
+    assert_eq!(done.len(), seqs.len(), "all committed");
+    disk.crash(q, Crash::PowerLoss { seed });
+    let (mut back, report) = recover(cfg(), disk).expect("recovery");
+    assert!(report.corrupt.is_empty(), "seed {seed}: {report:?}");
+    let got = drain_numbers(&mut back, QueueId(0));
+    assert_eq!(got, done, "seed {seed}: {report:?}");
+}
+
+/// A sender whose queues 2.. hold a record each, and whose queue 0 holds records 1..=`last` of
+/// `len` bytes, all committed (through the journal but for the first records).
+fn queue_zero_committed(disk: &MemDisk, last: u64, len: usize) -> (SenderQueue, Vec<(Seq, u64)>) {
+    let mut q = SenderQueue::new(cfg());
+    for i in 2..QUEUES {
+        append_ready(&mut q, disk, i, 0, 100);
+    }
+    run_actions(&mut q, disk, 0);
+    let mut seqs = vec![(append_ready(&mut q, disk, 0, 1, len), 1)];
+    run_actions(&mut q, disk, 1);
+    for n in 2..=last {
+        seqs.push((append_ready(&mut q, disk, 0, n, len), n));
+    }
+    run_actions(&mut q, disk, 2);
+    (q, seqs)
+}
+
+#[test]
+fn a_failed_journal_segment_creation_loses_nothing_committed() {
+    for seed in 0..50u64 {
+        let disk = MemDisk::new();
+        let (mut q, mut seqs) = queue_zero_committed(&disk, 4, 15_000);
+        // Other queues fill the journal's segment; its spare becomes the tail, and making the
+        // next spare fails.
+        for i in 2..20u16 {
+            append_n(&mut q, QueueId(i), 100, 58_000).expect("room in the tail");
+        }
+        disk.fail_creates(1);
+        work(&mut q, &disk, 3);
+        for r in 0..2u64 {
+            for i in 2..20u16 {
+                append_ready(&mut q, &disk, i, 200 + r, 60_000);
+            }
+        }
+        for i in 2..20u16 {
+            append_ready(&mut q, &disk, i, 300, 100);
+        }
+        run_actions(&mut q, &disk, 4);
+        // Queue 0 goes on while the journal has no room.
+        for n in 5..=6 {
+            seqs.push((append_ready(&mut q, &disk, 0, n, 15_000), n));
+        }
+        work(&mut q, &disk, 5);
+        committed_events_survive_a_power_loss(q, &disk, &seqs, seed);
+    }
+}
+
+#[test]
+fn nothing_after_a_torn_journal_entry_is_read() {
+    // A power loss while the journal moves to its next segment: the end of one segment lost,
+    // the start of the next perhaps kept.
+    for fill in 0..6u64 {
+        for seed in 0..20u64 {
+            let disk = MemDisk::new();
+            let (mut q, mut seqs) = queue_zero_committed(&disk, 6, 6000);
+            for i in 2..18u16 {
+                append_ready(&mut q, &disk, i, 100, 58_000 + fill as usize * 1000);
+            }
+            run_actions(&mut q, &disk, 3);
+            // Not committed: queue 0's next records, across the journal segments' boundary.
+            for k in 0..8u64 {
+                seqs.push((append_ready(&mut q, &disk, 0, 7 + k, 3000), 7 + k));
+            }
+            let done = done(&q, &seqs);
+            assert_eq!(done, (1..=6).collect::<Vec<u64>>());
+            disk.crash(q, Crash::PowerLoss { seed });
+            let (mut back, report) = recover(cfg(), &disk).expect("recovery");
+            assert!(
+                report.corrupt.is_empty(),
+                "fill {fill} seed {seed}: {report:?}"
+            );
+            let got = drain_numbers(&mut back, QueueId(0));
+            assert!(
+                got.len() >= 6 && got[..6] == done[..],
+                "fill {fill} seed {seed}: {got:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn events_put_back_from_the_journal_are_marked_possible_duplicates() {
+    let mut replayed = 0;
+    for seed in 0..40u64 {
+        let disk = MemDisk::new();
+        let mut q = SenderQueue::new(cfg());
+        for i in 0..QUEUES {
+            append_ready(&mut q, &disk, i, 0, 100);
+        }
+        run_actions(&mut q, &disk, 0);
+        for n in 1..=10 {
+            append_ready(&mut q, &disk, 0, n, 3000);
+        }
+        run_actions(&mut q, &disk, 1);
+        // Sent and acknowledged; the acknowledgement is durable only at the next checkpoint.
+        let b = q
+            .peek(QueueId(0), 100, 1 << 20)
+            .expect("peek")
+            .expect("a batch");
+        q.ack(QueueId(0), b.last_seq).expect("ack");
+        run_actions(&mut q, &disk, 2);
+        disk.crash(q, Crash::PowerLoss { seed });
+        let (mut back, report) = recover(cfg(), &disk).expect("recovery");
+        if report.journal_events_replayed == 0 {
+            continue;
+        }
+        replayed += 1;
+        while let Some(b) = back.peek(QueueId(0), 1, 1 << 20).expect("peek") {
+            assert!(
+                b.possible_duplicate,
+                "seed {seed}: {:?}",
+                batch_numbers(&back, &b)
+            );
+        }
+    }
+    assert!(replayed > 0, "no run put events back from the journal");
+}
