@@ -51,8 +51,8 @@ pub fn segment_bytes_for(queue_count: u16) -> u32 {
 /// serial one (1–5 dispatcher queues) does not, since its commits touch only a few files.
 pub const JOURNAL_QUEUE_COUNT_MIN: u16 = 6;
 /// Largest journal segment file: 8 MiB. A journal segment is 16 queue segments' worth
-/// ([`QueueConfig::journal_segment_bytes`]); a record too large for one commits by syncing its
-/// own segment instead.
+/// ([`QueueConfig::journal_segment_bytes`]); a record too large for one commits by syncing the
+/// segments of its queue instead.
 pub const JOURNAL_SEGMENT_BYTES: u32 = 8 << 20;
 /// Longest time between checkpoints of a journalled sender while anything is dirty: 1 s. A
 /// checkpoint writes back the bucket segments, makes acknowledgements durable, and frees the
@@ -1669,7 +1669,7 @@ impl SenderQueue {
                     j.spare = Some(Spare { id, buf });
                     j.create_retry_at = None;
                 }
-                // Meanwhile records commit by syncing their own segments.
+                // Meanwhile records commit by syncing their queues' segments.
                 Err(_) => j.create_retry_at = Some(now_ms + RETRY_MS),
             }
             return;
@@ -1682,7 +1682,7 @@ impl SenderQueue {
             }
             Err(e) => {
                 // A queue's segment comes before the journal's spare: on a full disk, give
-                // the spare's room back (records then commit through their own segments),
+                // the spare's room back (records then commit through their queues' segments),
                 // and make no other while creations fail.
                 if e.is_disk_full()
                     && let Some(spare) = self.journal.as_mut().and_then(|j| j.spare.take())
