@@ -40,13 +40,8 @@ pub fn forward_event<'a>(
     recipients: &'a [SiteId],
 ) -> Event<'a> {
     Event {
-        op: record.op(),
         region,
         bucket,
-        id: record.event_id(),
-        version: record.version(),
-        recipients,
-        key: record.key(),
-        value: record.value(),
+        ..record.event(recipients)
     }
 }

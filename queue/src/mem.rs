@@ -252,16 +252,7 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
             segments,
             directory,
         } => {
-            let dir = if directory {
-                disk.sync_directory()
-            } else {
-                Ok(())
-            };
-            let r = dir.and_then(|()| {
-                segments
-                    .iter()
-                    .try_for_each(|&id| disk.sync(id, queue.segment_bytes(id)))
-            });
+            let r = sync_now(queue, disk, &segments, directory);
             queue.handle_synced(token, r, now_ms);
         }
         Action::PrefetchSegment { id } => {
@@ -275,6 +266,22 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
             }
         }
     }
+}
+
+/// Carries out the file work of an [`Action::Sync`] synchronously, without reporting it to
+/// the queue.
+pub fn sync_now(
+    queue: &SenderQueue,
+    disk: &dyn Disk,
+    segments: &[SegmentId],
+    directory: bool,
+) -> Result<(), StoreError> {
+    if directory {
+        disk.sync_directory()?;
+    }
+    segments
+        .iter()
+        .try_for_each(|&id| disk.sync(id, queue.segment_bytes(id)))
 }
 
 /// A small deterministic generator (SplitMix64).

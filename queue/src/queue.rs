@@ -515,7 +515,7 @@ struct Journal {
 
 impl Journal {
     /// Appends an entry for `record` of queue `q`. False when no journal segment has room:
-    /// the caller commits the record by syncing its queue segment instead.
+    /// the caller commits the record by syncing its queue's segments instead.
     fn append(&mut self, q: QueueId, record: &[u8]) -> bool {
         let need = journal::entry_len(record.len());
         let fits = |s: &JournalSegment| s.end as usize + need <= s.buf.bytes().len();
@@ -1420,14 +1420,16 @@ impl SenderQueue {
     /// A journal commit: sync the journal segments appended to (and any queue segment holding
     /// records the journal could not take), which makes every append so far durable.
     fn poll_commit(&mut self, now_ms: u64) -> Option<Action> {
-        let covers = self.unsynced_positions();
-        let j = self.journal.as_mut()?;
+        let j = self.journal.as_ref()?;
         if j.commit_inflight.is_some()
             || (j.touched.is_empty() && j.sync_at_commit.is_empty())
             || j.commit_retry_at.is_some_and(|at| now_ms < at)
         {
             return None;
         }
+        // Only once a commit is due: this walks every queue.
+        let covers = self.unsynced_positions();
+        let j = self.journal.as_mut()?;
         let token = self.next_sync_token;
         self.next_sync_token += 1;
         let mut segments = std::mem::take(&mut j.touched);
@@ -1782,38 +1784,35 @@ impl SenderQueue {
 
     /// The outcome of a journal commit.
     fn handle_committed(&mut self, result: Result<(), StoreError>, now_ms: u64) {
-        let Some(j) = self.journal.as_mut() else {
+        let Some((_, covers, segments)) =
+            self.journal.as_mut().and_then(|j| j.commit_inflight.take())
+        else {
             return;
         };
-        let Some((_, covers, segments)) = j.commit_inflight.take() else {
-            return;
-        };
-        match result {
-            Ok(()) => {
-                j.commit_retry_at = None;
-                self.mark_synced(covers);
-            }
-            Err(e) => {
-                // Try again later: the entries are still in the mapped files.
-                j.commit_retry_at = Some(now_ms + RETRY_MS);
-                j.new_file = true;
-                for id in segments {
-                    let in_journal = j.sealed.iter().chain(j.tail.as_ref()).any(|s| s.id == id);
-                    if in_journal {
-                        if !j.touched.contains(&id) {
-                            j.touched.push(id);
-                        }
-                    } else if self
-                        .queues
-                        .iter()
-                        .any(|q| q.segments().any(|e| e.segment() == Some(id)))
-                    {
-                        j.sync_at_commit.insert(id);
-                    }
+        if let Err(e) = result {
+            // Try again later: the entries are still in the mapped files.
+            let queue_segments: Vec<SegmentId> = segments
+                .iter()
+                .copied()
+                .filter(|id| self.segment_alive(*id))
+                .collect();
+            let j = self.journal.as_mut().expect("a commit is the journal's");
+            j.commit_retry_at = Some(now_ms + RETRY_MS);
+            j.new_file = true;
+            for id in segments {
+                let in_journal = j.sealed.iter().chain(j.tail.as_ref()).any(|s| s.id == id);
+                if in_journal && !j.touched.contains(&id) {
+                    j.touched.push(id);
                 }
-                self.mark_sync_failed(covers, &e);
             }
+            j.sync_at_commit.extend(queue_segments);
+            self.mark_sync_failed(covers, &e);
+            return;
         }
+        if let Some(j) = self.journal.as_mut() {
+            j.commit_retry_at = None;
+        }
+        self.mark_synced(covers);
     }
 
     fn segment_alive(&self, id: SegmentId) -> bool {

@@ -367,4 +367,18 @@ impl<'a> Record<'a> {
             + self.header.key_len.get() as usize;
         &self.bytes[start..]
     }
+    /// The event this record carries, with `recipients` (the caller's copy of
+    /// [`Record::recipients`], or another set).
+    pub fn event(&self, recipients: &'a [SiteId]) -> Event<'a> {
+        Event {
+            op: self.op(),
+            region: self.region(),
+            bucket: self.bucket(),
+            id: self.event_id(),
+            version: self.version(),
+            recipients,
+            key: self.key(),
+            value: self.value(),
+        }
+    }
 }

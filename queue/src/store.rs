@@ -9,7 +9,7 @@ use crate::journal::{self, JOURNAL_QUEUE};
 use crate::queue::{
     Action, AppendError, QueueConfig, RecoveredQueue, RecoveredSegment, SenderQueue,
 };
-use crate::record::{self, Event};
+use crate::record;
 use crate::segment::{self, BadRecord, HeaderError, SEGMENT_HEADER_BYTES, Tail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -493,16 +493,7 @@ fn replay_journal(
             continue;
         }
         let recipients: Vec<_> = rec.recipients().collect();
-        let event = Event {
-            op: rec.op(),
-            region: rec.region(),
-            bucket: rec.bucket(),
-            id: rec.event_id(),
-            version: rec.version(),
-            recipients: &recipients,
-            key: rec.key(),
-            value: rec.value(),
-        };
+        let event = rec.event(&recipients);
         loop {
             match sq.append(e.queue, &event) {
                 Ok(_) => break,
@@ -538,12 +529,7 @@ fn replay_journal(
                     segments,
                     directory,
                 } => {
-                    if directory {
-                        disk.sync_directory()?;
-                    }
-                    for id in segments {
-                        disk.sync(id, sq.segment_bytes(id))?;
-                    }
+                    crate::mem::sync_now(sq, disk, &segments, directory)?;
                     sq.handle_synced(token, Ok(()), 0);
                 }
                 other => crate::mem::run_action(sq, disk, other, 0),
