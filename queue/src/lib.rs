@@ -11,11 +11,11 @@
 //! | [`store::Disk`] | blocking segment-file operations, and [`store::recover`] over them | helper threads |
 //! | [`mmap::MmapDisk`] | segments as preallocated memory-mapped files (the only `unsafe`) | a locked data directory |
 //! | [`mem::MemDisk`] | segments as vectors with injected faults and crashes | tests, simulation |
-//! | [`shard::ShardQueue`] | the glommio shell: runs a `SenderQueue` on a shard, file work on the blocking pool | one per sender per shard |
+//! | [`shard::ShardQueue`] | the glommio shell: runs a `SenderQueue` on a shard, file work on the blocking pool, group commits on a commit lane ([`queue::Lane`]) | one per sender per shard |
 //!
 //! A write goes: `ShardQueue::append` → `SenderQueue::append` encodes the record straight into
 //! a memory chunk or a mapped segment → the queue's `poll_action` asks for a group-commit sync
-//! → the shell runs fdatasync on the blocking pool → `handle_synced` → the append completes.
+//! → the shell runs fdatasync on the queue's commit lane → `handle_synced` → the append completes.
 //! A dispatcher `peek`s a batch (contiguous runs of record bytes, ready for the socket),
 //! sends it, and `ack`s it; fully acknowledged segments are deleted off the shard.
 //!

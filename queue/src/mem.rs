@@ -251,6 +251,7 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
             token,
             segments,
             directory,
+            ..
         } => {
             let r = sync_now(queue, disk, &segments, directory);
             queue.handle_synced(token, r, now_ms);

@@ -236,6 +236,7 @@ pub enum Action {
         token: u64,
         segments: Vec<SegmentId>,
         directory: bool,
+        lane: Lane,
     },
     /// Start reading this segment into the page cache: a dispatcher is about to read it, and
     /// a page fault on the shard would stall it.
@@ -245,6 +246,23 @@ pub enum Action {
         id: SegmentId,
         buf: Box<dyn SegmentBuf>,
     },
+}
+
+/// Where a shell runs an [`Action::Sync`]. Every other action is [`Lane::Background`] work.
+///
+/// The queue never depends on one lane's work finishing before the other's: a commit and a
+/// checkpoint step or a creation may complete in either order. Within a lane, actions run in
+/// the order asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// A group commit under `every-batch`: writers wait for it. A shell runs it apart from
+    /// background work, so that it never queues behind a segment's creation (megabytes of
+    /// zeros and an fdatasync) or a checkpoint step.
+    Commit,
+    /// Work nobody waits for yet: creations, deletes, prefetches, interval syncs and
+    /// checkpoint steps. These run in order, one at a time, so that on a nearly full disk a
+    /// needed segment is not raced by a spare.
+    Background,
 }
 
 /// A peeked batch: which events, and where their bytes lie.
@@ -1441,6 +1459,7 @@ impl SenderQueue {
             token,
             segments,
             directory,
+            lane: Lane::Commit,
         })
     }
 
@@ -1538,10 +1557,18 @@ impl SenderQueue {
         }
         self.sync_inflight = Some((token, covers, segments));
         let directory = std::mem::take(&mut self.dirty_directory);
+        // Without a journal, a sync under `every-batch` is the group commit writers wait for;
+        // with one, it is a checkpoint.
+        let lane = if self.config.sync == SyncPolicy::EveryBatch && self.journal.is_none() {
+            Lane::Commit
+        } else {
+            Lane::Background
+        };
         Action::Sync {
             token,
             segments: step,
             directory,
+            lane,
         }
     }
 
@@ -1562,6 +1589,7 @@ impl SenderQueue {
             token,
             segments,
             directory: false,
+            lane: Lane::Background,
         })
     }
 

@@ -42,6 +42,8 @@ pub enum StoreOp {
     Delete,
     Quarantine,
     Prefetch,
+    /// Starting a helper thread (a queue's commit lane).
+    StartThread,
 }
 
 impl fmt::Display for StoreOp {
@@ -55,6 +57,7 @@ impl fmt::Display for StoreOp {
             StoreOp::Delete => "deleting segment",
             StoreOp::Quarantine => "writing quarantine file",
             StoreOp::Prefetch => "reading ahead segment",
+            StoreOp::StartThread => "starting thread",
         })
     }
 }
@@ -528,6 +531,7 @@ fn replay_journal(
                     token,
                     segments,
                     directory,
+                    ..
                 } => {
                     crate::mem::sync_now(sq, disk, &segments, directory)?;
                     sq.handle_synced(token, Ok(()), 0);

@@ -376,9 +376,11 @@ pub fn start(config: SiteConfig) -> Result<ServerHandle, StartError> {
             receiver_ports.clone(),
             receiver_advertised.clone(),
         );
-        // One blocking thread: the queue's file work (segment creation, syncs) relies on
-        // running in order (a needed segment is not raced by spares on a nearly full disk).
-        // Locator lookups and dead-letter writes share it (docs/wan.md, "Blocking pool").
+        // One blocking thread: the queue's background file work (segment creation, deletes,
+        // checkpoints) relies on running in order (a needed segment is not raced by spares on
+        // a nearly full disk). Locator lookups and dead-letter writes share it (docs/wan.md,
+        // "Blocking pool"). Group commits under `every-batch` run on each queue's own commit
+        // lane (strait_queue::shard), not here.
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .preempt_timer(Duration::from_millis(5))
