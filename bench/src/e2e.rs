@@ -175,6 +175,10 @@ struct CaseResult {
     e2e_p99_us: u64,
     e2e_p999_us: u64,
     e2e_max_us: u64,
+    /// The half-rate step's request → reply at site 1, µs: what a writing client waits for
+    /// (under `every-batch`, the group commit that makes its write durable).
+    reply_p50_us: u64,
+    reply_p99_us: u64,
     /// CPU time each part used over the max-rate step and over the half-rate step.
     cpu_max_rate: StepCpu,
     cpu_half_rate: StepCpu,
@@ -603,6 +607,7 @@ fn run_case(
         half_start.elapsed().as_secs_f64(),
     );
     let e = &e2e["e2e"]["latency_us"];
+    let reply = &e2e["latency_us"];
     let link_mb_per_s = bound.1;
     Ok(CaseResult {
         bench: "e2e",
@@ -640,6 +645,8 @@ fn run_case(
         e2e_p99_us: f(e, &["p99"]) as u64,
         e2e_p999_us: f(e, &["p999"]) as u64,
         e2e_max_us: f(e, &["max"]) as u64,
+        reply_p50_us: f(reply, &["p50"]) as u64,
+        reply_p99_us: f(reply, &["p99"]) as u64,
         cpu_max_rate,
         cpu_half_rate,
         applied_timeline,
@@ -979,7 +986,7 @@ fn table(results: &[CaseResult], loopback: f64, several: bool) {
         }
     };
     eprintln!(
-        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>5} {:>6}",
+        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>5} {:>6}",
         "case",
         "events",
         "events/s",
@@ -990,12 +997,13 @@ fn table(results: &[CaseResult], loopback: f64, several: bool) {
         "e2e p50",
         "e2e p99",
         "e2e max",
+        "reply p99",
         "busy",
         "xredis"
     );
     for r in results {
         eprintln!(
-            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us {:>4.0}% {:>6}",
+            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us {:>7}us {:>4.0}% {:>6}",
             label(r),
             r.events,
             r.events_per_s,
@@ -1006,6 +1014,7 @@ fn table(results: &[CaseResult], loopback: f64, several: bool) {
             r.e2e_p50_us,
             r.e2e_p99_us,
             r.e2e_max_us,
+            r.reply_p99_us,
             r.cpu_half_rate.busy * 100.0,
             r.ratio_to_redis.map_or("-".into(), |x| format!("{x:.2}"))
         );
@@ -1062,6 +1071,8 @@ struct RunFigures<'a> {
     build: &'a str,
     events_per_s: f64,
     p99_us: u64,
+    /// The half-rate step's request → reply p99 at site 1.
+    reply_p99_us: u64,
     /// Site 1's CPU time over the max-rate step.
     site1_s: f64,
 }
@@ -1076,6 +1087,7 @@ fn summary(results: &[CaseResult]) -> Vec<String> {
             build: r.build,
             events_per_s: r.events_per_s,
             p99_us: r.e2e_p99_us,
+            reply_p99_us: r.reply_p99_us,
             site1_s: r.cpu_max_rate.site1_s,
         })
         .collect();
@@ -1102,9 +1114,10 @@ fn summarize(rows: &[RunFigures<'_>]) -> Vec<String> {
                 .collect();
             let (e0, e1) = range(&mut mine.iter().map(|r| r.events_per_s));
             let (p0, p1) = range(&mut mine.iter().map(|r| r.p99_us as f64 / 1000.0));
+            let (r0, r1) = range(&mut mine.iter().map(|r| r.reply_p99_us as f64 / 1000.0));
             let (c0, c1) = range(&mut mine.iter().map(|r| r.site1_s));
             format!(
-                "{case:<34} {build} ({} runs): {e0:.0}-{e1:.0} events/s, half-rate p99 {p0:.1}-{p1:.1} ms, site 1 CPU {c0:.2}-{c1:.2} s",
+                "{case:<34} {build} ({} runs): {e0:.0}-{e1:.0} events/s, half-rate p99 {p0:.1}-{p1:.1} ms, reply p99 {r0:.1}-{r1:.1} ms, site 1 CPU {c0:.2}-{c1:.2} s",
                 mine.len()
             )
         })
@@ -1117,28 +1130,29 @@ mod tests {
 
     #[test]
     fn the_comparison_summary_gives_each_builds_range_per_case_in_run_order() {
-        let row = |case, build, events_per_s, p99_us, site1_s| RunFigures {
+        let row = |case, build, events_per_s, p99_us, reply_p99_us, site1_s| RunFigures {
             case,
             build,
             events_per_s,
             p99_us,
+            reply_p99_us,
             site1_s,
         };
         let rows = [
-            row("1KiB/parallel", "A", 150_000.0, 9_500, 2.1),
-            row("1KiB/parallel", "B", 90_000.0, 23_000, 3.7),
-            row("1KiB/parallel", "A", 156_000.0, 13_200, 2.0),
-            row("1KiB/parallel", "B", 132_000.0, 21_000, 2.7),
-            row("100B/serial", "A", 290_000.0, 6_800, 1.0),
-            row("100B/serial", "B", 300_000.0, 6_100, 0.9),
+            row("1KiB/parallel", "A", 150_000.0, 9_500, 12_000, 2.1),
+            row("1KiB/parallel", "B", 90_000.0, 23_000, 30_500, 3.7),
+            row("1KiB/parallel", "A", 156_000.0, 13_200, 10_000, 2.0),
+            row("1KiB/parallel", "B", 132_000.0, 21_000, 25_000, 2.7),
+            row("100B/serial", "A", 290_000.0, 6_800, 7_000, 1.0),
+            row("100B/serial", "B", 300_000.0, 6_100, 6_000, 0.9),
         ];
         assert_eq!(
             summarize(&rows),
             [
-                "1KiB/parallel                      A (2 runs): 150000-156000 events/s, half-rate p99 9.5-13.2 ms, site 1 CPU 2.00-2.10 s",
-                "1KiB/parallel                      B (2 runs): 90000-132000 events/s, half-rate p99 21.0-23.0 ms, site 1 CPU 2.70-3.70 s",
-                "100B/serial                        A (1 runs): 290000-290000 events/s, half-rate p99 6.8-6.8 ms, site 1 CPU 1.00-1.00 s",
-                "100B/serial                        B (1 runs): 300000-300000 events/s, half-rate p99 6.1-6.1 ms, site 1 CPU 0.90-0.90 s",
+                "1KiB/parallel                      A (2 runs): 150000-156000 events/s, half-rate p99 9.5-13.2 ms, reply p99 10.0-12.0 ms, site 1 CPU 2.00-2.10 s",
+                "1KiB/parallel                      B (2 runs): 90000-132000 events/s, half-rate p99 21.0-23.0 ms, reply p99 25.0-30.5 ms, site 1 CPU 2.70-3.70 s",
+                "100B/serial                        A (1 runs): 290000-290000 events/s, half-rate p99 6.8-6.8 ms, reply p99 7.0-7.0 ms, site 1 CPU 1.00-1.00 s",
+                "100B/serial                        B (1 runs): 300000-300000 events/s, half-rate p99 6.1-6.1 ms, reply p99 6.0-6.0 ms, site 1 CPU 0.90-0.90 s",
             ]
         );
     }
