@@ -208,56 +208,90 @@ fn bad_arguments_and_an_absent_server_are_refused_with_a_reason() {
     }
 }
 
-/// A RESP server on one connection that answers `+OK` to every command, except that after the
-/// `stall_after`-th it stops reading and answering for `stall`: the server stall a load
-/// generator must charge to every request scheduled meanwhile.
-fn stalling_server(stall_after: usize, stall: Duration) -> (u16, std::thread::JoinHandle<usize>) {
+/// Two RESP servers on one connection each, site A and site B for the end-to-end mode: A
+/// stores every SET and answers `+OK`, except that after the `stall_after`-th command it stops
+/// reading and answering for `stall` (the server stall a load generator must charge to every
+/// request scheduled meanwhile); B answers each GET from what A stored.
+fn stalling_site_pair(
+    stall_after: usize,
+    stall: Duration,
+) -> (u16, u16, std::thread::JoinHandle<usize>) {
+    use std::collections::HashMap;
     use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
     use strait_net::resp::{Limits, Parsed, parse_command};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let (mut buf, mut chunk, mut answered) = (Vec::new(), vec![0u8; 64 << 10], 0usize);
-        loop {
-            let n = match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return answered,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            let mut at = 0;
-            let mut out = Vec::new();
-            while let Ok(Parsed::Command(c)) = parse_command(&buf[at..], &Limits::default()) {
-                at += c.consumed;
-                answered += 1;
-                out.extend_from_slice(b"+OK\r\n");
-                if answered == stall_after {
-                    s.write_all(&out).unwrap();
-                    out.clear();
-                    // The behaviour under test: the server goes quiet for a while.
-                    std::thread::sleep(stall);
+    let stored: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>> = Arc::default();
+    let serve = |stored: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>, stall_after: usize| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let (mut buf, mut chunk, mut answered) = (Vec::new(), vec![0u8; 64 << 10], 0usize);
+            loop {
+                let n = match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return answered,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut at = 0;
+                let mut out = Vec::new();
+                while let Ok(Parsed::Command(c)) = parse_command(&buf[at..], &Limits::default()) {
+                    let args: Vec<Vec<u8>> = c.args(&buf[at..]).map(<[u8]>::to_vec).collect();
+                    at += c.consumed;
+                    answered += 1;
+                    let mut map = stored.lock().unwrap();
+                    match args.first().map(Vec::as_slice) {
+                        Some(b"SET") => {
+                            map.insert(args[1].clone(), args[2].clone());
+                            out.extend_from_slice(b"+OK\r\n");
+                        }
+                        Some(b"GET") => match map.get(&args[1]) {
+                            Some(v) => {
+                                out.extend_from_slice(format!("${}\r\n", v.len()).as_bytes());
+                                out.extend_from_slice(v);
+                                out.extend_from_slice(b"\r\n");
+                            }
+                            None => out.extend_from_slice(b"$-1\r\n"),
+                        },
+                        _ => out.extend_from_slice(b"+OK\r\n"),
+                    }
+                    drop(map);
+                    if answered == stall_after {
+                        s.write_all(&out).unwrap();
+                        out.clear();
+                        // The behaviour under test: the server goes quiet for a while.
+                        std::thread::sleep(stall);
+                    }
+                }
+                buf.drain(..at);
+                if s.write_all(&out).is_err() {
+                    return answered;
                 }
             }
-            buf.drain(..at);
-            if s.write_all(&out).is_err() {
-                return answered;
-            }
-        }
-    });
-    (port, server)
+        });
+        (port, server)
+    };
+    let (a, server) = serve(stored.clone(), stall_after);
+    let (b, _) = serve(stored, usize::MAX);
+    (a, b, server)
 }
 
 #[test]
-fn a_server_stall_is_charged_to_every_request_scheduled_during_it() {
+fn a_server_stall_is_charged_to_every_request_and_sampled_write_scheduled_during_it() {
     const STALL: Duration = Duration::from_millis(300);
-    let (port, server) = stalling_server(200, STALL);
-    // 1000 requests over 1 s, one outstanding at a time: while the server is quiet, the
-    // generator cannot send the ~300 requests scheduled meanwhile. Timed from their intended
-    // send times they waited 0-300 ms; timed from when they were sent they would not have.
+    let (a, b, server) = stalling_site_pair(200, STALL);
+    // 1000 writes over 1 s, one outstanding at a time, every 10th sampled: while site A is
+    // quiet, the generator cannot send the ~300 writes (~30 samples) scheduled meanwhile.
+    // Timed from their intended send times they waited 0-300 ms, for the reply and for the
+    // sample to be seen at site B alike; timed from when they were sent they would not have.
     let j = load_json(&[
         "--server",
-        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{a}"),
+        "--e2e",
+        &format!("127.0.0.1:{b}"),
+        "--e2e-sample-every",
+        "10",
         "--rate",
         "1000",
         "--duration",
@@ -267,17 +301,22 @@ fn a_server_stall_is_charged_to_every_request_scheduled_during_it() {
         "--pipeline",
         "1",
         "--value-size",
-        "10",
+        "32",
     ]);
     assert_eq!(server.join().unwrap(), 1000);
     assert_eq!(j["ops"], 1000);
-    let l = &j["latency_us"];
-    let us = |q: &str| l[q].as_u64().unwrap();
-    assert!(us("max") >= 280_000, "the stall itself: {l}");
-    // About 300 of the 1000 waited 0-300 ms, evenly: the slowest 10% waited 200 ms or more.
-    assert!(
-        us("p90") >= 150_000,
-        "the requests scheduled during the stall: {l}"
-    );
-    assert!(us("p50") < 50_000, "most requests were not delayed: {l}");
+    assert_eq!(j["e2e"]["seen"], 100, "{}", j["e2e"]);
+    for (what, l) in [
+        ("request -> reply", &j["latency_us"]),
+        ("write -> seen at B", &j["e2e"]["latency_us"]),
+    ] {
+        let us = |q: &str| l[q].as_u64().unwrap();
+        assert!(us("max") >= 280_000, "{what}: the stall itself: {l}");
+        // About 30% waited 0-300 ms, evenly: the slowest 10% waited 200 ms or more.
+        assert!(
+            us("p90") >= 150_000,
+            "{what}: those scheduled during the stall: {l}"
+        );
+        assert!(us("p50") < 50_000, "{what}: most were not delayed: {l}");
+    }
 }

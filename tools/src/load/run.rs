@@ -18,7 +18,8 @@
 //!
 //! End to end: every `sample_every`-th write of a connection goes to a key of its own
 //! (`<prefix>e2e:<connection>:<n>`) with a value that starts `t=<µs since the Unix epoch>;`,
-//! taken just before the write is sent. Once site A acknowledged it, a poller GETs the key at
+//! the write's intended send time (as for request → reply, so that a write that waited for a
+//! pipeline slot is charged for the wait). Once site A acknowledged it, a poller GETs the key at
 //! site B until it appears; the latency is the time of that GET's reply minus the time in the
 //! value.
 
@@ -423,7 +424,10 @@ impl Sender {
                             format!("{}e2e:{}:{}", self.key_prefix, self.conn, self.writes)
                                 .as_bytes(),
                         );
-                        let written_unix_us = unix_us();
+                        // The time the write was due, as for request -> reply: a write that
+                        // waited for a pipeline slot behind a slow server is charged for it.
+                        let late = Instant::now().saturating_duration_since(intended);
+                        let written_unix_us = unix_us().saturating_sub(late.as_micros() as u64);
                         value.extend_from_slice(format!("t={written_unix_us:016};").as_bytes());
                         sample = Some(Sample {
                             key: key.clone(),
