@@ -231,7 +231,8 @@ pub enum Action {
     /// [`SenderQueue::handle_created`].
     CreateSegment { id: SegmentId, bytes: u32 },
     /// fdatasync these segments (and first the directory, when `directory` is set: segments
-    /// were put to use since the last sync), then call [`SenderQueue::handle_synced`].
+    /// were put to use since the last sync) on `lane`, then call
+    /// [`SenderQueue::handle_synced`].
     Sync {
         token: u64,
         segments: Vec<SegmentId>,

@@ -538,15 +538,12 @@ mod tests {
     /// of zeros and an fdatasync, and every writer waited with it.
     #[test]
     fn a_group_commit_does_not_wait_behind_a_segment_creation() {
+        // A parallel sender's shape under the default `every-batch`: journalled.
         let config = QueueConfig {
             queue_count: 20,
-            memory_bytes_max: 1 << 20,
             persistent: true,
-            disk_synchronous: true,
-            sync: SyncPolicy::EveryBatch,
-            conflation: false,
             segment_bytes: SEGMENT_BYTES_MIN,
-            spare_segments: 2,
+            ..QueueConfig::default()
         };
         assert!(config.commit_journal());
         let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
