@@ -4,6 +4,7 @@
 
 use crate::ids::SegmentId;
 use crate::queue::{Action, SenderQueue};
+use crate::segment;
 use crate::store::{Disk, SegmentBuf, StoreError, StoreOp};
 use std::collections::BTreeMap;
 use std::io;
@@ -202,7 +203,19 @@ impl Disk for MemDisk {
             ));
         }
         if let Some(bytes) = current {
-            st.durable.insert(id, bytes.to_vec());
+            // Like the file-backed disk: the header's page, and the pages from the one
+            // holding the first unacknowledged record on. Acknowledged pages in between keep
+            // whatever was durable before, which a power loss then leaves.
+            let from = segment::ack_offset_of(bytes) / MEM_PAGE_BYTES * MEM_PAGE_BYTES;
+            let mut durable = st
+                .durable
+                .remove(&id)
+                .filter(|d| d.len() == bytes.len())
+                .unwrap_or_else(|| vec![0; bytes.len()]);
+            let head = bytes.len().min(MEM_PAGE_BYTES);
+            durable[..head].copy_from_slice(&bytes[..head]);
+            durable[from..].copy_from_slice(&bytes[from..]);
+            st.durable.insert(id, durable);
             st.current.insert(id, bytes.to_vec());
         }
         Ok(())

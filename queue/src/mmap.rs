@@ -55,9 +55,28 @@ enum WriteBack {
     Wait,
 }
 
-/// Writes back dirty pages of `file` (in the disk's cache: durable only after a flush, which
-/// the caller makes).
-fn write_back(file: &File, how: WriteBack) -> io::Result<()> {
+/// Writes back the dirty pages of `file` that recovery would read: its header page, and every
+/// page from the one holding the first unacknowledged record on (the ack slot's offset, read
+/// from the page cache; [`segment::ack_offset_of`]). The pages between hold acknowledged
+/// records only: they stay dirty until the segment is deleted, which drops them unwritten,
+/// and so never cost a write-protection of the shard's mapping or a disk write. In the disk's
+/// cache: durable only after a flush, which the caller makes.
+fn write_back_unacknowledged(file: &File, how: WriteBack) -> io::Result<()> {
+    let mut header = [0u8; crate::segment::SEGMENT_HEADER_BYTES];
+    let from = match file.read_exact_at(&mut header, 0) {
+        Ok(()) => crate::segment::ack_offset_of(&header) / PAGE_BYTES * PAGE_BYTES,
+        Err(_) => 0,
+    };
+    if from <= PAGE_BYTES {
+        return write_back(file, 0, 0, how);
+    }
+    write_back(file, 0, PAGE_BYTES as u64, how)?;
+    write_back(file, from as u64, 0, how)
+}
+
+/// Writes back dirty pages of `file` in `offset..offset + bytes` (to its end when `bytes` is
+/// 0), in the disk's cache: durable only after a flush, which the caller makes.
+fn write_back(file: &File, offset: u64, bytes: u64, how: WriteBack) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let flags = match how {
         WriteBack::Start => libc::SYNC_FILE_RANGE_WRITE,
@@ -68,9 +87,9 @@ fn write_back(file: &File, how: WriteBack) -> io::Result<()> {
         }
     };
     // SAFETY: sync_file_range takes a file descriptor and integers and touches no memory of
-    // ours; the descriptor is open for the whole call because `file` is borrowed. Offset 0
-    // and length 0 mean the whole file.
-    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) };
+    // ours; the descriptor is open for the whole call because `file` is borrowed. Length 0
+    // means to the end of the file.
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), offset as i64, bytes as i64, flags) };
     if r == 0 {
         Ok(())
     } else {
@@ -105,7 +124,9 @@ impl SegmentBuf for Mapped {
 #[derive(Debug)]
 pub struct MmapDisk {
     dir: PathBuf,
-    _lock: File,
+    /// The lock file. Also what a group commit fdatasyncs to flush the disk's cache: it is
+    /// never written, so its fdatasync writes nothing back and only flushes.
+    lock: File,
     files: Mutex<HashMap<SegmentId, Arc<SegmentFile>>>,
     /// See [`MmapDisk::sync_at_create`].
     sync_at_create: bool,
@@ -138,7 +159,7 @@ impl MmapDisk {
         }
         Ok(MmapDisk {
             dir: dir.to_path_buf(),
-            _lock: lock,
+            lock,
             files: Mutex::new(HashMap::new()),
             sync_at_create: false,
         })
@@ -307,11 +328,13 @@ impl Disk for MmapDisk {
     /// ends with a flush of the disk's write cache, and a commit of a parallel sender touches a
     /// segment per bucket written: one by one, `strace -T` on `strait-bench site` under
     /// `every-batch` showed 0.4 ms per fdatasync and more fdatasyncs than writes. So: write
-    /// back every dirty page of every segment and wait for it (`sync_file_range`), then
-    /// fdatasync one segment, whose flush makes all of them durable. That is complete only for
-    /// files whose blocks and size are already durable, so that the commit changes no
-    /// metadata: every segment made by `create` is (it is fdatasynced there); a segment found
-    /// at recovery gets a full fdatasync at every commit (it may have come back with holes).
+    /// back the dirty pages recovery would read of every segment (its header and its
+    /// unacknowledged records, `write_back_unacknowledged`) and wait for them
+    /// (`sync_file_range`), then fdatasync the lock file, whose flush makes all of them
+    /// durable. That is complete only for files whose blocks and size are already durable, so
+    /// that the commit changes no metadata: every segment made by `create` with
+    /// `sync_at_create` is (it is fdatasynced there); any other segment gets a full fdatasync
+    /// at every commit (one found at recovery may have come back with holes).
     fn sync_each(&self, ids: &[SegmentId]) -> Result<(), StoreError> {
         let files: Vec<(SegmentId, Arc<SegmentFile>)> = {
             let map = self.files();
@@ -326,22 +349,25 @@ impl Disk for MmapDisk {
         // wait for each.
         for (id, f) in &files {
             if f.layout_durable {
-                write_back(&f.file, WriteBack::Start).map_err(|e| fail(*id, &e))?;
+                write_back_unacknowledged(&f.file, WriteBack::Start).map_err(|e| fail(*id, &e))?;
             }
         }
-        let mut last = None;
+        let mut flush = false;
         for (id, f) in &files {
             if f.layout_durable {
-                write_back(&f.file, WriteBack::Wait).map_err(|e| fail(*id, &e))?;
-                last = Some((*id, f));
+                write_back_unacknowledged(&f.file, WriteBack::Wait).map_err(|e| fail(*id, &e))?;
+                flush = true;
             } else {
                 f.file.sync_data().map_err(|e| fail(*id, &e))?;
             }
         }
-        match last {
-            Some((id, f)) => f.file.sync_data().map_err(|e| fail(id, &e)),
-            None => Ok(()),
+        if flush {
+            let lock = self.dir.join(LOCK_FILE);
+            self.lock
+                .sync_data()
+                .map_err(|e| StoreError::new(StoreOp::Sync, lock.display(), &e))?;
         }
+        Ok(())
     }
 
     fn prefetch(&self, id: SegmentId) -> Result<(), StoreError> {

@@ -560,6 +560,7 @@ impl Journal {
                 first_seq: Seq(live_from),
                 capacity: buf.bytes().len() as u32,
                 acked: None,
+                ack_offset: None,
             };
             segment::write_header(buf.bytes_mut(), &info);
             self.next_segment_seq += 1;
@@ -607,6 +608,8 @@ pub(crate) struct RecoveredQueue {
 pub(crate) struct RecoveredSegment {
     pub id: SegmentId,
     pub buf: Box<dyn SegmentBuf>,
+    /// Where recovery started reading records ([`segment::scan_start`]).
+    pub start: u32,
     pub end: u32,
     pub next_seq: Seq,
     pub live_records: u64,
@@ -747,7 +750,7 @@ impl SenderQueue {
                         id: s.id,
                         buf: s.buf,
                     },
-                    start: SEGMENT_HEADER_BYTES as u32,
+                    start: s.start,
                     end: s.end,
                     next_seq: s.next_seq,
                     sealed: s.sealed,
@@ -1022,6 +1025,8 @@ impl SenderQueue {
             first_seq: queue.next_seq,
             capacity: spare.buf.bytes().len() as u32,
             acked: Some(queue.acked),
+            // Every record of a new segment comes after the acknowledged position.
+            ack_offset: Some(SEGMENT_HEADER_BYTES as u32),
         };
         segment::write_header(spare.buf.bytes_mut(), &info);
         queue.segment_seq += 1;
@@ -1328,17 +1333,28 @@ impl SenderQueue {
                 }
             }
         }
-        if persistent
-            && let Some(Extent {
-                store: Store::Segment { id, buf },
-                ..
-            }) = queue.extents.front_mut()
-        {
-            segment::write_ack(buf.bytes_mut(), upto);
-            self.dirty.insert(*id);
-        }
         queue.ack = queue.normalize(queue.ack);
         queue.peek = queue.normalize(queue.peek);
+        if persistent {
+            let ack = queue.ack;
+            if let Some(Extent {
+                store: Store::Segment { id, buf },
+                serial,
+                end,
+                ..
+            }) = queue.extents.front_mut()
+            {
+                // The first unacknowledged record of the head segment, or its end when the
+                // cursor has moved past it: a sync writes back only from there.
+                let offset = if ack.extent == *serial {
+                    ack.offset
+                } else {
+                    *end
+                };
+                segment::write_ack(buf.bytes_mut(), upto, offset);
+                self.dirty.insert(*id);
+            }
+        }
         if !persistent {
             self.stop_overflowing_if_drained(q);
         }

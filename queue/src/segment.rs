@@ -2,8 +2,11 @@
 //!
 //! The header names the queue the segment belongs to, its place in that queue's chain and
 //! the sequence number of its first record; a small slot at the end of the header holds the
-//! queue's acknowledged position, rewritten in place. [`scan`] walks the records of one
-//! segment and tells a clean end from a torn tail and from corruption in the middle.
+//! queue's acknowledged position and (from format version 2) the offset of the first record
+//! after it, rewritten in place. Bytes before that offset are never read again, so a sync
+//! need not write them back ([`ack_offset_of`]). [`scan`] walks the records of one segment
+//! from [`scan_start`] and tells a clean end from a torn tail and from corruption in the
+//! middle.
 
 use crate::ids::{QueueId, Seq};
 use crate::record::{self, DecodeError};
@@ -12,8 +15,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Bytes of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
-/// The segment format version this build writes.
-pub const SEGMENT_VERSION: u16 = 1;
+/// The segment format version this build writes. Version 2 added the ack slot's offset
+/// (`ack_offset`); version 1 segments are read as before, from their first record.
+pub const SEGMENT_VERSION: u16 = 2;
 /// The oldest segment format version this build reads.
 pub const SEGMENT_VERSION_MIN: u16 = 1;
 /// Identifies a Strait segment file.
@@ -40,9 +44,13 @@ pub struct SegmentHeader {
     pub header_crc: U32,
     /// The queue's acknowledged position when this slot was last written.
     pub ack_seq: U64,
-    /// CRC-32 of bytes 36..48 (the header CRC and the ack), tying the slot to this header.
+    /// CRC-32 of bytes 36..48 (the header CRC and the ack) and, from version 2, of bytes
+    /// 52..56 (`ack_offset`), tying the slot to this header.
     pub ack_crc: U32,
-    pub reserved: [u8; 12],
+    /// Version 2: the offset of the first record after `ack_seq` in this segment (the
+    /// segment's end of records when every record in it is acknowledged). Zero in version 1.
+    pub ack_offset: U32,
+    pub reserved: [u8; 8],
 }
 
 const _: () = assert!(size_of::<SegmentHeader>() == SEGMENT_HEADER_BYTES);
@@ -57,6 +65,9 @@ pub struct SegmentInfo {
     pub capacity: u32,
     /// `None` when the ack slot was never written or does not check out.
     pub acked: Option<Seq>,
+    /// Where the first record after `acked` lies; `None` with `acked`, in a version 1
+    /// segment, or when the offset lies outside the segment.
+    pub ack_offset: Option<u32>,
 }
 
 /// Why a segment header is not usable.
@@ -96,20 +107,59 @@ pub fn write_header(buf: &mut [u8], info: &SegmentInfo) {
         header_crc: U32::new(0),
         ack_seq: U64::new(0),
         ack_crc: U32::new(0),
-        reserved: [0; 12],
+        ack_offset: U32::new(0),
+        reserved: [0; 8],
     };
     h.header_crc = U32::new(crc32fast::hash(&h.as_bytes()[..36]));
     buf[..SEGMENT_HEADER_BYTES].copy_from_slice(h.as_bytes());
     if let Some(acked) = info.acked {
-        write_ack(buf, acked);
+        let offset = info.ack_offset.unwrap_or(SEGMENT_HEADER_BYTES as u32);
+        write_ack(buf, acked, offset);
     }
 }
 
-/// Rewrites the ack slot of the header at the start of `buf`.
-pub fn write_ack(buf: &mut [u8], acked: Seq) {
+/// The ack slot's CRC: bytes 36..48 and 52..56 of a version 2 header.
+fn ack_crc(buf: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[36..48]);
+    h.update(&buf[52..56]);
+    h.finalize()
+}
+
+/// Rewrites the ack slot of the header at the start of `buf`: every record before `offset`
+/// is acknowledged (`acked` is the last of them), and the record at `offset`, if any, is
+/// `acked + 1`. The CRC is written last; a slot torn by a crash fails it and reads as none.
+pub fn write_ack(buf: &mut [u8], acked: Seq, offset: u32) {
     buf[40..48].copy_from_slice(&acked.0.to_le_bytes());
-    let crc = crc32fast::hash(&buf[36..48]);
+    buf[52..56].copy_from_slice(&offset.to_le_bytes());
+    let crc = ack_crc(buf);
     buf[48..52].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The offset from which a sync of the segment starting with `header` must write its bytes
+/// back (besides the header itself): the ack slot's offset when it checks out, else the
+/// header's end. Bytes between the two hold only acknowledged records, which recovery never
+/// reads ([`scan_start`]), so they may stay unwritten. Reading a slot that a shard is
+/// rewriting at the same moment may fail its CRC, which only means writing more back.
+pub fn ack_offset_of(header: &[u8]) -> usize {
+    match read_header(header) {
+        Ok(info) => info.ack_offset.map_or(SEGMENT_HEADER_BYTES, |o| o as usize),
+        Err(_) => SEGMENT_HEADER_BYTES,
+    }
+}
+
+/// Where recovery starts walking a segment of `len` bytes, and the sequence number expected
+/// there: at the ack slot's offset (the records before it are acknowledged, and a sync may
+/// never have written them back), or at the first record.
+pub fn scan_start(info: &SegmentInfo, len: usize) -> (usize, Seq) {
+    match (info.acked, info.ack_offset) {
+        (Some(acked), Some(offset))
+            if offset as usize > SEGMENT_HEADER_BYTES && offset as usize <= len =>
+        {
+            (offset as usize, acked.next())
+        }
+        _ => (SEGMENT_HEADER_BYTES, info.first_seq),
+    }
 }
 
 /// Reads and checks the header at the start of `buf`.
@@ -151,14 +201,24 @@ pub fn read_header(buf: &[u8]) -> Result<SegmentInfo, HeaderError> {
             "first sequence number has no successor",
         ));
     }
-    let ack_ok = crc32fast::hash(&h.as_bytes()[36..48]) == h.ack_crc.get();
+    let v2 = h.version.get() >= 2;
+    let ack_ok = if v2 {
+        ack_crc(h.as_bytes()) == h.ack_crc.get()
+    } else {
+        crc32fast::hash(&h.as_bytes()[36..48]) == h.ack_crc.get()
+    };
+    let acked = ack_ok.then(|| Seq(h.ack_seq.get()));
+    let ack_offset = (ack_ok && v2)
+        .then(|| h.ack_offset.get())
+        .filter(|&o| o as usize >= SEGMENT_HEADER_BYTES && o <= h.capacity.get());
     Ok(SegmentInfo {
         queue: QueueId(h.queue.get()),
         persistent: h.flags.get() & SEGMENT_FLAG_PERSISTENT != 0,
         segment_seq: h.segment_seq.get(),
         first_seq: Seq(h.first_seq.get()),
         capacity: h.capacity.get(),
-        acked: ack_ok.then(|| Seq(h.ack_seq.get())),
+        acked,
+        ack_offset,
     })
 }
 

@@ -10,7 +10,7 @@ use crate::queue::{
     Action, AppendError, QueueConfig, RecoveredQueue, RecoveredSegment, SenderQueue,
 };
 use crate::record;
-use crate::segment::{self, BadRecord, HeaderError, SEGMENT_HEADER_BYTES, Tail};
+use crate::segment::{self, BadRecord, HeaderError, Tail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
@@ -100,7 +100,10 @@ pub trait Disk: Send + Sync {
     /// Opens an existing segment for reading and writing.
     fn open(&self, id: SegmentId) -> Result<Box<dyn SegmentBuf>, StoreError>;
     /// Makes a segment durable. `current` is the segment's bytes as the queue holds them, for
-    /// disks that keep no file behind the buffer; file-backed disks ignore it.
+    /// disks that keep no file behind the buffer; file-backed disks ignore it. Durable means
+    /// as recovery reads it: the header, and every byte from the ack slot's offset on
+    /// ([`segment::ack_offset_of`]); acknowledged records before that offset need not be
+    /// written back.
     fn sync(&self, id: SegmentId, current: Option<&[u8]>) -> Result<(), StoreError>;
     /// Makes every segment of `ids` durable (one group commit), and reports the first
     /// failure. Disks whose syncs can overlap run them at once.
@@ -629,8 +632,11 @@ fn recover_queue(
             }
             Some(_) => {}
         }
-        let scan = segment::scan(buf.bytes(), SEGMENT_HEADER_BYTES, info.first_seq);
-        let mut seg_next = scan.last_seq.map_or(info.first_seq, Seq::next);
+        // From the ack slot's offset: the records before it are acknowledged, and a sync may
+        // never have written them back.
+        let (start, start_seq) = segment::scan_start(&info, buf.bytes().len());
+        let scan = segment::scan(buf.bytes(), start, start_seq);
+        let mut seg_next = scan.last_seq.map_or(start_seq, Seq::next);
         let mut sealed = false;
         let mut cut = false;
         match scan.tail {
@@ -699,8 +705,9 @@ fn recover_queue(
         out.push(RecoveredSegment {
             id,
             buf,
+            start: start as u32,
             end: scan.end as u32,
-            next_seq: scan.last_seq.map_or(info.first_seq, Seq::next),
+            next_seq: scan.last_seq.map_or(start_seq, Seq::next),
             live_records: scan.live_records,
             live_bytes: scan.live_bytes,
             sealed,

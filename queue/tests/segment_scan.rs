@@ -20,6 +20,7 @@ fn segment_with(values: &[&[u8]]) -> (Vec<u8>, Vec<usize>) {
         first_seq: Seq(1),
         capacity: 4096,
         acked: None,
+        ack_offset: None,
     };
     segment::write_header(&mut buf, &info);
     let mut at = SEGMENT_HEADER_BYTES;

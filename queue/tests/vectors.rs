@@ -1,8 +1,10 @@
 //! Format test vectors: committed bytes that every future build must keep decoding.
 //!
 //! `testdata/records-v1.bin` holds the records of [`RECORDS`] back to back,
-//! `testdata/records-v1.txt` their expected decode, and `testdata/segment-v1.seg` a small
-//! segment of [`SEGMENT_RECORDS`]. `docs/formats.md` describes both formats byte by byte.
+//! `testdata/records-v1.txt` their expected decode, and `testdata/segment-v1.seg` and
+//! `testdata/segment-v2.seg` a small segment of [`SEGMENT_RECORDS`] in segment format
+//! versions 1 and 2 (version 2 adds the ack slot's offset). `docs/formats.md` describes the
+//! formats byte by byte.
 //!
 //! The tests below read the committed files and compare every field with the event
 //! definitions in this file, not with a fresh encoding, so a change to the encoder or the
@@ -15,7 +17,8 @@
 //!
 //! Regenerate only when adding vectors. When a format v2 comes, the v1 files and these tests
 //! stay as they are (except `encoder_writes_the_committed_bytes`, which pins what this build
-//! writes) and v2 gets files of its own.
+//! writes) and v2 gets files of its own: `segment-v1.seg` is frozen since segment format 2,
+//! and only read here.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -268,6 +271,15 @@ const SEGMENT_INFO: SegmentInfo = SegmentInfo {
     first_seq: Seq(1),
     capacity: SEGMENT_FILE_BYTES as u32,
     acked: Some(Seq(2)),
+    ack_offset: None,
+};
+/// Where seq 3, the first record after the acknowledged 2, lies in the segment files: after
+/// the header and two records of 53 bytes.
+const SEGMENT_ACK_OFFSET: u32 = 64 + 2 * 53;
+/// What `testdata/segment-v2.seg`'s header says.
+const SEGMENT_INFO_V2: SegmentInfo = SegmentInfo {
+    ack_offset: Some(SEGMENT_ACK_OFFSET),
+    ..SEGMENT_INFO
 };
 const SEGMENT_FILE_BYTES: usize = 4096;
 
@@ -311,6 +323,24 @@ const SEGMENT_HEADER: [u8; SEGMENT_HEADER_BYTES] = [
     0x3d, 0x75, 0x76, 0x27,                         // 48 ack_crc 0x2776753d
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 52 reserved
     0x00, 0x00, 0x00, 0x00,
+];
+
+/// The header of `segment-v2.seg`, as printed in docs/formats.md.
+#[rustfmt::skip]
+const SEGMENT_HEADER_V2: [u8; SEGMENT_HEADER_BYTES] = [
+    b'S', b'T', b'R', b'A', b'I', b'T', b'S', b'G', //  0 magic
+    0x02, 0x00,                                     //  8 version 2
+    0x40, 0x00,                                     // 10 header_bytes 64
+    0x05, 0x00,                                     // 12 queue 5
+    0x01, 0x00,                                     // 14 flags: persistent
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 16 segment_seq 1
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 24 first_seq 1
+    0x00, 0x10, 0x00, 0x00,                         // 32 capacity 4096
+    0xf6, 0xf3, 0x09, 0x2d,                         // 36 header_crc 0x2d09f3f6
+    0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 40 ack_seq 2
+    0x07, 0x8f, 0xfe, 0xf1,                         // 48 ack_crc 0xf1fe8f07
+    0xaa, 0x00, 0x00, 0x00,                         // 52 ack_offset 170
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 56 reserved
 ];
 
 fn testdata(name: &str) -> PathBuf {
@@ -401,17 +431,18 @@ fn records_bin() -> Vec<u8> {
     out
 }
 
+/// `segment-v2.seg` as this build writes it.
 fn segment_file() -> Vec<u8> {
     let mut out = vec![0; SEGMENT_FILE_BYTES];
     segment::write_header(
         &mut out,
         &SegmentInfo {
             acked: None,
-            ..SEGMENT_INFO
+            ..SEGMENT_INFO_V2
         },
     );
     encode_all(&mut out, SEGMENT_HEADER_BYTES, SEGMENT_RECORDS);
-    segment::write_ack(&mut out, Seq(2));
+    segment::write_ack(&mut out, Seq(2), SEGMENT_ACK_OFFSET);
     out
 }
 
@@ -497,16 +528,17 @@ fn listing(bin: &[u8]) -> String {
 #[test]
 #[ignore = "writes testdata/; run with --ignored to regenerate the vectors"]
 fn regenerate_vectors() {
-    // The v1 files are frozen once a build writes another version: v2 gets files of its own.
+    // A format's files are frozen once a build writes another version: the next version
+    // gets files of its own (`segment-v1.seg` is no longer written).
     assert_eq!(
         (record::FORMAT_VERSION, segment::SEGMENT_VERSION),
-        (1, 1),
-        "this build no longer writes v1: leave the v1 vectors as they are"
+        (1, 2),
+        "this build writes other versions: leave these vectors as they are"
     );
     let bin = records_bin();
     std::fs::write(testdata("records-v1.bin"), &bin).unwrap();
     std::fs::write(testdata("records-v1.txt"), listing(&bin)).unwrap();
-    std::fs::write(testdata("segment-v1.seg"), segment_file()).unwrap();
+    std::fs::write(testdata("segment-v2.seg"), segment_file()).unwrap();
 }
 
 #[test]
@@ -552,7 +584,7 @@ fn encoder_writes_the_committed_bytes() {
     // Pins what this build writes. When the format moves to v2 this test moves to the v2
     // vectors; the decode tests of the v1 files stay.
     assert_eq!(records_bin(), read("records-v1.bin"));
-    assert_eq!(segment_file(), read("segment-v1.seg"));
+    assert_eq!(segment_file(), read("segment-v2.seg"));
 }
 
 #[test]
@@ -606,16 +638,17 @@ fn newer_record_version_is_refused() {
     }
 }
 
-#[test]
-fn committed_segment_reads_back() {
-    let seg = read("segment-v1.seg");
+/// Reads a committed segment file: its header, its five records, and the scan from where
+/// recovery starts.
+fn committed_segment_reads_back(name: &str, header: &[u8], info: SegmentInfo) {
+    let seg = read(name);
     assert_eq!(seg.len(), SEGMENT_FILE_BYTES);
-    assert_eq!(seg[..SEGMENT_HEADER_BYTES], SEGMENT_HEADER);
-    assert_eq!(segment::read_header(&seg), Ok(SEGMENT_INFO));
+    assert_eq!(seg[..SEGMENT_HEADER_BYTES], *header, "{name}");
+    assert_eq!(segment::read_header(&seg), Ok(info), "{name}");
 
     let mut at = SEGMENT_HEADER_BYTES;
     for v in SEGMENT_RECORDS {
-        let what = format!("segment-v1.seg record seq {} at {at}", v.seq);
+        let what = format!("{name} record seq {} at {at}", v.seq);
         let rec = record::decode(&seg[at..]).unwrap_or_else(|e| panic!("{what}: {e}"));
         v.assert_decodes_to(&rec, &what);
         at += v.len();
@@ -623,8 +656,12 @@ fn committed_segment_reads_back() {
     // 5 records of 50 + 1 recipient + 1 key byte + 0 or 1 value byte.
     assert_eq!(at, 64 + 4 * 53 + 52);
     assert!(seg[at..].iter().all(|&b| b == 0), "zero-filled remainder");
+    assert_eq!(
+        SEGMENT_ACK_OFFSET as usize,
+        64 + SEGMENT_RECORDS[0].len() + SEGMENT_RECORDS[1].len()
+    );
 
-    let scan = segment::scan(&seg, SEGMENT_HEADER_BYTES, SEGMENT_INFO.first_seq);
+    let scan = segment::scan(&seg, SEGMENT_HEADER_BYTES, info.first_seq);
     assert_eq!(
         scan,
         Scan {
@@ -635,14 +672,42 @@ fn committed_segment_reads_back() {
             last_seq: Some(Seq(5)),
             end: at,
             tail: Tail::Clean,
-        }
+        },
+        "{name}"
     );
+    // Recovery starts a version 2 segment at the ack slot's offset, a version 1 one at its
+    // first record.
+    let (start, first) = segment::scan_start(&info, seg.len());
+    match info.ack_offset {
+        Some(offset) => assert_eq!((start, first), (offset as usize, Seq(3)), "{name}"),
+        None => assert_eq!((start, first), (SEGMENT_HEADER_BYTES, Seq(1)), "{name}"),
+    }
+}
+
+#[test]
+fn committed_v1_segment_reads_back() {
+    committed_segment_reads_back("segment-v1.seg", &SEGMENT_HEADER, SEGMENT_INFO);
+}
+
+#[test]
+fn committed_v2_segment_reads_back() {
+    committed_segment_reads_back("segment-v2.seg", &SEGMENT_HEADER_V2, SEGMENT_INFO_V2);
 }
 
 #[test]
 fn segment_header_flips_are_caught() {
-    let seg = read("segment-v1.seg");
-    for i in 0..52 {
+    // In version 1, bytes 52..64 are reserved; in version 2, 52..56 are the ack slot's offset.
+    for (name, info, slot_end) in [
+        ("segment-v1.seg", SEGMENT_INFO, 52),
+        ("segment-v2.seg", SEGMENT_INFO_V2, 56),
+    ] {
+        header_flips_are_caught(name, info, slot_end);
+    }
+}
+
+fn header_flips_are_caught(name: &str, info: SegmentInfo, slot_end: usize) {
+    let seg = read(name);
+    for i in 0..slot_end {
         let mut damaged = seg.clone();
         damaged[i] ^= 0xff;
         let got = segment::read_header(&damaged);
@@ -653,42 +718,43 @@ fn segment_header_flips_are_caught() {
             ),
             8..10 => assert!(
                 matches!(got, Err(HeaderError::NewerVersion(_))),
-                "byte {i}: {got:?}"
+                "{name} byte {i}: {got:?}"
             ),
             // Covered by the header CRC, or the CRC itself.
-            10..40 => assert_eq!(got, Err(HeaderError::Crc), "byte {i}"),
+            10..40 => assert_eq!(got, Err(HeaderError::Crc), "{name} byte {i}"),
             // The ack slot no longer checks out: the header stands, the ack is unknown.
             _ => assert_eq!(
                 got,
                 Ok(SegmentInfo {
                     acked: None,
-                    ..SEGMENT_INFO
+                    ack_offset: None,
+                    ..info
                 }),
-                "byte {i}"
+                "{name} byte {i}"
             ),
         }
     }
 }
 
-/// The committed segment with format version `version` and a header CRC that checks out.
+/// The committed version 2 segment with format version `version` and CRCs that check out.
 fn segment_with_version(version: u16) -> Vec<u8> {
-    let mut seg = read("segment-v1.seg");
+    let mut seg = read("segment-v2.seg");
     seg[8..10].copy_from_slice(&version.to_le_bytes());
     let crc = crc32fast::hash(&seg[..36]);
     seg[36..40].copy_from_slice(&crc.to_le_bytes());
-    segment::write_ack(&mut seg, Seq(2));
+    segment::write_ack(&mut seg, Seq(2), SEGMENT_ACK_OFFSET);
     seg
 }
 
 #[test]
 fn newer_segment_version_is_refused() {
     assert_eq!(
-        segment::read_header(&segment_with_version(2)),
-        Err(HeaderError::NewerVersion(2))
+        segment::read_header(&segment_with_version(3)),
+        Err(HeaderError::NewerVersion(3))
     );
     assert_eq!(
-        segment::read_header(&segment_with_version(1)),
-        Ok(SEGMENT_INFO)
+        segment::read_header(&segment_with_version(2)),
+        Ok(SEGMENT_INFO_V2)
     );
 }
 
@@ -702,35 +768,66 @@ fn recovery_config() -> QueueConfig {
     }
 }
 
-#[test]
-fn committed_segment_recovers() {
+/// Recovers a data directory whose only segment file holds `bytes`, a copy of the committed
+/// segment (queue 5, acknowledged up to 2).
+fn recovers_to_4_and_5(bytes: Vec<u8>, what: &str) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("0000000000000001.seg"),
-        read("segment-v1.seg"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("0000000000000001.seg"), bytes).unwrap();
     let disk = MmapDisk::open(dir.path()).unwrap();
     let (mut q, report) = recover(recovery_config(), &disk).unwrap();
-    assert!(report.is_clean(), "{report:?}");
-    assert_eq!((report.segments, report.queues), (1, 1));
+    assert!(report.is_clean(), "{what}: {report:?}");
+    assert_eq!((report.segments, report.queues), (1, 1), "{what}");
     // Acknowledged up to 2; seq 3 is superseded: 4 and 5 remain.
-    assert_eq!(report.events, 2);
+    assert_eq!(report.events, 2, "{what}");
     let batch = q.peek(QueueId(5), 100, 1 << 20).unwrap().unwrap();
-    assert_eq!((batch.first_seq, batch.last_seq), (Seq(4), Seq(5)));
-    assert_eq!((batch.events, batch.bytes), (2, 53 + 52));
+    assert_eq!(
+        (batch.first_seq, batch.last_seq),
+        (Seq(4), Seq(5)),
+        "{what}"
+    );
+    assert_eq!((batch.events, batch.bytes), (2, 53 + 52), "{what}");
+}
+
+#[test]
+fn committed_segment_recovers() {
+    recovers_to_4_and_5(read("segment-v1.seg"), "segment-v1.seg");
+    recovers_to_4_and_5(read("segment-v2.seg"), "segment-v2.seg");
+}
+
+/// A sync writes back a segment's header and its bytes from the ack slot's offset on, so
+/// after a power loss the acknowledged records before that offset may be anything: stale
+/// zeros, or a page torn mid-write. Recovery never reads them.
+#[test]
+fn acknowledged_bytes_a_sync_left_unwritten_are_not_read() {
+    for fill in [0x00, 0xa5] {
+        let mut seg = read("segment-v2.seg");
+        seg[SEGMENT_HEADER_BYTES..SEGMENT_ACK_OFFSET as usize].fill(fill);
+        recovers_to_4_and_5(
+            seg,
+            &format!("acknowledged records overwritten with {fill:#x}"),
+        );
+    }
+    // A version 1 segment has no offset: recovery reads it from its first record, and the
+    // same damage is found (and kept aside).
+    let mut seg = read("segment-v1.seg");
+    seg[SEGMENT_HEADER_BYTES..SEGMENT_ACK_OFFSET as usize].fill(0xa5);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("0000000000000001.seg"), seg).unwrap();
+    let disk = MmapDisk::open(dir.path()).unwrap();
+    let (_, report) = recover(recovery_config(), &disk).unwrap();
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
 }
 
 #[test]
 fn newer_segment_version_refuses_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0000000000000001.seg");
-    let newer = segment_with_version(2);
+    let newer = segment_with_version(3);
     std::fs::write(&path, &newer).unwrap();
     let disk = MmapDisk::open(dir.path()).unwrap();
     match recover(recovery_config(), &disk) {
         Err(RecoveryError::NewerFormat { path: p, version }) => {
-            assert_eq!(version, 2);
+            assert_eq!(version, 3);
             assert_eq!(p, path.display().to_string());
         }
         other => panic!("expected NewerFormat, got {:?}", other.map(|(_, r)| r)),

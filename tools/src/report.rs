@@ -17,6 +17,9 @@ pub struct HeaderReport {
     pub capacity: u32,
     /// The acknowledged position in the ack slot; `None` when never written or damaged.
     pub ack: Option<u64>,
+    /// Where the first record after `ack` lies (format version 2), and where the scan
+    /// starts: the records before it are acknowledged and need not have been written back.
+    pub ack_offset: Option<u32>,
 }
 
 impl HeaderReport {
@@ -30,6 +33,7 @@ impl HeaderReport {
             first_seq: info.first_seq.get(),
             capacity: info.capacity,
             ack: info.acked.map(|s| s.get()),
+            ack_offset: info.ack_offset,
         }
     }
 }
@@ -38,7 +42,7 @@ impl fmt::Display for HeaderReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "version={} queue={} persistent={} segment_seq={} first_seq={} capacity={} ack={}",
+            "version={} queue={} persistent={} segment_seq={} first_seq={} capacity={} ack={} ack_offset={}",
             self.version,
             self.queue,
             self.persistent,
@@ -46,6 +50,8 @@ impl fmt::Display for HeaderReport {
             self.first_seq,
             self.capacity,
             self.ack.map_or("none".to_string(), |a| a.to_string()),
+            self.ack_offset
+                .map_or("none".to_string(), |a| a.to_string()),
         )
     }
 }
@@ -184,7 +190,8 @@ pub fn check(data: &[u8]) -> Result<(HeaderReport, ScanReport), HeaderError> {
     let scan = if info.queue == journal::JOURNAL_QUEUE {
         journal_scan(data)
     } else {
-        ScanReport::from(&segment::scan(data, SEGMENT_HEADER_BYTES, info.first_seq))
+        let (start, first) = segment::scan_start(&info, data.len());
+        ScanReport::from(&segment::scan(data, start, first))
     };
     Ok((HeaderReport::new(data, &info), scan))
 }

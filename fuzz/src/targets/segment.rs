@@ -37,21 +37,22 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
         first_seq: Seq(first_seq),
         capacity: 4096,
         acked: None,
+        ack_offset: None,
     };
     segment::write_header(&mut data, &info);
     let records = rng.small_len(12) as u64;
-    if rng.one_in(2) && records > 0 {
-        segment::write_ack(
-            &mut data,
-            Seq(first_seq + rng.below(records as usize) as u64),
-        );
-    }
+    let acked = (rng.one_in(2) && records > 0).then(|| rng.below(records as usize) as u64);
     for i in 0..records {
         let mut r = random_record(rng, first_seq + i);
         if rng.one_in(6) {
             record::mark_superseded(&mut r);
         }
         data.extend(r);
+        // The ack slot names the record after the acknowledged one (its offset).
+        if acked == Some(i) {
+            let offset = data.len() as u32;
+            segment::write_ack(&mut data, Seq(first_seq + i), offset);
+        }
     }
     data.extend(std::iter::repeat_n(0, rng.small_len(600)));
     data
@@ -66,16 +67,25 @@ fn fixup(rng: &mut Rng, data: &mut Vec<u8>) {
     let crc = crc32fast::hash(&data[..36]);
     data[36..40].copy_from_slice(&crc.to_le_bytes());
     if rng.one_in(2) {
-        let crc = crc32fast::hash(&data[36..48]);
-        data[48..52].copy_from_slice(&crc.to_le_bytes());
+        // The ack slot's CRC as its version has it: version 2 covers the offset too.
+        let mut h = crc32fast::Hasher::new();
+        h.update(&data[36..48]);
+        if u16::from_le_bytes([data[8], data[9]]) >= 2 {
+            h.update(&data[52..56]);
+        }
+        data[48..52].copy_from_slice(&h.finalize().to_le_bytes());
     }
     reseal_records(data, SEGMENT_HEADER_BYTES);
 }
 
 fn run(data: &[u8]) -> Verdict {
     let header = segment::read_header(data);
-    let first = header.as_ref().map_or(Seq(1), |i| i.first_seq);
-    let start = SEGMENT_HEADER_BYTES.min(data.len());
+    // Where recovery starts: the ack slot's offset, or the first record.
+    let (start, first) = header
+        .as_ref()
+        .map_or((SEGMENT_HEADER_BYTES.min(data.len()), Seq(1)), |i| {
+            segment::scan_start(i, data.len())
+        });
     let scan = segment::scan(data, start, first);
     if scan.end > data.len() || scan.end < start {
         return Err(format!(
