@@ -102,7 +102,8 @@ pub const LOCK_FILE: &str = "LOCK";
 /// Sub-directory that receives damaged bytes found at recovery.
 pub const QUARANTINE_DIR: &str = "quarantine";
 const PAGE_BYTES: usize = 4096;
-/// Zeros written into a new segment file, a chunk at a time.
+/// Zeros written into a new segment file, a chunk at a time, or a page at a time for a
+/// segment made durable at creation (see `MmapDisk::create`).
 static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
 /// Most quarantine files kept under one name (`name`, `name.1`, …).
 pub const QUARANTINE_SUFFIXES_MAX: u32 = 10_000;
@@ -222,9 +223,25 @@ impl Disk for MmapDisk {
         // through the mapping, which would be SIGBUS) and leaves every page in the page cache,
         // so the prefault below reads nothing. `strait-bench queue` measured this at more
         // than twice the speed of posix_fallocate with MAP_POPULATE.
+        //
+        // With sync_at_create, a page at a time: the page cache sizes a folio by the write
+        // that creates it (up to 2 MiB on ext4 since Linux 6.16, and on XFS), and a write
+        // through a mapping dirties a whole folio, so a record of 1 KiB in a segment zeroed
+        // in 256 KiB writes made each group commit write back 256 KiB (`write_back` below).
+        // Measured on this machine's ext4 with a 1 000-byte write and a sync_file_range per
+        // step, 2 000 steps: 9.7 MiB to the disk with 4 KiB folios, 33 MiB with 16 KiB, 502
+        // MiB with 256 KiB and 3.9 GiB with the 2 MiB folios of one 8 MiB write
+        // (docs/benchmarks.md, "Seventh round"). Without it, the prefault below dirties every
+        // page anyway and a sync a second writes the segment whole: large folios cost fewer
+        // write-protections there.
+        let chunk = if self.sync_at_create {
+            PAGE_BYTES
+        } else {
+            ZEROS.len()
+        };
         let mut written = 0u64;
         while written < bytes as u64 {
-            let n = (bytes as u64 - written).min(ZEROS.len() as u64) as usize;
+            let n = (bytes as u64 - written).min(chunk as u64) as usize;
             if let Err(e) = file.write_all_at(&ZEROS[..n], written) {
                 drop(file);
                 let _ = fs::remove_file(&path);
