@@ -179,6 +179,12 @@ struct CaseResult {
     /// (under `every-batch`, the group commit that makes its write durable).
     reply_p50_us: u64,
     reply_p99_us: u64,
+    /// Bytes written to the block device holding the sites' directories over the max-rate
+    /// step (`/proc/diskstats`; anything else writing to that device counts too), and that
+    /// over the value bytes replicated: the write amplification of persistence. `None` when
+    /// the directory is on no block device listed there (tmpfs, overlay).
+    disk_written_mb: Option<f64>,
+    disk_per_value_byte: Option<f64>,
     /// CPU time each part used over the max-rate step and over the half-rate step.
     cpu_max_rate: StepCpu,
     cpu_half_rate: StepCpu,
@@ -221,6 +227,36 @@ fn process_cpu_s(pid: u32) -> anyhow::Result<f64> {
             .with_context(|| format!("/proc/{pid}/stat: field {} is not a number", i + 3))
     };
     Ok((ticks(11)? + ticks(12)?) as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// Bytes written so far to the block device that holds `path`: its sectors written in
+/// `/proc/diskstats`, times 512. `None` when the device is not listed there.
+fn device_written_bytes(path: &Path) -> anyhow::Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .dev();
+    let stats = std::fs::read_to_string("/proc/diskstats").context("reading /proc/diskstats")?;
+    Ok(
+        sectors_written(&stats, rustix::fs::major(dev), rustix::fs::minor(dev))
+            .map(|s| s * DISKSTATS_SECTOR_BYTES),
+    )
+}
+
+/// Bytes in a `/proc/diskstats` sector, whatever the device's own sector size.
+const DISKSTATS_SECTOR_BYTES: u64 = 512;
+
+/// The sectors written (the 10th field) of device `major:minor` in a `/proc/diskstats` text.
+fn sectors_written(diskstats: &str, major: u32, minor: u32) -> Option<u64> {
+    diskstats.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let is = |i: usize, v: u32| f.get(i).and_then(|x| x.parse::<u32>().ok()) == Some(v);
+        if is(0, major) && is(1, minor) {
+            f.get(9).and_then(|x| x.parse().ok())
+        } else {
+            None
+        }
+    })
 }
 
 /// The two servers' CPU time so far.
@@ -532,6 +568,7 @@ fn run_case(
     let mut a = common(sites.client1);
     a.extend(["--requests".to_string(), events.to_string()]);
     let cpu_before = sites_cpu_s(&sites)?;
+    let disk_before = device_written_bytes(dir)?;
     let start = Instant::now();
     let writer = {
         let bins = bins.to_path_buf();
@@ -579,6 +616,10 @@ fn run_case(
         f(&written, &["cpu_s"]),
         seconds,
     );
+    let disk_written = match (disk_before, device_written_bytes(dir)?) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     let events_per_s = events as f64 / seconds;
     let mb_per_s = events_per_s * case.size as f64 / MB;
     // Step 2: half that rate, with the end-to-end latency sampled at site 2.
@@ -647,6 +688,8 @@ fn run_case(
         e2e_max_us: f(e, &["max"]) as u64,
         reply_p50_us: f(reply, &["p50"]) as u64,
         reply_p99_us: f(reply, &["p99"]) as u64,
+        disk_written_mb: disk_written.map(|b| b as f64 / MB),
+        disk_per_value_byte: disk_written.map(|b| b as f64 / (events * case.size as u64) as f64),
         cpu_max_rate,
         cpu_half_rate,
         applied_timeline,
@@ -986,7 +1029,7 @@ fn table(results: &[CaseResult], loopback: f64, several: bool) {
         }
     };
     eprintln!(
-        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>5} {:>6}",
+        "{:<34} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>5} {:>6} {:>6}",
         "case",
         "events",
         "events/s",
@@ -999,11 +1042,12 @@ fn table(results: &[CaseResult], loopback: f64, several: bool) {
         "e2e max",
         "reply p99",
         "busy",
-        "xredis"
+        "xredis",
+        "xdisk"
     );
     for r in results {
         eprintln!(
-            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us {:>7}us {:>4.0}% {:>6}",
+            "{:<34} {:>8} {:>11.0} {:>8.1} {:>8.3} {:>7} {:>10.0} {:>7}us {:>7}us {:>7}us {:>7}us {:>4.0}% {:>6} {:>6}",
             label(r),
             r.events,
             r.events_per_s,
@@ -1016,7 +1060,9 @@ fn table(results: &[CaseResult], loopback: f64, several: bool) {
             r.e2e_max_us,
             r.reply_p99_us,
             r.cpu_half_rate.busy * 100.0,
-            r.ratio_to_redis.map_or("-".into(), |x| format!("{x:.2}"))
+            r.ratio_to_redis.map_or("-".into(), |x| format!("{x:.2}")),
+            r.disk_per_value_byte
+                .map_or("-".into(), |x| format!("{x:.1}"))
         );
     }
     eprintln!();
@@ -1075,6 +1121,8 @@ struct RunFigures<'a> {
     reply_p99_us: u64,
     /// Site 1's CPU time over the max-rate step.
     site1_s: f64,
+    /// Bytes written to the disk per value byte over the max-rate step, when known.
+    disk_per_value_byte: Option<f64>,
 }
 
 /// One line per case and build, in the order they ran: the range of events/s, half-rate p99
@@ -1089,6 +1137,7 @@ fn summary(results: &[CaseResult]) -> Vec<String> {
             p99_us: r.e2e_p99_us,
             reply_p99_us: r.reply_p99_us,
             site1_s: r.cpu_max_rate.site1_s,
+            disk_per_value_byte: r.disk_per_value_byte,
         })
         .collect();
     summarize(&rows)
@@ -1116,8 +1165,14 @@ fn summarize(rows: &[RunFigures<'_>]) -> Vec<String> {
             let (p0, p1) = range(&mut mine.iter().map(|r| r.p99_us as f64 / 1000.0));
             let (r0, r1) = range(&mut mine.iter().map(|r| r.reply_p99_us as f64 / 1000.0));
             let (c0, c1) = range(&mut mine.iter().map(|r| r.site1_s));
+            let disk = if mine.iter().all(|r| r.disk_per_value_byte.is_some()) {
+                let (d0, d1) = range(&mut mine.iter().filter_map(|r| r.disk_per_value_byte));
+                format!(", disk writes {d0:.1}-{d1:.1} x the values")
+            } else {
+                String::new()
+            };
             format!(
-                "{case:<34} {build} ({} runs): {e0:.0}-{e1:.0} events/s, half-rate p99 {p0:.1}-{p1:.1} ms, reply p99 {r0:.1}-{r1:.1} ms, site 1 CPU {c0:.2}-{c1:.2} s",
+                "{case:<34} {build} ({} runs): {e0:.0}-{e1:.0} events/s, half-rate p99 {p0:.1}-{p1:.1} ms, reply p99 {r0:.1}-{r1:.1} ms, site 1 CPU {c0:.2}-{c1:.2} s{disk}",
                 mine.len()
             )
         })
@@ -1130,27 +1185,61 @@ mod tests {
 
     #[test]
     fn the_comparison_summary_gives_each_builds_range_per_case_in_run_order() {
-        let row = |case, build, events_per_s, p99_us, reply_p99_us, site1_s| RunFigures {
+        let row = |case, build, events_per_s, p99_us, reply_p99_us, site1_s, disk| RunFigures {
             case,
             build,
             events_per_s,
             p99_us,
             reply_p99_us,
             site1_s,
+            disk_per_value_byte: disk,
         };
         let rows = [
-            row("1KiB/parallel", "A", 150_000.0, 9_500, 12_000, 2.1),
-            row("1KiB/parallel", "B", 90_000.0, 23_000, 30_500, 3.7),
-            row("1KiB/parallel", "A", 156_000.0, 13_200, 10_000, 2.0),
-            row("1KiB/parallel", "B", 132_000.0, 21_000, 25_000, 2.7),
-            row("100B/serial", "A", 290_000.0, 6_800, 7_000, 1.0),
-            row("100B/serial", "B", 300_000.0, 6_100, 6_000, 0.9),
+            row(
+                "1KiB/parallel",
+                "A",
+                150_000.0,
+                9_500,
+                12_000,
+                2.1,
+                Some(4.5),
+            ),
+            row(
+                "1KiB/parallel",
+                "B",
+                90_000.0,
+                23_000,
+                30_500,
+                3.7,
+                Some(18.0),
+            ),
+            row(
+                "1KiB/parallel",
+                "A",
+                156_000.0,
+                13_200,
+                10_000,
+                2.0,
+                Some(4.1),
+            ),
+            row(
+                "1KiB/parallel",
+                "B",
+                132_000.0,
+                21_000,
+                25_000,
+                2.7,
+                Some(17.2),
+            ),
+            // Where the disk is unknown in any run, the summary leaves it out.
+            row("100B/serial", "A", 290_000.0, 6_800, 7_000, 1.0, None),
+            row("100B/serial", "B", 300_000.0, 6_100, 6_000, 0.9, None),
         ];
         assert_eq!(
             summarize(&rows),
             [
-                "1KiB/parallel                      A (2 runs): 150000-156000 events/s, half-rate p99 9.5-13.2 ms, reply p99 10.0-12.0 ms, site 1 CPU 2.00-2.10 s",
-                "1KiB/parallel                      B (2 runs): 90000-132000 events/s, half-rate p99 21.0-23.0 ms, reply p99 25.0-30.5 ms, site 1 CPU 2.70-3.70 s",
+                "1KiB/parallel                      A (2 runs): 150000-156000 events/s, half-rate p99 9.5-13.2 ms, reply p99 10.0-12.0 ms, site 1 CPU 2.00-2.10 s, disk writes 4.1-4.5 x the values",
+                "1KiB/parallel                      B (2 runs): 90000-132000 events/s, half-rate p99 21.0-23.0 ms, reply p99 25.0-30.5 ms, site 1 CPU 2.70-3.70 s, disk writes 17.2-18.0 x the values",
                 "100B/serial                        A (1 runs): 290000-290000 events/s, half-rate p99 6.8-6.8 ms, reply p99 7.0-7.0 ms, site 1 CPU 1.00-1.00 s",
                 "100B/serial                        B (1 runs): 300000-300000 events/s, half-rate p99 6.1-6.1 ms, reply p99 6.0-6.0 ms, site 1 CPU 0.90-0.90 s",
             ]
@@ -1173,6 +1262,21 @@ mod tests {
         let used = process_cpu_s(me).unwrap() - before;
         assert!((0.05..20.0).contains(&used), "{used} s");
         assert!(process_cpu_s(u32::MAX).is_err(), "no such process");
+    }
+
+    #[test]
+    fn sectors_written_are_read_from_the_devices_diskstats_line() {
+        // Two lines of a real /proc/diskstats (a disk and its partition), 20 fields each.
+        let stats = " 254       0 vda 6316137 124090 397819274 71524749 21509900 1674243 10055008952 30895547 0 4342216 103439688 1617554 122 2468009928 625816 4762019 393574\n \
+                      254       1 vda1 6315000 124000 397800000 71520000 21500000 1674000 10055000000 30895000 0 4342000 103439000 1617000 120 2468000000 625000 4762000 393000\n";
+        assert_eq!(sectors_written(stats, 254, 0), Some(10_055_008_952));
+        assert_eq!(sectors_written(stats, 254, 1), Some(10_055_000_000));
+        assert_eq!(sectors_written(stats, 8, 0), None, "no such device");
+        assert_eq!(
+            sectors_written("254 0 vda 1 2\n", 254, 0),
+            None,
+            "a short line"
+        );
     }
 
     #[test]
