@@ -1,22 +1,25 @@
 //! Segment files: a 64-byte header, then records back to back, then zeros.
 //!
 //! The header names the queue the segment belongs to, its place in that queue's chain and
-//! the sequence number of its first record; a small slot at the end of the header holds the
-//! queue's acknowledged position and (from format version 2) the offset of the first record
-//! after it, rewritten in place. Bytes before that offset are never read again, so a sync
-//! need not write them back ([`ack_offset_of`]). [`scan`] walks the records of one segment
+//! the sequence number of its first record; the end of the header holds the queue's
+//! acknowledged position, rewritten in place. Format version 2 keeps it in two [`AckSlot`]s,
+//! written in turn, so that a write cut short (a process killed between two stores) leaves
+//! the other slot's position; each slot also names the offset of the first record after that
+//! position. Bytes before that offset are never read again, so a sync need not write them
+//! back ([`ack_offset_of`]). [`scan`] walks the records of one segment
 //! from [`scan_start`] and tells a clean end from a torn tail and from corruption in the
 //! middle.
 
 use crate::ids::{QueueId, Seq};
 use crate::record::{self, DecodeError};
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Bytes of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
-/// The segment format version this build writes. Version 2 added the ack slot's offset
-/// (`ack_offset`); version 1 segments are read as before, from their first record.
+/// The segment format version this build writes. Version 2 replaced the one ack slot with
+/// two [`AckSlot`]s, each with an offset; version 1 segments are read as before, from their
+/// first record.
 pub const SEGMENT_VERSION: u16 = 2;
 /// The oldest segment format version this build reads.
 pub const SEGMENT_VERSION_MIN: u16 = 1;
@@ -42,18 +45,31 @@ pub struct SegmentHeader {
     pub capacity: U32,
     /// CRC-32 of bytes 0..36.
     pub header_crc: U32,
-    /// The queue's acknowledged position when this slot was last written.
-    pub ack_seq: U64,
-    /// CRC-32 of bytes 36..48 (the header CRC and the ack) and, from version 2, of bytes
-    /// 52..56 (`ack_offset`), tying the slot to this header.
-    pub ack_crc: U32,
-    /// Version 2: the offset of the first record after `ack_seq` in this segment (the
-    /// segment's end of records when every record in it is acknowledged). Zero in version 1.
-    pub ack_offset: U32,
-    pub reserved: [u8; 8],
+    /// Version 2: two [`AckSlot`]s. Version 1: the acknowledged position (u64), the CRC-32
+    /// of bytes 36..48 (the header CRC and the position), 12 reserved bytes.
+    pub ack: [AckSlot; 2],
+}
+
+/// A version 2 ack slot: the queue's acknowledged position when the slot was last written,
+/// and where the records after it start in this segment. Written in turn with the other
+/// slot ([`write_ack`]); the valid slot with the later position counts.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct AckSlot {
+    /// Records of this segment acknowledged: the position is `first_seq - 1` plus this.
+    pub acked_here: U32,
+    /// The offset of the first record after the position (the end of the records when all
+    /// are acknowledged).
+    pub offset: U32,
+    /// CRC-32 of the header CRC (bytes 36..40) and this slot's first 8 bytes, tying the slot
+    /// to this header.
+    pub crc: U32,
 }
 
 const _: () = assert!(size_of::<SegmentHeader>() == SEGMENT_HEADER_BYTES);
+/// Where the ack slots start in the header.
+const ACK_SLOTS_AT: usize = 40;
+const ACK_SLOT_BYTES: usize = size_of::<AckSlot>();
 
 /// What a valid segment header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,10 +121,7 @@ pub fn write_header(buf: &mut [u8], info: &SegmentInfo) {
         first_seq: U64::new(info.first_seq.0),
         capacity: U32::new(info.capacity),
         header_crc: U32::new(0),
-        ack_seq: U64::new(0),
-        ack_crc: U32::new(0),
-        ack_offset: U32::new(0),
-        reserved: [0; 8],
+        ack: [AckSlot::new_zeroed(); 2],
     };
     h.header_crc = U32::new(crc32fast::hash(&h.as_bytes()[..36]));
     buf[..SEGMENT_HEADER_BYTES].copy_from_slice(h.as_bytes());
@@ -118,22 +131,62 @@ pub fn write_header(buf: &mut [u8], info: &SegmentInfo) {
     }
 }
 
-/// The ack slot's CRC: bytes 36..48 and 52..56 of a version 2 header.
-fn ack_crc(buf: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&buf[36..48]);
-    h.update(&buf[52..56]);
-    h.finalize()
+impl AckSlot {
+    fn crc_of(header_crc: &[u8], acked_here: u32, offset: u32) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(header_crc);
+        h.update(&acked_here.to_le_bytes());
+        h.update(&offset.to_le_bytes());
+        h.finalize()
+    }
+
+    /// `(acked_here, offset)` when the slot checks out against `header_crc` (bytes 36..40).
+    fn read(&self, header_crc: &[u8]) -> Option<(u32, u32)> {
+        let (a, o) = (self.acked_here.get(), self.offset.get());
+        (Self::crc_of(header_crc, a, o) == self.crc.get()).then_some((a, o))
+    }
 }
 
-/// Rewrites the ack slot of the header at the start of `buf`: every record before `offset`
-/// is acknowledged (`acked` is the last of them), and the record at `offset`, if any, is
-/// `acked + 1`. The CRC is written last; a slot torn by a crash fails it and reads as none.
+/// The valid slot of a version 2 header with the later position: its index, records
+/// acknowledged here and offset. A slot whose offset lies outside the segment cannot be
+/// right and counts as torn.
+fn latest_slot(header: &SegmentHeader) -> Option<(usize, u32, u32)> {
+    let hc = header.header_crc.as_bytes();
+    let inside = |o: u32| o as usize >= SEGMENT_HEADER_BYTES && o <= header.capacity.get();
+    header
+        .ack
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.read(hc).map(|(a, o)| (i, a, o)))
+        .filter(|&(_, _, o)| inside(o))
+        .max_by_key(|&(i, a, o)| (a, o, std::cmp::Reverse(i)))
+}
+
+/// Records in the header at the start of `buf` that every record before `offset` is
+/// acknowledged (`acked` is the last of them), and that the record at `offset`, if any, is
+/// `acked + 1`. Writes the slot not holding the latest position, CRC last, so that a write
+/// cut short leaves the other slot, and with it the position before this one. A position
+/// before the segment's first record (a new segment behind unacknowledged ones) says
+/// nothing about it and writes nothing.
 pub fn write_ack(buf: &mut [u8], acked: Seq, offset: u32) {
-    buf[40..48].copy_from_slice(&acked.0.to_le_bytes());
-    buf[52..56].copy_from_slice(&offset.to_le_bytes());
-    let crc = ack_crc(buf);
-    buf[48..52].copy_from_slice(&crc.to_le_bytes());
+    let Ok((h, _)) = SegmentHeader::ref_from_prefix(buf) else {
+        return;
+    };
+    let Some(acked_here) = (acked.0 + 1)
+        .checked_sub(h.first_seq.get())
+        .and_then(|n| u32::try_from(n).ok())
+    else {
+        return;
+    };
+    let target = match latest_slot(h) {
+        Some((latest, ..)) => 1 - latest,
+        None => 0,
+    };
+    let crc = AckSlot::crc_of(h.header_crc.as_bytes(), acked_here, offset);
+    let at = ACK_SLOTS_AT + target * ACK_SLOT_BYTES;
+    buf[at..at + 4].copy_from_slice(&acked_here.to_le_bytes());
+    buf[at + 4..at + 8].copy_from_slice(&offset.to_le_bytes());
+    buf[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The offset from which a sync of the segment starting with `header` must write its bytes
@@ -201,16 +254,18 @@ pub fn read_header(buf: &[u8]) -> Result<SegmentInfo, HeaderError> {
             "first sequence number has no successor",
         ));
     }
-    let v2 = h.version.get() >= 2;
-    let ack_ok = if v2 {
-        ack_crc(h.as_bytes()) == h.ack_crc.get()
+    let (acked, ack_offset) = if h.version.get() >= 2 {
+        let position = latest_slot(h).and_then(|(_, here, offset)| {
+            let acked = (h.first_seq.get() - 1).checked_add(u64::from(here))?;
+            Some((Seq(acked), offset))
+        });
+        (position.map(|p| p.0), position.map(|p| p.1))
     } else {
-        crc32fast::hash(&h.as_bytes()[36..48]) == h.ack_crc.get()
+        let bytes = h.as_bytes();
+        let ok = crc32fast::hash(&bytes[36..48]).to_le_bytes() == bytes[48..52];
+        let seq = u64::from_le_bytes(bytes[40..48].try_into().expect("8 bytes"));
+        (ok.then_some(Seq(seq)), None)
     };
-    let acked = ack_ok.then(|| Seq(h.ack_seq.get()));
-    let ack_offset = (ack_ok && v2)
-        .then(|| h.ack_offset.get())
-        .filter(|&o| o as usize >= SEGMENT_HEADER_BYTES && o <= h.capacity.get());
     Ok(SegmentInfo {
         queue: QueueId(h.queue.get()),
         persistent: h.flags.get() & SEGMENT_FLAG_PERSISTENT != 0,

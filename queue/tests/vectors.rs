@@ -3,8 +3,8 @@
 //! `testdata/records-v1.bin` holds the records of [`RECORDS`] back to back,
 //! `testdata/records-v1.txt` their expected decode, and `testdata/segment-v1.seg` and
 //! `testdata/segment-v2.seg` a small segment of [`SEGMENT_RECORDS`] in segment format
-//! versions 1 and 2 (version 2 adds the ack slot's offset). `docs/formats.md` describes the
-//! formats byte by byte.
+//! versions 1 and 2 (version 2 has two ack slots, each with an offset). `docs/formats.md`
+//! describes the formats byte by byte.
 //!
 //! The tests below read the committed files and compare every field with the event
 //! definitions in this file, not with a fresh encoding, so a change to the encoder or the
@@ -276,6 +276,8 @@ const SEGMENT_INFO: SegmentInfo = SegmentInfo {
 /// Where seq 3, the first record after the acknowledged 2, lies in the segment files: after
 /// the header and two records of 53 bytes.
 const SEGMENT_ACK_OFFSET: u32 = 64 + 2 * 53;
+/// Where seq 2 lies: `segment-v2.seg`'s first ack slot says 1 is acknowledged, its second 2.
+const SEGMENT_ACK_OFFSET_BEFORE: u32 = 64 + 53;
 /// What `testdata/segment-v2.seg`'s header says.
 const SEGMENT_INFO_V2: SegmentInfo = SegmentInfo {
     ack_offset: Some(SEGMENT_ACK_OFFSET),
@@ -337,10 +339,12 @@ const SEGMENT_HEADER_V2: [u8; SEGMENT_HEADER_BYTES] = [
     0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 24 first_seq 1
     0x00, 0x10, 0x00, 0x00,                         // 32 capacity 4096
     0xf6, 0xf3, 0x09, 0x2d,                         // 36 header_crc 0x2d09f3f6
-    0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 40 ack_seq 2
-    0x07, 0x8f, 0xfe, 0xf1,                         // 48 ack_crc 0xf1fe8f07
-    0xaa, 0x00, 0x00, 0x00,                         // 52 ack_offset 170
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 56 reserved
+    0x01, 0x00, 0x00, 0x00,                         // 40 slot 0: acked_here 1 (seq 1)
+    0x75, 0x00, 0x00, 0x00,                         // 44 slot 0: offset 117
+    0xf8, 0x92, 0xa4, 0xdf,                         // 48 slot 0: crc 0xdfa492f8
+    0x02, 0x00, 0x00, 0x00,                         // 52 slot 1: acked_here 2 (seq 2)
+    0xaa, 0x00, 0x00, 0x00,                         // 56 slot 1: offset 170
+    0xd4, 0x3c, 0x1c, 0x2f,                         // 60 slot 1: crc 0x2f1c3cd4
 ];
 
 fn testdata(name: &str) -> PathBuf {
@@ -442,6 +446,8 @@ fn segment_file() -> Vec<u8> {
         },
     );
     encode_all(&mut out, SEGMENT_HEADER_BYTES, SEGMENT_RECORDS);
+    // Two acknowledgements, one in each slot.
+    segment::write_ack(&mut out, Seq(1), SEGMENT_ACK_OFFSET_BEFORE);
     segment::write_ack(&mut out, Seq(2), SEGMENT_ACK_OFFSET);
     out
 }
@@ -696,18 +702,34 @@ fn committed_v2_segment_reads_back() {
 
 #[test]
 fn segment_header_flips_are_caught() {
-    // In version 1, bytes 52..64 are reserved; in version 2, 52..56 are the ack slot's offset.
-    for (name, info, slot_end) in [
-        ("segment-v1.seg", SEGMENT_INFO, 52),
-        ("segment-v2.seg", SEGMENT_INFO_V2, 56),
-    ] {
-        header_flips_are_caught(name, info, slot_end);
-    }
+    // In version 1, bytes 52..64 are reserved: a flip there changes nothing.
+    header_flips_are_caught("segment-v1.seg", SEGMENT_INFO, |i| {
+        (i < 52).then_some(SegmentInfo {
+            acked: None,
+            ..SEGMENT_INFO
+        })
+    });
+    // In version 2, the first slot (40..52) holds the older position, 1: with it damaged the
+    // second still counts. With the second (52..64) damaged, the first one's position
+    // counts: an acknowledgement torn while being written undoes only itself.
+    header_flips_are_caught("segment-v2.seg", SEGMENT_INFO_V2, |i| {
+        (i >= 52).then_some(SegmentInfo {
+            acked: Some(Seq(1)),
+            ack_offset: Some(SEGMENT_ACK_OFFSET_BEFORE),
+            ..SEGMENT_INFO_V2
+        })
+    });
 }
 
-fn header_flips_are_caught(name: &str, info: SegmentInfo, slot_end: usize) {
+/// Flips each byte of `name`'s header; `slot_flip(i)` is what a flip of byte `i` of the ack
+/// slots leaves (`None`: nothing changes).
+fn header_flips_are_caught(
+    name: &str,
+    info: SegmentInfo,
+    slot_flip: impl Fn(usize) -> Option<SegmentInfo>,
+) {
     let seg = read(name);
-    for i in 0..slot_end {
+    for i in 0..SEGMENT_HEADER_BYTES {
         let mut damaged = seg.clone();
         damaged[i] ^= 0xff;
         let got = segment::read_header(&damaged);
@@ -722,16 +744,8 @@ fn header_flips_are_caught(name: &str, info: SegmentInfo, slot_end: usize) {
             ),
             // Covered by the header CRC, or the CRC itself.
             10..40 => assert_eq!(got, Err(HeaderError::Crc), "{name} byte {i}"),
-            // The ack slot no longer checks out: the header stands, the ack is unknown.
-            _ => assert_eq!(
-                got,
-                Ok(SegmentInfo {
-                    acked: None,
-                    ack_offset: None,
-                    ..info
-                }),
-                "{name} byte {i}"
-            ),
+            // An ack slot no longer checks out: the header stands.
+            _ => assert_eq!(got, Ok(slot_flip(i).unwrap_or(info)), "{name} byte {i}"),
         }
     }
 }

@@ -67,13 +67,19 @@ fn fixup(rng: &mut Rng, data: &mut Vec<u8>) {
     let crc = crc32fast::hash(&data[..36]);
     data[36..40].copy_from_slice(&crc.to_le_bytes());
     if rng.one_in(2) {
-        // The ack slot's CRC as its version has it: version 2 covers the offset too.
-        let mut h = crc32fast::Hasher::new();
-        h.update(&data[36..48]);
+        // The ack slots' CRCs as the version has them: version 1 one slot over bytes 36..48,
+        // version 2 two slots of 12 bytes, each over the header CRC and its first 8 bytes.
         if u16::from_le_bytes([data[8], data[9]]) >= 2 {
-            h.update(&data[52..56]);
+            for at in [40, 52] {
+                let mut h = crc32fast::Hasher::new();
+                h.update(&data[36..40]);
+                h.update(&data[at..at + 8]);
+                data[at + 8..at + 12].copy_from_slice(&h.finalize().to_le_bytes());
+            }
+        } else {
+            let crc = crc32fast::hash(&data[36..48]);
+            data[48..52].copy_from_slice(&crc.to_le_bytes());
         }
-        data[48..52].copy_from_slice(&h.finalize().to_le_bytes());
     }
     reseal_records(data, SEGMENT_HEADER_BYTES);
 }
