@@ -718,15 +718,11 @@ fn recover_queue(
         }
     }
     next_seq = next_seq.max(acked.next());
-    // Appends continue in a new segment, at the next unacknowledged number, never in a
-    // recovered one: a segment made by this process has its blocks and size durable from
-    // creation (a group commit of a recovered file, which may have come back with holes,
-    // needs an fdatasync of its own) and sits in the page cache in page-sized folios (reading
-    // a recovered file fills the cache in folios of up to 2 MiB, each of which a write
-    // through the mapping would dirty whole; `MmapDisk::create`). And a segment acknowledged
-    // past its last record (an acknowledgement made durable, the records after it not) must
-    // not take the numbers it skipped.
-    if let Some(last) = out.last_mut() {
+    // Acknowledged past its last record (an acknowledgement made durable, the records after
+    // it not): appends continue in a new segment, at the next unacknowledged number.
+    if let Some(last) = out.last_mut()
+        && last.next_seq < next_seq
+    {
         last.sealed = true;
     }
     // Drop segments that hold only acknowledged events, keeping the last one: its header
