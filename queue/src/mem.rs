@@ -206,7 +206,8 @@ impl Disk for MemDisk {
             // Like the file-backed disk: the header's page, and the pages from the one
             // holding the first unacknowledged record on. Acknowledged pages in between keep
             // whatever was durable before, which a power loss then leaves.
-            let from = segment::ack_offset_of(bytes) / MEM_PAGE_BYTES * MEM_PAGE_BYTES;
+            let from =
+                (segment::ack_offset_of(bytes) / MEM_PAGE_BYTES * MEM_PAGE_BYTES).min(bytes.len());
             let mut durable = st
                 .durable
                 .remove(&id)

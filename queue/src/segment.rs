@@ -168,10 +168,20 @@ fn latest_slot(header: &SegmentHeader) -> Option<(usize, u32, u32)> {
 /// cut short leaves the other slot, and with it the position before this one. A position
 /// before the segment's first record (a new segment behind unacknowledged ones) says
 /// nothing about it and writes nothing.
+///
+/// A version 1 header (a segment written by an older build, still being drained) gets its
+/// one version 1 slot, without the offset: version 2 slots there would read as a version 1
+/// position far past every record.
 pub fn write_ack(buf: &mut [u8], acked: Seq, offset: u32) {
     let Ok((h, _)) = SegmentHeader::ref_from_prefix(buf) else {
         return;
     };
+    if h.version.get() < 2 {
+        buf[40..48].copy_from_slice(&acked.0.to_le_bytes());
+        let crc = crc32fast::hash(&buf[36..48]);
+        buf[48..52].copy_from_slice(&crc.to_le_bytes());
+        return;
+    }
     let Some(acked_here) = (acked.0 + 1)
         .checked_sub(h.first_seq.get())
         .and_then(|n| u32::try_from(n).ok())

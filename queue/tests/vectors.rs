@@ -808,6 +808,32 @@ fn committed_segment_recovers() {
     recovers_to_4_and_5(read("segment-v2.seg"), "segment-v2.seg");
 }
 
+/// A segment an older build wrote is drained by this one: its acknowledgements go into its
+/// version 1 slot, which the next recovery reads back (found by review: version 2 slots
+/// written into a version 1 header read as a position past every record, and the segment's
+/// unacknowledged events were dropped).
+#[test]
+fn acknowledging_in_a_version_1_segment_keeps_its_unacknowledged_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0000000000000001.seg");
+    std::fs::write(&path, read("segment-v1.seg")).unwrap();
+    {
+        let disk = MmapDisk::open(dir.path()).unwrap();
+        let (mut q, _) = recover(recovery_config(), &disk).unwrap();
+        let b = q.peek(QueueId(5), 1, 1 << 20).unwrap().unwrap();
+        assert_eq!(b.last_seq, Seq(4));
+        q.ack(QueueId(5), b.last_seq).unwrap();
+        // The process ends here: the mapped bytes stay in the file.
+    }
+    let info = segment::read_header(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!((info.acked, info.ack_offset), (Some(Seq(4)), None));
+    let disk = MmapDisk::open(dir.path()).unwrap();
+    let (mut q, report) = recover(recovery_config(), &disk).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let batch = q.peek(QueueId(5), 100, 1 << 20).unwrap().unwrap();
+    assert_eq!((batch.first_seq, batch.last_seq), (Seq(5), Seq(5)));
+}
+
 /// A sync writes back a segment's header and its bytes from the ack slot's offset on, so
 /// after a power loss the acknowledged records before that offset may be anything: stale
 /// zeros, or a page torn mid-write. Recovery never reads them.
