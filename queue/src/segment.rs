@@ -67,9 +67,12 @@ pub struct AckSlot {
 }
 
 const _: () = assert!(size_of::<SegmentHeader>() == SEGMENT_HEADER_BYTES);
-/// Where the ack slots start in the header.
-const ACK_SLOTS_AT: usize = 40;
-const ACK_SLOT_BYTES: usize = size_of::<AckSlot>();
+
+/// A version 1 header's ack slot CRC: CRC-32 of bytes 36..48 (the header CRC and the
+/// position).
+fn v1_ack_crc(header: &[u8]) -> [u8; 4] {
+    crc32fast::hash(&header[36..48]).to_le_bytes()
+}
 
 /// What a valid segment header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,8 +167,9 @@ fn latest_slot(header: &SegmentHeader) -> Option<(usize, u32, u32)> {
 
 /// Records in the header at the start of `buf` that every record before `offset` is
 /// acknowledged (`acked` is the last of them), and that the record at `offset`, if any, is
-/// `acked + 1`. Writes the slot not holding the latest position, CRC last, so that a write
-/// cut short leaves the other slot, and with it the position before this one. A position
+/// `acked + 1`. Writes only the slot not holding the latest position, so that a write cut
+/// short, whichever of its bytes landed, leaves the other slot, and with it the position
+/// before this one. A position
 /// before the segment's first record (a new segment behind unacknowledged ones) says
 /// nothing about it and writes nothing.
 ///
@@ -178,8 +182,8 @@ pub fn write_ack(buf: &mut [u8], acked: Seq, offset: u32) {
     };
     if h.version.get() < 2 {
         buf[40..48].copy_from_slice(&acked.0.to_le_bytes());
-        let crc = crc32fast::hash(&buf[36..48]);
-        buf[48..52].copy_from_slice(&crc.to_le_bytes());
+        let crc = v1_ack_crc(buf);
+        buf[48..52].copy_from_slice(&crc);
         return;
     }
     let Some(acked_here) = (acked.0 + 1)
@@ -192,11 +196,14 @@ pub fn write_ack(buf: &mut [u8], acked: Seq, offset: u32) {
         Some((latest, ..)) => 1 - latest,
         None => 0,
     };
-    let crc = AckSlot::crc_of(h.header_crc.as_bytes(), acked_here, offset);
-    let at = ACK_SLOTS_AT + target * ACK_SLOT_BYTES;
-    buf[at..at + 4].copy_from_slice(&acked_here.to_le_bytes());
-    buf[at + 4..at + 8].copy_from_slice(&offset.to_le_bytes());
-    buf[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+    let slot = AckSlot {
+        acked_here: U32::new(acked_here),
+        offset: U32::new(offset),
+        crc: U32::new(AckSlot::crc_of(h.header_crc.as_bytes(), acked_here, offset)),
+    };
+    if let Ok((h, _)) = SegmentHeader::mut_from_prefix(buf) {
+        h.ack[target] = slot;
+    }
 }
 
 /// The offset from which a sync of the segment starting with `header` must write its bytes
@@ -272,7 +279,7 @@ pub fn read_header(buf: &[u8]) -> Result<SegmentInfo, HeaderError> {
         (position.map(|p| p.0), position.map(|p| p.1))
     } else {
         let bytes = h.as_bytes();
-        let ok = crc32fast::hash(&bytes[36..48]).to_le_bytes() == bytes[48..52];
+        let ok = v1_ack_crc(bytes) == bytes[48..52];
         let seq = u64::from_le_bytes(bytes[40..48].try_into().expect("8 bytes"));
         (ok.then_some(Seq(seq)), None)
     };
