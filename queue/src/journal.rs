@@ -14,12 +14,21 @@
 //! A journal segment is a segment file whose header names [`JOURNAL_QUEUE`] (no queue can
 //! have that id: queue ids run below `queue_count`, a `u16`). After the header come entries
 //! back to back: an 8-byte prefix (the queue id, [`ENTRY_MAGIC`], and a CRC-32 tying the two
-//! to the record's own CRC), then the record exactly as it lies in the queue's segment.
-//! Zeros follow the last entry.
+//! to the record's own CRC and, from segment version 3, to the segment's `segment_seq`), then
+//! the record exactly as it lies in the queue's segment. Eight zero bytes follow the last
+//! entry (version 3) and end the entries.
+//!
+//! A journal segment freed by a checkpoint may be *recycled*: given a new header (flag
+//! [`SEGMENT_FLAG_RECYCLED`] and the next `segment_seq`), made durable before any entry goes
+//! into it, and filled again over its old bytes. Those old entries fail the new header's
+//! check (their CRCs cover the old `segment_seq`), and the zero prefix after the last new
+//! entry tells where the new ones end; in a segment that was never recycled, zeros follow to
+//! the end, and anything else after the zero prefix is a write cut short.
 
 use crate::ids::QueueId;
 use crate::record;
-use crate::segment::SEGMENT_HEADER_BYTES;
+use crate::segment::{SEGMENT_FLAG_RECYCLED, SEGMENT_HEADER_BYTES, SegmentHeader};
+use zerocopy::FromBytes;
 
 /// The queue id a journal segment's header carries.
 pub const JOURNAL_QUEUE: QueueId = QueueId(u16::MAX);
@@ -33,22 +42,41 @@ pub fn entry_len(record_len: usize) -> usize {
     ENTRY_PREFIX_BYTES + record_len
 }
 
-fn prefix_crc(queue: u16, record_crc: [u8; 4]) -> u32 {
+/// The entry prefix's CRC. `generation` is the segment's `segment_seq` (version 3), `None`
+/// in a version 1 or 2 segment.
+fn prefix_crc(queue: u16, record_crc: [u8; 4], generation: Option<u64>) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&queue.to_le_bytes());
     h.update(&ENTRY_MAGIC.to_le_bytes());
     h.update(&record_crc);
+    if let Some(g) = generation {
+        h.update(&g.to_le_bytes());
+    }
     h.finalize()
 }
 
 /// Writes an entry for `record` (a whole, sealed record) at the start of `dst`, which holds
-/// at least [`entry_len`] bytes.
-pub fn write_entry(dst: &mut [u8], queue: QueueId, record: &[u8]) {
-    let crc = prefix_crc(queue.0, record[..4].try_into().expect("a record has a CRC"));
+/// at least [`entry_len`] bytes, for the journal segment whose `segment_seq` is
+/// `generation`; then, where `dst` has room, the zero prefix that ends the entries.
+pub fn write_entry(dst: &mut [u8], queue: QueueId, record: &[u8], generation: u64) {
+    let crc = prefix_crc(
+        queue.0,
+        record[..4].try_into().expect("a record has a CRC"),
+        Some(generation),
+    );
     dst[..2].copy_from_slice(&queue.0.to_le_bytes());
     dst[2..4].copy_from_slice(&ENTRY_MAGIC.to_le_bytes());
     dst[4..8].copy_from_slice(&crc.to_le_bytes());
-    dst[ENTRY_PREFIX_BYTES..ENTRY_PREFIX_BYTES + record.len()].copy_from_slice(record);
+    let end = entry_len(record.len());
+    dst[ENTRY_PREFIX_BYTES..end].copy_from_slice(record);
+    end_entries(&mut dst[end..]);
+}
+
+/// Writes the zero prefix that ends a journal segment's entries at the start of `dst`, as
+/// much of it as fits.
+pub fn end_entries(dst: &mut [u8]) {
+    let n = dst.len().min(ENTRY_PREFIX_BYTES);
+    dst[..n].fill(0);
 }
 
 /// One valid entry of a journal segment.
@@ -70,18 +98,26 @@ pub struct JournalScan {
     pub torn: Option<(usize, String)>,
 }
 
-/// Walks the entries of a journal segment (header included in `data`). Every record's CRC
-/// and every prefix's CRC is checked.
+/// Walks the entries of a journal segment (header included in `data`; the caller has checked
+/// it). Every record's CRC and every prefix's CRC is checked.
 pub fn scan(data: &[u8]) -> JournalScan {
     let mut out = JournalScan {
         entries: Vec::new(),
         torn: None,
     };
+    let (generation, recycled) = match SegmentHeader::ref_from_prefix(data) {
+        Ok((h, _)) if h.version.get() >= 3 => (
+            Some(h.segment_seq.get()),
+            h.flags.get() & SEGMENT_FLAG_RECYCLED != 0,
+        ),
+        _ => (None, false),
+    };
     let mut at = SEGMENT_HEADER_BYTES;
     while at < data.len() {
         let rest = &data[at..];
         if rest.len() < ENTRY_PREFIX_BYTES + 4 || rest[..ENTRY_PREFIX_BYTES] == [0; 8] {
-            if rest.iter().any(|&b| b != 0) {
+            // In a recycled segment, an earlier use's bytes follow.
+            if !recycled && rest.iter().any(|&b| b != 0) {
                 out.torn = Some((at, "bytes after the last entry are not zeros".into()));
             }
             return out;
@@ -90,7 +126,7 @@ pub fn scan(data: &[u8]) -> JournalScan {
         let magic = u16::from_le_bytes([rest[2], rest[3]]);
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let record_crc: [u8; 4] = rest[8..12].try_into().expect("4 bytes");
-        if magic != ENTRY_MAGIC || crc != prefix_crc(queue, record_crc) {
+        if magic != ENTRY_MAGIC || crc != prefix_crc(queue, record_crc, generation) {
             out.torn = Some((at, "entry prefix does not check out".into()));
             return out;
         }

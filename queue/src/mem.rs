@@ -280,6 +280,10 @@ pub fn run_action(queue: &mut SenderQueue, disk: &dyn Disk, action: Action, now_
                 queue.handle_deleted(now_ms);
             }
         }
+        Action::RecycleSegment { id, buf } => {
+            let r = disk.sync(id, Some(buf.bytes()));
+            queue.handle_recycled(id, buf, r);
+        }
     }
 }
 

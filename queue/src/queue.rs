@@ -58,6 +58,13 @@ pub const JOURNAL_SEGMENT_BYTES: u32 = 8 << 20;
 /// checkpoint writes back the bucket segments, makes acknowledgements durable, and frees the
 /// acknowledged segments and the journal segments it covers.
 pub const JOURNAL_CHECKPOINT_MS: u64 = 1000;
+/// Default number of freed journal segments kept to be used again instead of creating new
+/// ones ([`QueueConfig::journal_recycle_segments`]): 8, 64 MiB of 8 MiB segments per sender
+/// and shard. A checkpoint frees about a second's worth of journal at once (7 segments at 55
+/// MB/s of 1 KiB events); reusing a file costs a header page and a flush, where creating one
+/// writes and syncs all of its bytes as zeros. Kept files hold disk space and clean,
+/// reclaimable page cache.
+pub const JOURNAL_RECYCLE_SEGMENTS_DEFAULT: u8 = 8;
 /// Sealed journal segments that start a checkpoint at once, before the interval is up: 2.
 pub const JOURNAL_SEALED_MAX: usize = 2;
 /// Segments a checkpoint syncs per step: 8. File work runs one action at a time, so a commit
@@ -112,6 +119,9 @@ pub struct QueueConfig {
     pub segment_bytes: u32,
     /// Segments kept created, mapped and prefaulted ahead of need.
     pub spare_segments: u8,
+    /// With a commit journal: freed journal segments kept to be used again
+    /// ([`JOURNAL_RECYCLE_SEGMENTS_DEFAULT`]); 0 deletes every freed one.
+    pub journal_recycle_segments: u8,
 }
 
 /// A configuration value out of range.
@@ -172,6 +182,7 @@ impl Default for QueueConfig {
             conflation: false,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             spare_segments: SPARE_SEGMENTS_DEFAULT,
+            journal_recycle_segments: JOURNAL_RECYCLE_SEGMENTS_DEFAULT,
         }
     }
 }
@@ -244,6 +255,13 @@ pub enum Action {
     PrefetchSegment { id: SegmentId },
     /// Unmap and delete this segment; nothing needs it any more.
     DeleteSegment {
+        id: SegmentId,
+        buf: Box<dyn SegmentBuf>,
+    },
+    /// fdatasync this segment, a freed journal segment whose new header is already written
+    /// into `buf`, so that the header is durable before any entry goes in; then call
+    /// [`SenderQueue::handle_recycled`] with `buf`.
+    RecycleSegment {
         id: SegmentId,
         buf: Box<dyn SegmentBuf>,
     },
@@ -505,7 +523,17 @@ struct Journal {
     tail: Option<JournalSegment>,
     /// Full segments not yet freed by a checkpoint, oldest first.
     sealed: VecDeque<JournalSegment>,
+    /// A blank segment, created ahead of need; its header is written when it is put to use.
     spare: Option<Spare>,
+    /// Freed segments given a new header (and so their place in the journal) and made durable,
+    /// ready to be put to use in that order, before any blank spare.
+    recycled: VecDeque<JournalSegment>,
+    /// Freed segments given a new header, for [`Action::RecycleSegment`].
+    to_recycle: VecDeque<JournalSegment>,
+    /// Segments in an [`Action::RecycleSegment`], with their place in the journal.
+    recycling: Vec<(SegmentId, u64)>,
+    /// Recycled segments numbered before the tail, which therefore cannot follow it: deleted.
+    discard: Vec<Spare>,
     /// The spare being created.
     creating: Option<SegmentId>,
     create_retry_at: Option<u64>,
@@ -539,6 +567,23 @@ impl Journal {
         let need = journal::entry_len(record.len());
         let fits = |s: &JournalSegment| s.end as usize + need <= s.buf.bytes().len();
         if !self.tail.as_ref().is_some_and(fits) {
+            // A recycled segment was numbered when it was readied: once a blank spare with a
+            // later number has been put to use, it can no longer follow the tail.
+            let after = self.tail.as_ref().map_or(0, |t| t.seq);
+            while self.recycled.front().is_some_and(|r| r.seq <= after) {
+                let r = self.recycled.pop_front().expect("a front");
+                self.discard.push(Spare {
+                    id: r.id,
+                    buf: r.buf,
+                });
+            }
+            if self.recycled.front().is_some_and(fits) {
+                let next = self.recycled.pop_front().expect("a front");
+                if let Some(full) = self.tail.replace(next) {
+                    self.sealed.push_back(full);
+                }
+                return self.append(q, record);
+            }
             let Some(spare) = self
                 .spare
                 .take_if(|s| s.buf.bytes().len() >= SEGMENT_HEADER_BYTES + need)
@@ -546,24 +591,7 @@ impl Journal {
                 return false;
             };
             let mut buf = spare.buf;
-            let seq = self.next_segment_seq;
-            // The oldest journal segment still needed: recovery reads the journal from there.
-            let live_from = self
-                .sealed
-                .front()
-                .or(self.tail.as_ref())
-                .map_or(seq, |s| s.seq);
-            let info = SegmentInfo {
-                queue: JOURNAL_QUEUE,
-                persistent: true,
-                segment_seq: seq,
-                first_seq: Seq(live_from),
-                capacity: buf.bytes().len() as u32,
-                acked: None,
-                ack_offset: None,
-            };
-            segment::write_header(buf.bytes_mut(), &info);
-            self.next_segment_seq += 1;
+            let seq = self.number(buf.bytes_mut(), 0);
             let fresh = JournalSegment {
                 id: spare.id,
                 seq,
@@ -576,7 +604,12 @@ impl Journal {
             self.new_file = true;
         }
         let tail = self.tail.as_mut().expect("a tail with room");
-        journal::write_entry(&mut tail.buf.bytes_mut()[tail.end as usize..], q, record);
+        journal::write_entry(
+            &mut tail.buf.bytes_mut()[tail.end as usize..],
+            q,
+            record,
+            tail.seq,
+        );
         tail.end += need as u32;
         if !self.touched.contains(&tail.id) {
             self.touched.push(tail.id);
@@ -589,8 +622,56 @@ impl Journal {
         self.sealed
             .iter()
             .chain(self.tail.as_ref())
+            .chain(&self.recycled)
+            .chain(&self.to_recycle)
             .map(|s| (s.id, s.buf.bytes()))
             .chain(self.spare.as_ref().map(|s| (s.id, s.buf.bytes())))
+    }
+
+    /// Gives the journal segment in `bytes` the next place in the journal: writes its header,
+    /// with `flags`, and returns its `segment_seq`.
+    fn number(&mut self, bytes: &mut [u8], flags: u16) -> u64 {
+        let seq = self.next_segment_seq;
+        self.next_segment_seq += 1;
+        // The oldest journal segment still needed: recovery reads the journal from there.
+        let live_from = self
+            .sealed
+            .front()
+            .or(self.tail.as_ref())
+            .map_or(seq, |s| s.seq);
+        let info = SegmentInfo {
+            queue: JOURNAL_QUEUE,
+            persistent: true,
+            segment_seq: seq,
+            first_seq: Seq(live_from),
+            capacity: bytes.len() as u32,
+            acked: None,
+            ack_offset: None,
+        };
+        segment::write_header_with_flags(bytes, &info, flags);
+        seq
+    }
+
+    /// Whether another freed segment may be kept for reuse, `most` at a time.
+    fn recycle_room(&self, most: u8) -> bool {
+        self.recycled.len() + self.to_recycle.len() + self.recycling.len() < usize::from(most)
+    }
+
+    /// Gives freed segment `s` its new header: the next place in the journal, flag
+    /// [`segment::SEGMENT_FLAG_RECYCLED`], and no entries (a zero prefix right after the
+    /// header; the old entries after it fail the new header's check). It is put to use only
+    /// once [`Action::RecycleSegment`] has made that header durable, so that no entry can lie
+    /// under the old header, whose place in the journal may still be read as live.
+    fn recycle(&mut self, s: JournalSegment) {
+        let mut buf = s.buf;
+        let seq = self.number(buf.bytes_mut(), segment::SEGMENT_FLAG_RECYCLED);
+        journal::end_entries(&mut buf.bytes_mut()[SEGMENT_HEADER_BYTES..]);
+        self.to_recycle.push_back(JournalSegment {
+            id: s.id,
+            seq,
+            buf,
+            end: SEGMENT_HEADER_BYTES as u32,
+        });
     }
 }
 
@@ -1408,6 +1489,9 @@ impl SenderQueue {
             let (id, buf, _) = self.pending_deletes.swap_remove(i);
             return Some(Action::DeleteSegment { id, buf });
         }
+        if let Some(a) = self.poll_journal_recycle() {
+            return Some(a);
+        }
         if let Some(a) = self.poll_journal_create(now_ms) {
             return Some(a);
         }
@@ -1423,11 +1507,32 @@ impl SenderQueue {
         self.poll_sync(now_ms)
     }
 
-    /// Keeps a journal segment created ahead of need.
+    /// Deletes recycled journal segments that can no longer be used, and makes the headers of
+    /// freed ones durable for reuse.
+    fn poll_journal_recycle(&mut self) -> Option<Action> {
+        let j = self.journal.as_mut()?;
+        if let Some(d) = j.discard.pop() {
+            return Some(Action::DeleteSegment {
+                id: d.id,
+                buf: d.buf,
+            });
+        }
+        let s = j.to_recycle.pop_front()?;
+        j.recycling.push((s.id, s.seq));
+        Some(Action::RecycleSegment {
+            id: s.id,
+            buf: s.buf,
+        })
+    }
+
+    /// Keeps a journal segment created ahead of need, unless freed ones are being reused.
     fn poll_journal_create(&mut self, now_ms: u64) -> Option<Action> {
         let j = self.journal.as_mut()?;
         if self.disk_error.is_some()
             || j.spare.is_some()
+            || !j.recycled.is_empty()
+            || !j.to_recycle.is_empty()
+            || !j.recycling.is_empty()
             || j.creating.is_some()
             || j.create_retry_at.is_some_and(|at| now_ms < at)
         {
@@ -1619,11 +1724,18 @@ impl SenderQueue {
             let (id, buf, _) = self.pending_deletes.swap_remove(i);
             return Some(Action::DeleteSegment { id, buf });
         }
-        if let Some(spare) = self
-            .spares
-            .pop()
-            .or_else(|| self.journal.as_mut().and_then(|j| j.spare.take()))
-        {
+        if let Some(spare) = self.spares.pop().or_else(|| {
+            let j = self.journal.as_mut()?;
+            j.spare.take().or_else(|| j.discard.pop()).or_else(|| {
+                j.recycled
+                    .pop_front()
+                    .or_else(|| j.to_recycle.pop_front())
+                    .map(|s| Spare {
+                        id: s.id,
+                        buf: s.buf,
+                    })
+            })
+        }) {
             return Some(Action::DeleteSegment {
                 id: spare.id,
                 buf: spare.buf,
@@ -1752,6 +1864,42 @@ impl SenderQueue {
         }
     }
 
+    /// The outcome of an [`Action::RecycleSegment`]: the segment is ready for reuse, or, if
+    /// its header could not be made durable or a later-numbered segment has been put to use
+    /// meanwhile, deleted.
+    pub fn handle_recycled(
+        &mut self,
+        id: SegmentId,
+        buf: Box<dyn SegmentBuf>,
+        result: Result<(), StoreError>,
+    ) {
+        let Some(j) = self.journal.as_mut() else {
+            self.pending_deletes.push((id, buf, 0));
+            return;
+        };
+        let Some(i) = j.recycling.iter().position(|r| r.0 == id) else {
+            self.pending_deletes.push((id, buf, 0));
+            return;
+        };
+        let (_, seq) = j.recycling.swap_remove(i);
+        let after = j.tail.as_ref().map_or(0, |t| t.seq);
+        if result.is_err() || seq <= after {
+            j.discard.push(Spare { id, buf });
+            return;
+        }
+        // Recycles may complete out of order; they are used in the order they were numbered.
+        let at = j.recycled.partition_point(|r| r.seq < seq);
+        j.recycled.insert(
+            at,
+            JournalSegment {
+                id,
+                seq,
+                buf,
+                end: SEGMENT_HEADER_BYTES as u32,
+            },
+        );
+    }
+
     /// The outcome of an [`Action::Sync`].
     pub fn handle_synced(&mut self, token: u64, result: Result<(), StoreError>, now_ms: u64) {
         if self
@@ -1785,8 +1933,12 @@ impl SenderQueue {
                 self.sync_retry_at = None;
                 self.mark_synced(covers);
                 if let Some(j) = &mut self.journal {
-                    for _ in 0..std::mem::take(&mut j.checkpoint_frees) {
-                        if let Some(s) = j.sealed.pop_front() {
+                    let frees = std::mem::take(&mut j.checkpoint_frees).min(j.sealed.len());
+                    let freed: Vec<JournalSegment> = j.sealed.drain(..frees).collect();
+                    for s in freed {
+                        if j.recycle_room(self.config.journal_recycle_segments) {
+                            j.recycle(s);
+                        } else {
                             self.pending_deletes.push((s.id, s.buf, token));
                         }
                     }
@@ -1903,8 +2055,9 @@ impl SenderQueue {
         }
         if let Some(j) = self.journal {
             let segments = j.sealed.into_iter().chain(j.tail);
+            let segments = segments.chain(j.recycled).chain(j.to_recycle);
             out.extend(segments.map(|s| (s.id, s.buf)));
-            out.extend(j.spare.map(|s| (s.id, s.buf)));
+            out.extend(j.spare.into_iter().chain(j.discard).map(|s| (s.id, s.buf)));
         }
         out
     }

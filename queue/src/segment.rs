@@ -19,14 +19,20 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// The segment format version this build writes. Version 2 replaced the one ack slot with
 /// two [`AckSlot`]s, each with an offset; version 1 segments are read as before, from their
-/// first record.
-pub const SEGMENT_VERSION: u16 = 2;
+/// first record. Version 3 changed commit journal segments only: each entry's check covers
+/// the segment's `segment_seq`, so that a journal segment file can be used again
+/// ([`SEGMENT_FLAG_RECYCLED`], [`crate::journal`]); a version 3 queue segment is laid out as
+/// a version 2 one.
+pub const SEGMENT_VERSION: u16 = 3;
 /// The oldest segment format version this build reads.
 pub const SEGMENT_VERSION_MIN: u16 = 1;
 /// Identifies a Strait segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"STRAITSG";
 /// Header flag: the segment belongs to a persistent queue and survives a restart.
 pub const SEGMENT_FLAG_PERSISTENT: u16 = 1;
+/// Header flag (version 3, commit journal segments): the file held an earlier journal
+/// segment, whose bytes may follow this one's entries ([`crate::journal::scan`]).
+pub const SEGMENT_FLAG_RECYCLED: u16 = 2;
 
 /// The segment header.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
@@ -110,16 +116,25 @@ pub enum HeaderError {
 
 /// Writes a fresh header at the start of `buf`.
 pub fn write_header(buf: &mut [u8], info: &SegmentInfo) {
+    write_header_with_flags(buf, info, 0);
+}
+
+/// Writes a fresh header at the start of `buf` with `flags` besides
+/// [`SEGMENT_FLAG_PERSISTENT`] (which `info` decides).
+pub fn write_header_with_flags(buf: &mut [u8], info: &SegmentInfo, flags: u16) {
     let mut h = SegmentHeader {
         magic: SEGMENT_MAGIC,
         version: U16::new(SEGMENT_VERSION),
         header_bytes: U16::new(SEGMENT_HEADER_BYTES as u16),
         queue: U16::new(info.queue.0),
-        flags: U16::new(if info.persistent {
-            SEGMENT_FLAG_PERSISTENT
-        } else {
-            0
-        }),
+        flags: U16::new(
+            flags
+                | if info.persistent {
+                    SEGMENT_FLAG_PERSISTENT
+                } else {
+                    0
+                },
+        ),
         segment_seq: U64::new(info.segment_seq),
         first_seq: U64::new(info.first_seq.0),
         capacity: U32::new(info.capacity),

@@ -443,6 +443,16 @@ async fn run(inner: Rc<Inner>, action: Action) {
                 Err(e) => *inner.last_error.borrow_mut() = Some(e),
             }
         }
+        Action::RecycleSegment { id, buf } => {
+            let (buf, r) = executor()
+                .spawn_blocking(move || {
+                    let r = disk.sync(id, Some(buf.bytes()));
+                    (buf, r)
+                })
+                .await;
+            // A failure loses nothing: the segment is deleted and a new one made instead.
+            inner.queue.borrow_mut().handle_recycled(id, buf, r);
+        }
     }
     inner.progress.notify();
 }

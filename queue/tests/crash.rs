@@ -43,6 +43,7 @@ fn config(policy: &str) -> QueueConfig {
         conflation: false,
         segment_bytes: 128 << 10,
         spare_segments: 2,
+        journal_recycle_segments: 8,
     }
 }
 

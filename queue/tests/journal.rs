@@ -25,6 +25,7 @@ fn cfg() -> QueueConfig {
         conflation: false,
         segment_bytes: SEGMENT_BYTES_MIN,
         spare_segments: 2,
+        journal_recycle_segments: 8,
     }
 }
 
@@ -177,13 +178,52 @@ struct Known {
 
 #[test]
 fn power_loss_with_a_commit_journal_keeps_every_committed_event_in_order() {
-    let mut replayed = 0;
-    // Commits done while background work asked for before them waited.
-    let mut overtakes = 0u64;
-    for seed in 0..48u64 {
+    let seen = power_loss_rounds(0..48, cfg(), 900);
+    assert!(seen.replayed > 0, "no run needed the journal");
+    assert!(seen.overtakes > 0, "no commit overtook background work");
+}
+
+/// The same with records large enough that journal segments fill, are freed by checkpoints
+/// and are used again many times between power losses, with and without a limit on how many
+/// are kept.
+#[test]
+fn power_loss_while_journal_segments_are_recycled_keeps_every_committed_event_in_order() {
+    let mut recycled = 0;
+    for (seeds, keep) in [(200..232, 8), (300..316, 1)] {
+        let config = QueueConfig {
+            journal_recycle_segments: keep,
+            ..cfg()
+        };
+        let seen = power_loss_rounds(seeds, config, 12_000);
+        assert!(seen.replayed > 0, "no run needed the journal");
+        recycled += seen.recycled;
+    }
+    assert!(recycled > 100, "only {recycled} journal segments recycled");
+}
+
+/// What [`power_loss_rounds`] saw happen.
+struct Seen {
+    /// Events recovery put back from the journal.
+    replayed: u64,
+    /// Commits done while background work asked for before them waited.
+    overtakes: u64,
+    /// Journal segments recycled.
+    recycled: u64,
+}
+
+/// Four rounds per seed of random appends (up to `len_max` bytes, sometimes larger than a
+/// segment), acknowledgements and file work done in part, each ended by a power loss; after
+/// each, every committed event must come back in order.
+fn power_loss_rounds(seeds: std::ops::Range<u64>, config: QueueConfig, len_max: usize) -> Seen {
+    let mut seen = Seen {
+        replayed: 0,
+        overtakes: 0,
+        recycled: 0,
+    };
+    for seed in seeds {
         let disk = MemDisk::new();
         let mut rng = SplitMix(seed);
-        let mut q = SenderQueue::new(cfg());
+        let mut q = SenderQueue::new(config.clone());
         let mut known = vec![Known::default(); QUEUES as usize];
         let mut lanes: [VecDeque<Action>; 2] = Default::default();
         let mut n = 0u64;
@@ -198,7 +238,7 @@ fn power_loss_with_a_commit_journal_keeps_every_committed_event_in_order() {
                         let len = if rng.chance(20) {
                             70 << 10
                         } else {
-                            rng.below(900)
+                            rng.below(len_max)
                         };
                         match append_n(&mut q, QueueId(queue), n, len) {
                             Ok(seq) => known[queue as usize].events.push_back((seq, n)),
@@ -235,8 +275,9 @@ fn power_loss_with_a_commit_journal_keeps_every_committed_event_in_order() {
                                 break;
                             }
                             let l = ready[rng.below(ready.len())];
-                            overtakes += u64::from(l == 1 && !lanes[0].is_empty());
+                            seen.overtakes += u64::from(l == 1 && !lanes[0].is_empty());
                             let a = lanes[l].pop_front().expect("a ready lane");
+                            seen.recycled += u64::from(matches!(a, Action::RecycleSegment { .. }));
                             run_action(&mut q, &disk, a, now);
                         }
                     }
@@ -260,12 +301,12 @@ fn power_loss_with_a_commit_journal_keeps_every_committed_event_in_order() {
                 },
             );
             let (mut back, report) =
-                recover(cfg(), &disk).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                recover(config.clone(), &disk).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             assert!(
                 report.corrupt.is_empty(),
                 "seed {seed} round {round}: a power loss is not damage: {report:?}"
             );
-            replayed += report.journal_events_replayed;
+            seen.replayed += report.journal_events_replayed;
             for i in 0..QUEUES {
                 let k = &mut known[i as usize];
                 let got = drain_numbers(&mut back, QueueId(i));
@@ -315,14 +356,17 @@ fn power_loss_with_a_commit_journal_keeps_every_committed_event_in_order() {
             q = back;
         }
     }
-    assert!(replayed > 0, "no run needed the journal");
-    assert!(overtakes > 0, "no commit overtook background work");
+    seen
 }
 
 #[test]
 fn a_journal_segment_whose_deletion_a_power_loss_undid_changes_nothing() {
     let disk = MemDisk::new();
-    let mut q = SenderQueue::new(cfg());
+    // Freed journal segments are deleted, none kept for reuse.
+    let mut q = SenderQueue::new(QueueConfig {
+        journal_recycle_segments: 0,
+        ..cfg()
+    });
     let journal_bytes = cfg().journal_segment_bytes() as usize;
     let journal_files = |disk: &MemDisk| -> Vec<SegmentId> {
         let ids = disk.ids().into_iter();

@@ -289,6 +289,7 @@ fn small(persistent: bool, conflation: bool) -> QueueConfig {
         conflation,
         segment_bytes: 64 << 10,
         spare_segments: 1,
+        journal_recycle_segments: 8,
     }
 }
 

@@ -22,6 +22,7 @@ fn cfg(persistent: bool) -> QueueConfig {
         conflation: false,
         segment_bytes: 64 << 10,
         spare_segments: 2,
+        journal_recycle_segments: 8,
     }
 }
 
@@ -177,6 +178,7 @@ fn full_disk_refuses_new_events_and_keeps_accepted_ones() {
     let mut q = SenderQueue::new(QueueConfig {
         memory_bytes_max: 32 << 10,
         spare_segments: 1,
+        journal_recycle_segments: 8,
         ..cfg(false)
     });
     disk.set_full(true);
@@ -211,6 +213,7 @@ fn a_drained_queue_retries_a_failed_creation_as_soon_as_its_segments_are_deleted
     let disk = MemDisk::new();
     let mut q = SenderQueue::new(QueueConfig {
         spare_segments: 1,
+        journal_recycle_segments: 8,
         ..cfg(true)
     });
     let mut accepted = Vec::new();
@@ -399,6 +402,7 @@ fn invalid_configuration_is_refused_with_the_reason() {
         (
             QueueConfig {
                 spare_segments: 0,
+                journal_recycle_segments: 8,
                 ..cfg(true)
             },
             ConfigError::NoSpares,
@@ -431,6 +435,7 @@ fn check_room_asks_for_the_segment_it_needs_and_recovers_after_a_full_disk() {
     let mut q = SenderQueue::new(QueueConfig {
         memory_bytes_max: 32 << 10,
         spare_segments: 1,
+        journal_recycle_segments: 8,
         ..cfg(false)
     });
     disk.set_full(true);

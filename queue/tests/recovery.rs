@@ -22,6 +22,7 @@ fn cfg(sync: SyncPolicy) -> QueueConfig {
         conflation: false,
         segment_bytes: 64 << 10,
         spare_segments: 1,
+        journal_recycle_segments: 8,
     }
 }
 
@@ -228,14 +229,14 @@ fn segment_from_a_newer_format_is_refused_untouched() {
     let (disk, c) = crashed_queue(50, 100);
     let (id, _) = chain(&disk)[0];
     let before = disk.with_segment(id, |b| {
-        b[8] = 3; // version 3
+        b[8] = 4; // version 4
         let crc = crc32fast::hash(&b[..36]);
         b[36..40].copy_from_slice(&crc.to_le_bytes());
         b.clone()
     });
     let err = recover(c, &disk).unwrap_err();
     assert!(
-        matches!(err, RecoveryError::NewerFormat { version: 3, .. }),
+        matches!(err, RecoveryError::NewerFormat { version: 4, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("upgrade"), "{err}");

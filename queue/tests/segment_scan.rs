@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use strait_queue::ids::*;
+use strait_queue::journal;
 use strait_queue::mem::{Crash, MemDisk};
 use strait_queue::mmap::MmapDisk;
 use strait_queue::queue::{QueueConfig, SenderQueue};
@@ -147,4 +148,77 @@ fn only_lowercase_segment_names_are_listed_and_quarantine_never_overwrites() {
     assert_ne!(first, second);
     assert_eq!(std::fs::read(&first).unwrap(), b"one");
     assert_eq!(std::fs::read(&second).unwrap(), b"two");
+}
+
+/// A journal segment of 8 KiB with `header_seq` and `flags` in its header and, from byte 64,
+/// `entries` entries (value sizes) of queue 3 written for journal segment `generation`.
+fn journal_segment(
+    buf: &mut [u8],
+    header_seq: u64,
+    flags: u16,
+    generation: u64,
+    entries: &[usize],
+) {
+    let info = SegmentInfo {
+        queue: journal::JOURNAL_QUEUE,
+        persistent: true,
+        segment_seq: header_seq,
+        first_seq: Seq(1),
+        capacity: buf.len() as u32,
+        acked: None,
+        ack_offset: None,
+    };
+    segment::write_header_with_flags(buf, &info, flags);
+    let mut at = SEGMENT_HEADER_BYTES;
+    let mut rec = vec![0u8; 4096];
+    for (i, &len) in entries.iter().enumerate() {
+        let n = record::encode_into(
+            &mut rec,
+            &event(Op::Create, i as u64, b"k", &vec![b'v'; len]),
+            Seq(i as u64 + 1),
+        );
+        journal::write_entry(&mut buf[at..], QueueId(3), &rec[..n], generation);
+        at += journal::entry_len(n);
+    }
+}
+
+#[test]
+fn a_recycled_journal_segment_reads_only_its_own_entries() {
+    // The file's earlier use: journal segment 4, seven entries.
+    let mut buf = vec![0u8; 8192];
+    journal_segment(&mut buf, 4, 0, 4, &[300, 900, 50, 700, 1200, 10, 400]);
+    assert_eq!(journal::scan(&buf).entries.len(), 7);
+    // Recycled as journal segment 9: two entries of other sizes over the old ones.
+    let old = buf.clone();
+    journal_segment(&mut buf, 9, segment::SEGMENT_FLAG_RECYCLED, 9, &[100, 200]);
+    let scan = journal::scan(&buf);
+    assert_eq!(scan.entries.len(), 2, "{scan:?}");
+    assert_eq!(
+        scan.torn, None,
+        "the old entries after the zero prefix are not a torn tail"
+    );
+    // The old entries fail the new header's check even where they line up with an entry
+    // boundary: without the zero prefix after the new entries, reading stops there, torn.
+    let end = scan.entries[1].record_at + scan.entries[1].record_len;
+    let boundary = journal::scan(&old)
+        .entries
+        .iter()
+        .map(|e| e.record_at - journal::ENTRY_PREFIX_BYTES)
+        .find(|&at| at > end)
+        .expect("an old entry after the new ones");
+    let mut lined_up = buf.clone();
+    lined_up[end..end + 2000].copy_from_slice(&old[boundary..boundary + 2000]);
+    let scan = journal::scan(&lined_up);
+    assert_eq!(scan.entries.len(), 2, "{scan:?}");
+    assert!(
+        scan.torn.as_ref().is_some_and(|(at, _)| *at == end),
+        "{scan:?}"
+    );
+    // A segment that was never recycled has only zeros after its entries: anything else
+    // there is a write cut short.
+    let mut fresh = buf.clone();
+    segment::write_header(&mut fresh, &segment::read_header(&buf).expect("header"));
+    let scan = journal::scan(&fresh);
+    assert_eq!(scan.entries.len(), 2, "{scan:?}");
+    assert!(scan.torn.is_some(), "{scan:?}");
 }

@@ -23,6 +23,7 @@ fn cfg() -> QueueConfig {
         conflation: false,
         segment_bytes: 256 << 10,
         spare_segments: 2,
+        journal_recycle_segments: 8,
     }
 }
 
@@ -143,6 +144,7 @@ fn a_full_disk_refuses_new_events_and_loses_none_accepted() {
     let cfg = QueueConfig {
         segment_bytes: 128 << 10,
         spare_segments: 1,
+        journal_recycle_segments: 8,
         ..cfg()
     };
     on_shard(Duration::from_secs(60), || async move {

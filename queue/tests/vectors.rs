@@ -1,9 +1,10 @@
 //! Format test vectors: committed bytes that every future build must keep decoding.
 //!
 //! `testdata/records-v1.bin` holds the records of [`RECORDS`] back to back,
-//! `testdata/records-v1.txt` their expected decode, and `testdata/segment-v1.seg` and
-//! `testdata/segment-v2.seg` a small segment of [`SEGMENT_RECORDS`] in segment format
-//! versions 1 and 2 (version 2 has two ack slots, each with an offset). `docs/formats.md`
+//! `testdata/records-v1.txt` their expected decode, and `testdata/segment-v1.seg`,
+//! `testdata/segment-v2.seg` and `testdata/segment-v3.seg` a small segment of
+//! [`SEGMENT_RECORDS`] in segment format versions 1, 2 and 3 (version 2 has two ack slots,
+//! each with an offset; version 3 changed only commit journal segments). `docs/formats.md`
 //! describes the formats byte by byte.
 //!
 //! The tests below read the committed files and compare every field with the event
@@ -435,7 +436,8 @@ fn records_bin() -> Vec<u8> {
     out
 }
 
-/// `segment-v2.seg` as this build writes it.
+/// `segment-v3.seg`: the records, header fields and acknowledgements of `segment-v2.seg`, as
+/// this build writes them.
 fn segment_file() -> Vec<u8> {
     let mut out = vec![0; SEGMENT_FILE_BYTES];
     segment::write_header(
@@ -538,13 +540,13 @@ fn regenerate_vectors() {
     // gets files of its own (`segment-v1.seg` is no longer written).
     assert_eq!(
         (record::FORMAT_VERSION, segment::SEGMENT_VERSION),
-        (1, 2),
+        (1, 3),
         "this build writes other versions: leave these vectors as they are"
     );
     let bin = records_bin();
     std::fs::write(testdata("records-v1.bin"), &bin).unwrap();
     std::fs::write(testdata("records-v1.txt"), listing(&bin)).unwrap();
-    std::fs::write(testdata("segment-v2.seg"), segment_file()).unwrap();
+    std::fs::write(testdata("segment-v3.seg"), segment_file()).unwrap();
 }
 
 #[test]
@@ -590,7 +592,7 @@ fn encoder_writes_the_committed_bytes() {
     // Pins what this build writes. When the format moves to v2 this test moves to the v2
     // vectors; the decode tests of the v1 files stay.
     assert_eq!(records_bin(), read("records-v1.bin"));
-    assert_eq!(segment_file(), read("segment-v2.seg"));
+    assert_eq!(segment_file(), read("segment-v3.seg"));
 }
 
 #[test]
@@ -700,6 +702,20 @@ fn committed_v2_segment_reads_back() {
     committed_segment_reads_back("segment-v2.seg", &SEGMENT_HEADER_V2, SEGMENT_INFO_V2);
 }
 
+/// Version 3 changed commit journal segments only: a version 3 queue segment is a version 2
+/// one with another version number, and so another header CRC and slot CRCs.
+#[test]
+fn committed_v3_segment_reads_back() {
+    let (v3, v2) = (read("segment-v3.seg"), read("segment-v2.seg"));
+    assert_eq!(v3.len(), v2.len());
+    assert_eq!(v3[8..10], 3u16.to_le_bytes());
+    assert_eq!(v3[..8], v2[..8]);
+    assert_eq!(v3[10..36], v2[10..36]);
+    assert_eq!(v3[64..], v2[64..], "the records");
+    assert_eq!(segment::read_header(&v3), Ok(SEGMENT_INFO_V2));
+    recovers_to_4_and_5(v3, "segment-v3.seg");
+}
+
 #[test]
 fn segment_header_flips_are_caught() {
     // In version 1, bytes 52..64 are reserved: a flip there changes nothing.
@@ -763,8 +779,8 @@ fn segment_with_version(version: u16) -> Vec<u8> {
 #[test]
 fn newer_segment_version_is_refused() {
     assert_eq!(
-        segment::read_header(&segment_with_version(3)),
-        Err(HeaderError::NewerVersion(3))
+        segment::read_header(&segment_with_version(4)),
+        Err(HeaderError::NewerVersion(4))
     );
     assert_eq!(
         segment::read_header(&segment_with_version(2)),
@@ -862,12 +878,12 @@ fn acknowledged_bytes_a_sync_left_unwritten_are_not_read() {
 fn newer_segment_version_refuses_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0000000000000001.seg");
-    let newer = segment_with_version(3);
+    let newer = segment_with_version(4);
     std::fs::write(&path, &newer).unwrap();
     let disk = MmapDisk::open(dir.path()).unwrap();
     match recover(recovery_config(), &disk) {
         Err(RecoveryError::NewerFormat { path: p, version }) => {
-            assert_eq!(version, 3);
+            assert_eq!(version, 4);
             assert_eq!(p, path.display().to_string());
         }
         other => panic!("expected NewerFormat, got {:?}", other.map(|(_, r)| r)),

@@ -253,14 +253,14 @@ fn directory_is_verified_file_by_file() {
 #[test]
 fn newer_segment_version_is_not_verified() {
     let (_dir, path) = damaged("0000000000000001.seg", |b| {
-        b[8..10].copy_from_slice(&3u16.to_le_bytes());
+        b[8..10].copy_from_slice(&4u16.to_le_bytes());
         let crc = crc32fast::hash(&b[..36]);
         b[36..40].copy_from_slice(&crc.to_le_bytes());
     });
     let (code, out, _) = run(&["verify"], &[&path]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(": newer-version "), "{out}");
-    assert!(out.contains("segment format version 3 is newer"), "{out}");
+    assert!(out.contains("segment format version 4 is newer"), "{out}");
 }
 
 #[test]
@@ -321,7 +321,12 @@ fn journal_bytes() -> Vec<u8> {
     let (mut from, mut to) = (segment::SEGMENT_HEADER_BYTES, segment::SEGMENT_HEADER_BYTES);
     while from < RECORDS_END {
         let rec = record::decode(&records[from..RECORDS_END]).unwrap();
-        journal::write_entry(&mut out[to..], strait_queue::ids::QueueId(3), rec.bytes());
+        journal::write_entry(
+            &mut out[to..],
+            strait_queue::ids::QueueId(3),
+            rec.bytes(),
+            info.segment_seq,
+        );
         from += rec.len();
         to += journal::entry_len(rec.len());
     }

@@ -464,6 +464,7 @@ impl World {
                 conflation: rng.chance(300),
                 segment_bytes: SEGMENT_BYTES_MIN,
                 spare_segments: 1,
+                journal_recycle_segments: rng.range(0, 8) as u8,
             };
             let table = BucketTable::new(buckets, shards).expect("valid bucket table");
             let disks = (0..shards)
