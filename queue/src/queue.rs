@@ -1840,13 +1840,20 @@ impl SenderQueue {
                 self.spares.push(Spare { id, buf });
             }
             Err(e) => {
-                // A queue's segment comes before the journal's spare: on a full disk, give
-                // the spare's room back (records then commit through their queues' segments),
-                // and make no other while creations fail.
+                // A queue's segment comes before the journal's spares: on a full disk, give
+                // their room back, the blank one's and the recycled ones' (records then commit
+                // through their queues' segments), and make no other while creations fail.
                 if e.is_disk_full()
-                    && let Some(spare) = self.journal.as_mut().and_then(|j| j.spare.take())
+                    && let Some(j) = self.journal.as_mut()
                 {
-                    self.pending_deletes.push((spare.id, spare.buf, 0));
+                    let recycled = j.recycled.drain(..).chain(j.to_recycle.drain(..));
+                    let spares = recycled.map(|s| Spare {
+                        id: s.id,
+                        buf: s.buf,
+                    });
+                    for spare in j.spare.take().into_iter().chain(spares) {
+                        self.pending_deletes.push((spare.id, spare.buf, 0));
+                    }
                 }
                 self.disk_error = Some((e, now_ms + RETRY_MS));
             }
