@@ -127,7 +127,15 @@ pub fn scan(data: &[u8]) -> JournalScan {
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let record_crc: [u8; 4] = rest[8..12].try_into().expect("4 bytes");
         if magic != ENTRY_MAGIC || crc != prefix_crc(queue, record_crc, generation) {
-            out.torn = Some((at, "entry prefix does not check out".into()));
+            // In a recycled segment this is the end of the entries: an earlier use's bytes
+            // whose zero prefix was not written back, or an entry cut short. Either way no
+            // commit covered anything from here on in this segment, and no torn tail is
+            // reported: that would stop recovery from reading later segments, whose entries
+            // may have been committed while this one was readied but never used (its header
+            // durable, its zero prefix torn off by a power loss).
+            if !recycled {
+                out.torn = Some((at, "entry prefix does not check out".into()));
+            }
             return out;
         }
         match record::decode(&rest[ENTRY_PREFIX_BYTES..]) {

@@ -76,8 +76,19 @@ impl MemDisk {
 
     /// Ends `queue` as `crash` would and leaves on this disk what would survive it.
     pub fn crash(&self, queue: SenderQueue, crash: Crash) {
+        self.crash_with(queue, Vec::new(), crash);
+    }
+
+    /// [`MemDisk::crash`], where `in_flight` are the buffers of actions asked for and not yet
+    /// done (a recycle, a delete): their bytes are in the page cache, unsynced.
+    pub fn crash_with(
+        &self,
+        queue: SenderQueue,
+        in_flight: Vec<(SegmentId, Box<dyn SegmentBuf>)>,
+        crash: Crash,
+    ) {
         let mut st = self.state();
-        for (id, buf) in queue.into_segments() {
+        for (id, buf) in queue.into_segments().into_iter().chain(in_flight) {
             st.current.insert(id, buf.bytes().to_vec());
         }
         if let Crash::PowerLoss { seed } = crash {

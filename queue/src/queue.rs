@@ -1872,8 +1872,8 @@ impl SenderQueue {
     }
 
     /// The outcome of an [`Action::RecycleSegment`]: the segment is ready for reuse, or, if
-    /// its header could not be made durable or a later-numbered segment has been put to use
-    /// meanwhile, deleted.
+    /// its header could not be made durable, a later-numbered segment has been put to use
+    /// meanwhile, or segment creation is failing on a full disk, deleted.
     pub fn handle_recycled(
         &mut self,
         id: SegmentId,
@@ -1890,7 +1890,12 @@ impl SenderQueue {
         };
         let (_, seq) = j.recycling.swap_remove(i);
         let after = j.tail.as_ref().map_or(0, |t| t.seq);
-        if result.is_err() || seq <= after {
+        // On a full disk, spares give their room back (`handle_created`).
+        let disk_full = self
+            .disk_error
+            .as_ref()
+            .is_some_and(|(e, _)| e.is_disk_full());
+        if result.is_err() || seq <= after || disk_full {
             j.discard.push(Spare { id, buf });
             return;
         }

@@ -292,10 +292,21 @@ fn power_loss_rounds(seeds: std::ops::Range<u64>, config: QueueConfig, len_max: 
                         .count()
                 })
                 .collect();
-            // What was asked for and not yet done never happens.
-            lanes.iter_mut().for_each(VecDeque::clear);
-            disk.crash(
+            // What was asked for and not yet done never happens, but the bytes it was given
+            // (a recycled segment's new header) are in the page cache, and may reach the disk.
+            let in_flight = lanes
+                .iter_mut()
+                .flat_map(std::mem::take)
+                .filter_map(|a| match a {
+                    Action::RecycleSegment { id, buf } | Action::DeleteSegment { id, buf } => {
+                        Some((id, buf))
+                    }
+                    _ => None,
+                })
+                .collect();
+            disk.crash_with(
                 q,
+                in_flight,
                 Crash::PowerLoss {
                     seed: seed * 10 + round,
                 },
