@@ -20,6 +20,9 @@ pub struct HeaderReport {
     /// Where the first record after `ack` lies (format version 2), and where the scan
     /// starts: the records before it are acknowledged and need not have been written back.
     pub ack_offset: Option<u32>,
+    /// A commit journal segment whose file held an earlier one (format version 3,
+    /// `SEGMENT_FLAG_RECYCLED`): that one's bytes may follow the entries.
+    pub recycled: bool,
 }
 
 impl HeaderReport {
@@ -34,6 +37,8 @@ impl HeaderReport {
             capacity: info.capacity,
             ack: info.acked.map(|s| s.get()),
             ack_offset: info.ack_offset,
+            recycled: u16::from_le_bytes([data[14], data[15]]) & segment::SEGMENT_FLAG_RECYCLED
+                != 0,
         }
     }
 }
@@ -42,7 +47,7 @@ impl fmt::Display for HeaderReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "version={} queue={} persistent={} segment_seq={} first_seq={} capacity={} ack={} ack_offset={}",
+            "version={} queue={} persistent={} segment_seq={} first_seq={} capacity={} ack={} ack_offset={} recycled={}",
             self.version,
             self.queue,
             self.persistent,
@@ -52,6 +57,7 @@ impl fmt::Display for HeaderReport {
             self.ack.map_or("none".to_string(), |a| a.to_string()),
             self.ack_offset
                 .map_or("none".to_string(), |a| a.to_string()),
+            self.recycled,
         )
     }
 }

@@ -352,3 +352,28 @@ fn verify_reads_a_commit_journal_segment_by_its_entries() {
     assert!(out.contains("records=4 "), "{out}");
     assert!(out.contains("torn at offset"), "{out}");
 }
+
+#[test]
+fn verify_reads_a_recycled_commit_journal_segment_up_to_its_zero_prefix() {
+    use strait_queue::segment;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0000000000000009.seg");
+    // Five entries, their zero prefix at 368..376, then an earlier use's bytes.
+    let mut bytes = journal_bytes();
+    bytes[376..].fill(0xab);
+    let info = segment::read_header(&bytes).unwrap();
+    segment::write_header_with_flags(&mut bytes, &info, segment::SEGMENT_FLAG_RECYCLED);
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, out, err) = run(&["verify"], &[&path]);
+    assert_eq!(code, 0, "{out}{err}");
+    for expected in [": clean ", " recycled=true ", " records=5 ", " end=368 "] {
+        assert!(out.contains(expected), "{expected:?} missing from {out}");
+    }
+    // Not flagged recycled, the same bytes after the entries are a write cut short.
+    segment::write_header(&mut bytes, &info);
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, out, _) = run(&["verify"], &[&path]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains(" recycled=false "), "{out}");
+    assert!(out.contains("torn at offset 368"), "{out}");
+}
