@@ -1253,7 +1253,9 @@ mod tests {
         // Work until the kernel has charged at least 50 ms more (ticks are 10 ms), bounded.
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut x = 1u64;
-        while process_cpu_s(me).unwrap() < before + 0.05 {
+        // The same subtraction as `used` below: `x < before + 0.05` can stop where
+        // `x - before` rounds to just under 0.05 (before = 0.04 s, x = 0.09 s).
+        while process_cpu_s(me).unwrap() - before < 0.05 {
             for i in 0..1_000_000u64 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }

@@ -329,7 +329,7 @@ pub fn recover(
     for (_, segs) in &mut work {
         segs.sort_by_key(|f| f.info.segment_seq);
     }
-    let journal_holds = &journal.holds;
+    let (journal_holds, journal_firsts) = (&journal.holds, &journal.firsts);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, RECOVERY_THREADS_MAX);
@@ -347,7 +347,8 @@ pub fn recover(
                         let mut out = Vec::new();
                         for (queue, segs) in lane {
                             let holds = journal_holds.get(&queue).copied();
-                            out.push(recover_queue(queue, segs, holds, disk, &mut part)?);
+                            let first = journal_firsts.get(&queue).copied();
+                            out.push(recover_queue(queue, segs, holds, first, disk, &mut part)?);
                         }
                         Ok((out, part))
                     })
@@ -387,6 +388,11 @@ struct FoundJournal {
     /// Per queue, the last run of consecutive sequence numbers the journal holds: where its
     /// segments have a hole inside (or just after) that run, the journal fills it.
     holds: BTreeMap<QueueId, (Seq, Seq)>,
+    /// Per queue, the lowest sequence number of its entries in the live journal (from the
+    /// newest header's `first_seq` on). An event before it was made durable in its queue's
+    /// segment by a checkpoint that freed the journal segments holding it; an event from it
+    /// on was durable only through the journal, if at all.
+    firsts: BTreeMap<QueueId, Seq>,
     next_segment_seq: u64,
 }
 
@@ -402,6 +408,7 @@ fn read_journal(
         segments: Vec::new(),
         entries: Vec::new(),
         holds: BTreeMap::new(),
+        firsts: BTreeMap::new(),
         next_segment_seq: found.last().map_or(1, |f| f.info.segment_seq + 1),
     };
     report.journal_segments = found.len() as u64;
@@ -451,6 +458,12 @@ fn read_journal(
                     }
                 })
                 .or_insert((seq, seq));
+            if live {
+                out.firsts
+                    .entry(e.queue)
+                    .and_modify(|first| *first = (*first).min(seq))
+                    .or_insert(seq);
+            }
             out.entries.push((out.segments.len(), e));
         }
         if let Some((offset, why)) = scan.torn {
@@ -557,6 +570,7 @@ fn recover_queue(
     queue: QueueId,
     segs: Vec<Found>,
     journal_holds: Option<(Seq, Seq)>,
+    journal_first: Option<Seq>,
     disk: &dyn Disk,
     report: &mut RecoveryReport,
 ) -> Result<RecoveredQueue, RecoveryError> {
@@ -646,9 +660,15 @@ fn recover_queue(
                 quarantine_end,
                 error,
                 ..
-            } if covered(seg_next) => {
+            } if covered(seg_next) || journal_first.is_some_and(|first| seg_next >= first) => {
                 // Pages written back out of order before a power loss: the journal holds
-                // the rest, so this is a torn tail, not damage.
+                // the rest, so this is a torn tail, not damage. Or the hole is at an event
+                // the journal would hold had its commit completed (the live journal holds
+                // this queue's events from `journal_first` on, and every later one that was
+                // committed): its entry was lost with the journal's torn tail, and no commit
+                // covered it or anything after it in this segment. Either way, no sync of
+                // this segment completed after the hole was written, so a hole here cannot
+                // be in data a checkpoint made durable.
                 buf.bytes_mut()[offset..].fill(0);
                 report.torn.push(TornTail {
                     segment: path.clone(),
