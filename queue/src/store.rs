@@ -611,7 +611,10 @@ fn recover_queue(
             None => acked.next(),
             Some(exp) => exp,
         };
-        if hole < info.first_seq && covered(hole) {
+        // A hole in acknowledged events is no hole: a sync need not write them back, and
+        // nothing needs them (found by review: cutting there deleted later segments holding
+        // an event a segment sync, not the journal, had made durable).
+        if hole < info.first_seq && hole > acked && covered(hole) {
             next_seq = next_seq.max(hole);
             report
                 .discarded
@@ -655,12 +658,24 @@ fn recover_queue(
         let mut cut = false;
         match scan.tail {
             Tail::Clean => {}
+            // A bad record among acknowledged ones with only acknowledged records after it:
+            // pages of acknowledged records need not have been written back (a fully
+            // acknowledged segment waiting to be deleted is synced no more). Nothing in it is
+            // needed, and the segments after it stand.
+            Tail::Corrupt { last_seq_after, .. }
+                if seg_next <= acked && last_seq_after.is_none_or(|last| last <= acked) =>
+            {
+                sealed = true;
+                seg_next = seg_next.max(last_seq_after.map_or(seg_next, Seq::next));
+            }
             Tail::Corrupt {
                 offset,
                 quarantine_end,
                 error,
                 ..
-            } if covered(seg_next) || journal_first.is_some_and(|first| seg_next >= first) => {
+            } if seg_next > acked
+                && (covered(seg_next) || journal_first.is_some_and(|first| seg_next >= first)) =>
+            {
                 // Pages written back out of order before a power loss: the journal holds
                 // the rest, so this is a torn tail, not damage. Or the hole is at an event
                 // the journal would hold had its commit completed (the live journal holds

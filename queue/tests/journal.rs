@@ -11,6 +11,7 @@ use strait_queue::queue::{
     JOURNAL_QUEUE_COUNT_MIN, JOURNAL_SEALED_MAX, Lane, QueueConfig, RETRY_MS, SEGMENT_BYTES_MIN,
     SenderQueue, SyncPolicy,
 };
+use strait_queue::segment;
 use strait_queue::store::{Disk, recover};
 
 const QUEUES: u16 = 20;
@@ -672,4 +673,50 @@ fn events_put_back_from_the_journal_are_marked_possible_duplicates() {
         }
     }
     assert!(replayed > 0, "no run put events back from the journal");
+}
+
+/// Found by review: a fully acknowledged segment waits for a checkpoint to be deleted and is
+/// synced no more, so a power loss may leave a hole among its acknowledged records while a
+/// later segment holds an event that a segment sync, not the journal, made durable (a record
+/// too large for the journal). Recovery must not take that hole for a torn tail and drop the
+/// segments after it.
+#[test]
+fn a_hole_among_acknowledged_records_leaves_the_segments_after_it() {
+    let disk = MemDisk::new();
+    let mut q = SenderQueue::new(cfg());
+    let q0 = QueueId(0);
+    // Ten records of 6 000 bytes fill most of a 64 KiB segment; the eleventh starts another.
+    let mut seqs = Vec::new();
+    for n in 0..11 {
+        seqs.push(append_ready(&mut q, &disk, 0, n, 6000));
+        run_actions(&mut q, &disk, 0);
+    }
+    // Acknowledge the first ten: their segment is dropped from the queue, to be deleted
+    // after the next checkpoint.
+    let b = q.peek(q0, 10, 1 << 20).expect("peek").expect("a batch");
+    assert_eq!(b.last_seq, seqs[9]);
+    q.ack(q0, b.last_seq).expect("ack");
+    // A record larger than a journal segment commits by syncing its queue's segments.
+    let big = cfg().journal_segment_bytes() as usize + 1000;
+    seqs.push(append_ready(&mut q, &disk, 0, 11, big));
+    run_actions(&mut q, &disk, 0);
+    for s in &seqs[10..] {
+        assert_eq!(q.durability(q0, *s), Durability::Done);
+    }
+    let first = disk
+        .ids()
+        .into_iter()
+        .find(|id| {
+            disk.with_segment(*id, |b| segment::read_header(b))
+                .and_then(Result::ok)
+                .is_some_and(|h| h.queue == q0 && h.first_seq == seqs[0])
+        })
+        .expect("the acknowledged segment is still on the disk");
+    disk.crash(q, Crash::Process);
+    // A page in the middle of the ten acknowledged records (the fourth and fifth) never
+    // reached the disk; the pages after it did.
+    disk.with_segment(first, |b| b[5 * 4096..6 * 4096].fill(0));
+    let (mut back, report) = recover(cfg(), &disk).expect("recovery");
+    assert!(report.gaps.is_empty(), "{report:?}");
+    assert_eq!(drain_numbers(&mut back, q0), vec![10, 11], "{report:?}");
 }
