@@ -516,6 +516,26 @@ struct JournalSegment {
     end: u32,
 }
 
+impl JournalSegment {
+    /// A journal segment whose header is written, with no entries yet.
+    fn empty(id: SegmentId, seq: u64, buf: Box<dyn SegmentBuf>) -> JournalSegment {
+        JournalSegment {
+            id,
+            seq,
+            buf,
+            end: SEGMENT_HEADER_BYTES as u32,
+        }
+    }
+
+    /// The file, for deletion or reuse.
+    fn into_spare(self) -> Spare {
+        Spare {
+            id: self.id,
+            buf: self.buf,
+        }
+    }
+}
+
 /// The commit journal's state ([`crate::journal`]).
 #[derive(Default)]
 struct Journal {
@@ -572,10 +592,7 @@ impl Journal {
             let after = self.tail.as_ref().map_or(0, |t| t.seq);
             while self.recycled.front().is_some_and(|r| r.seq <= after) {
                 let r = self.recycled.pop_front().expect("a front");
-                self.discard.push(Spare {
-                    id: r.id,
-                    buf: r.buf,
-                });
+                self.discard.push(r.into_spare());
             }
             if self.recycled.front().is_some_and(fits) {
                 let next = self.recycled.pop_front().expect("a front");
@@ -592,12 +609,7 @@ impl Journal {
             };
             let mut buf = spare.buf;
             let seq = self.number(buf.bytes_mut(), 0);
-            let fresh = JournalSegment {
-                id: spare.id,
-                seq,
-                buf,
-                end: SEGMENT_HEADER_BYTES as u32,
-            };
+            let fresh = JournalSegment::empty(spare.id, seq, buf);
             if let Some(full) = self.tail.replace(fresh) {
                 self.sealed.push_back(full);
             }
@@ -666,12 +678,8 @@ impl Journal {
         let mut buf = s.buf;
         let seq = self.number(buf.bytes_mut(), segment::SEGMENT_FLAG_RECYCLED);
         journal::end_entries(&mut buf.bytes_mut()[SEGMENT_HEADER_BYTES..]);
-        self.to_recycle.push_back(JournalSegment {
-            id: s.id,
-            seq,
-            buf,
-            end: SEGMENT_HEADER_BYTES as u32,
-        });
+        self.to_recycle
+            .push_back(JournalSegment::empty(s.id, seq, buf));
     }
 }
 
@@ -1730,10 +1738,7 @@ impl SenderQueue {
                 j.recycled
                     .pop_front()
                     .or_else(|| j.to_recycle.pop_front())
-                    .map(|s| Spare {
-                        id: s.id,
-                        buf: s.buf,
-                    })
+                    .map(JournalSegment::into_spare)
             })
         }) {
             return Some(Action::DeleteSegment {
@@ -1847,10 +1852,7 @@ impl SenderQueue {
                     && let Some(j) = self.journal.as_mut()
                 {
                     let recycled = j.recycled.drain(..).chain(j.to_recycle.drain(..));
-                    let spares = recycled.map(|s| Spare {
-                        id: s.id,
-                        buf: s.buf,
-                    });
+                    let spares = recycled.map(JournalSegment::into_spare);
                     for spare in j.spare.take().into_iter().chain(spares) {
                         self.pending_deletes.push((spare.id, spare.buf, 0));
                     }
@@ -1901,15 +1903,7 @@ impl SenderQueue {
         }
         // Recycles may complete out of order; they are used in the order they were numbered.
         let at = j.recycled.partition_point(|r| r.seq < seq);
-        j.recycled.insert(
-            at,
-            JournalSegment {
-                id,
-                seq,
-                buf,
-                end: SEGMENT_HEADER_BYTES as u32,
-            },
-        );
+        j.recycled.insert(at, JournalSegment::empty(id, seq, buf));
     }
 
     /// The outcome of an [`Action::Sync`].
